@@ -1,0 +1,350 @@
+"""The ``zmqruntime`` command line.
+
+    zmqruntime serve                 start a server in the foreground (Ctrl-C stops it)
+    zmqruntime ping                  is a server there? (identity, uptime, queue)
+    zmqruntime submit FILE [--wait]  run a Python file remotely; --wait shows progress and output
+    zmqruntime status [ID]           one execution in detail, or all
+    zmqruntime cancel ID             cancel one execution
+    zmqruntime list                  a table of executions
+    zmqruntime watch [ID]            follow events live (progress bar, output)
+    zmqruntime shutdown              stop the server
+
+Every client command takes --port (default 7777) or --connection-file; only
+``submit`` starts a server when none is running (``--no-spawn`` to refuse).
+Exit codes: 0 ok, 1 the execution failed or was cancelled, 2 bad usage,
+3 no server / server error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+from .errors import ExecutionTimeout, RemoteError, ServerStartError, ServerUnavailable
+from .transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zmqruntime",
+        description="Run Python remotely over ZeroMQ: start a server, submit code, watch progress, cancel, fetch results.",
+        epilog="Example: zmqruntime submit job.py --wait   (starts a server on port 7777 if none is running)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def client_opts(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="data port of the server (default 7777)")
+        p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+        p.add_argument("--name", default=None, help="IPC server name")
+        p.add_argument("--connection-file", default=None, help="connect to the server described by this file")
+        p.add_argument("--timeout", type=_positive_float, default=10.0, help="request timeout in seconds (default 10)")
+
+    p = sub.add_parser("serve", help="start a server in the foreground")
+    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="data port (default 7777); control = port + offset")
+    p.add_argument("--control-port-offset", type=int, default=DEFAULT_CONTROL_OFFSET)
+    p.add_argument("--ip", default=DEFAULT_IP, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --ip")
+    p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+    p.add_argument("--name", default="", help="IPC server name (default: the port)")
+    p.add_argument("--concurrency", type=int, default=1, help="executions run at once (default 1)")
+    p.add_argument("--connection-file", default="", help="where to write the connection file")
+    p.add_argument("--parent-pid", type=int, default=0, help="child mode: exit when this pid dies")
+    p.add_argument("--server-class", default="", help="module:Class, an ExecutionServer subclass")
+    p.add_argument("--cancel-grace-period", type=_positive_float, default=None)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    p = sub.add_parser("ping", help="check that a server answers")
+    client_opts(p)
+
+    p = sub.add_parser("submit", help="run a Python file on the server")
+    client_opts(p)
+    p.add_argument("file", help="Python file to run ('-' for standard input)")
+    p.add_argument("--wait", action="store_true", help="wait, showing progress and output, then print the result")
+    p.add_argument("--exec-timeout", type=_positive_float, default=None, help="cancel the execution after N seconds")
+    p.add_argument("--label", default=None, help="a name for the execution")
+    p.add_argument("--no-spawn", action="store_true", help="do not start a server if none is running")
+
+    p = sub.add_parser("status", help="show one execution in detail, or all")
+    client_opts(p)
+    p.add_argument("id", nargs="?")
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+
+    p = sub.add_parser("cancel", help="cancel an execution")
+    client_opts(p)
+    p.add_argument("id")
+
+    p = sub.add_parser("list", help="list executions")
+    client_opts(p)
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+
+    p = sub.add_parser("watch", help="follow progress and output live (Ctrl-C to stop watching)")
+    client_opts(p)
+    p.add_argument("id", nargs="?")
+
+    p = sub.add_parser("shutdown", help="stop the server")
+    client_opts(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    try:
+        return COMMANDS[args.command](args)
+    except (ServerUnavailable, ServerStartError) as exc:
+        print(f"zmqruntime: {exc}", file=sys.stderr)
+        return 3
+    except RemoteError as exc:
+        print(f"zmqruntime: server error {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .execution.server import ExecutionServer
+    from .execution.worker import _load_class
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cls = _load_class(args.server_class) if args.server_class else ExecutionServer
+    kwargs: dict[str, Any] = dict(
+        port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
+        name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
+        parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind,
+    )
+    if args.server_class:
+        kwargs["worker_server_class"] = args.server_class
+    if args.cancel_grace_period is not None:
+        kwargs["cancel_grace_period"] = args.cancel_grace_period
+    try:
+        server = cls(**kwargs)
+        info = server.bind()
+    except (ServerStartError, ValueError) as exc:
+        print(f"zmqruntime serve: {exc}", file=sys.stderr)
+        return 3
+    print(f"zmqruntime server pid {os.getpid()} ready: control {info.control_url}, data {info.data_url}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def _client(args: argparse.Namespace, spawn: bool = False):
+    from .execution.client import ExecutionClient
+
+    return ExecutionClient(args.port, transport=args.transport, name=args.name,
+                           connection_file=args.connection_file, timeout=args.timeout, auto_spawn=spawn)
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        t0 = time.perf_counter()
+        info = client.ping()
+        rtt = (time.perf_counter() - t0) * 1e6
+    print(f"server {info['server_id']} pid {info['pid']} up {info['uptime']:.1f} s, {info['transport']} "
+          f"{info['control_url']}; running {len(info['running'])}, queued {len(info['queued'])}; round trip {rtt:.0f} µs")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.file == "-":
+        code = sys.stdin.read()
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                code = fh.read()
+        except OSError as exc:
+            print(f"zmqruntime submit: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
+    with _client(args, spawn=not args.no_spawn) as client:
+        exec_id = client.execute(code, name=args.label or os.path.basename(args.file), timeout=args.exec_timeout)
+        print(exec_id, flush=True)
+        if not args.wait:
+            return 0
+        return _follow(client, exec_id, show_result=True)
+
+
+def _follow(client: Any, exec_id: Optional[str], show_result: bool = False) -> int:
+    """Print output and a progress bar until ``exec_id`` (or Ctrl-C) is done."""
+    bar = TerminalBar(sys.stderr)
+    finished = threading.Event()
+    final: dict[str, Any] = {}
+
+    def on_event(event: Any) -> None:
+        if event.type == "progress":
+            bar.update(event.execution_id, event.content)
+        elif event.type == "stream":
+            bar.clear()
+            (sys.stdout if event["name"] == "stdout" else sys.stderr).write(event["text"])
+            (sys.stdout if event["name"] == "stdout" else sys.stderr).flush()
+            bar.redraw()
+        elif event.type == "status" and exec_id is None:
+            bar.clear()
+            print(f"[{event.execution_id}] {event['status']}" + (f": {event['reason']}" if event.get("reason") else ""),
+                  file=sys.stderr)
+        elif event.type == "done" and (exec_id is None or event.execution_id == exec_id):
+            if exec_id is not None:
+                final.update(event.content)
+                finished.set()
+
+    sub = client.subscribe(on_event, execution_id=exec_id)
+    try:
+        if exec_id is None:
+            while True:
+                time.sleep(0.5)
+                client.ping()  # notice a dead server
+        status = client.wait(exec_id)
+        finished.wait(1.0)  # let the last events print
+    finally:
+        sub.close()
+        bar.finish()
+    return _report(client, status, show_result)
+
+
+def _report(client: Any, status: dict[str, Any], show_result: bool) -> int:
+    state = status["status"]
+    if state == "complete":
+        if show_result and status.get("has_results"):
+            results = client.get_results(status["execution_id"])
+            if "_" in results:
+                print(repr(results["_"]))
+        print(f"complete in {(status['finished'] or 0) - (status['started'] or 0):.2f} s", file=sys.stderr)
+        return 0
+    if state == "failed":
+        err = status.get("error") or {}
+        sys.stderr.write("".join(err.get("traceback") or []) or f"{status.get('reason')}\n")
+        print(f"failed: {status.get('reason') or err.get('ename')}", file=sys.stderr)
+        return 1
+    print(f"cancelled: {status.get('reason')}", file=sys.stderr)
+    return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = client.get_status(args.id)
+    if args.json or args.id is not None:
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        print(format_table(data))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.cancel(args.id)
+    print(f"{args.id}: {'cancel requested' if reply['cancelled'] else reply.get('message')} (status {reply['status']})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rows = client.list_executions()
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(client, args.id)
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.ping()
+        client.shutdown()
+    print(f"server {info['server_id']} (pid {info['pid']}) is shutting down")
+    return 0
+
+
+COMMANDS = {"ping": cmd_ping, "submit": cmd_submit, "status": cmd_status, "cancel": cmd_cancel,
+            "list": cmd_list, "watch": cmd_watch, "shutdown": cmd_shutdown}
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A readable table of execution summaries (used by the CLI and %zmq)."""
+    if not rows:
+        return "(no executions)"
+    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT")
+    lines = [header]
+    now = time.time()
+    for r in rows:
+        p = r.get("progress") or {}
+        prog = ""
+        if p:
+            prog = f"{p['done']:g}/{p['total']:g}" if p.get("total") else f"{p['done']:g}"
+        result = f"{r.get('result_nbytes', 0)} B" if r.get("has_results") else (r.get("reason") or "")[:40]
+        lines.append((r["execution_id"], (r.get("name") or "")[:24], r["status"], prog,
+                      f"{now - r['created']:.0f}s", result))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+
+
+class TerminalBar:
+    """A one-line progress bar on a terminal stream (plain lines when not a tty)."""
+
+    def __init__(self, stream: Any, width: int = 30):
+        self.stream = stream
+        self.width = width
+        self.tty = stream.isatty()
+        self.line = ""
+        self._last_plain = 0.0
+        self._lock = threading.Lock()
+
+    def update(self, exec_id: str, p: dict[str, Any]) -> None:
+        done, total = p.get("done", 0), p.get("total")
+        if total:
+            filled = int(self.width * min(1.0, done / total))
+            bar = "#" * filled + "-" * (self.width - filled)
+            text = f"{p.get('desc') or exec_id} [{bar}] {done:g}/{total:g} {p.get('rate', 0):.1f}/s"
+        else:
+            text = f"{p.get('desc') or exec_id} {done:g} {p.get('rate', 0):.1f}/s"
+        with self._lock:
+            self.line = text
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + text)
+                self.stream.flush()
+            elif time.monotonic() - self._last_plain > 1.0 or (total and done >= total):
+                self._last_plain = time.monotonic()
+                self.stream.write(text + "\n")
+                self.stream.flush()
+
+    def clear(self) -> None:
+        if self.tty and self.line:
+            self.stream.write("\r\x1b[2K")
+
+    def redraw(self) -> None:
+        if self.tty and self.line:
+            self.stream.write(self.line)
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self.line:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,196 @@
+"""ZMQClient / AsyncZMQClient: signed requests with timeouts that never wedge.
+
+Why DEALER and not REQ: a REQ socket whose reply is lost stays stuck in the
+"waiting for reply" state. Each request here carries a ``msg_id``; replies
+are matched on ``parent_id`` and late replies to abandoned requests are
+dropped. After a timeout the socket is closed with LINGER 0 and replaced,
+so a request queued for a dead server can never reach the next server that
+binds the port.
+
+The sync client keeps one socket per thread (zmq sockets are not
+thread-safe), so several threads can use one client at once — for example
+the notebook's main thread waiting while a widget callback cancels on
+another thread. The asyncio client multiplexes coroutines on one socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import zmq
+import zmq.asyncio
+
+from .errors import RemoteError, ServerUnavailable, error_for_code
+from .protocol import Message, ProtocolError, Session
+from .transport import ConnectionInfo
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def check_timeout(timeout: Any, name: str = "timeout", allow_none: bool = True) -> Optional[float]:
+    if timeout is None and allow_none:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"{name} must be a positive number{' or None' if allow_none else ''}, got {timeout!r}")
+    return float(timeout)
+
+
+def reply_content(msg: Message) -> dict[str, Any]:
+    """The reply's content, or the matching RemoteError raised."""
+    content = msg.content
+    if content.get("ok"):
+        return content
+    error = content.get("error") or {}
+    code = error.get("code", "unknown")
+    raise error_for_code(code)(code, error.get("message", "error reply without a message"), error)
+
+
+class _BaseClient:
+    def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
+        self.info = info
+        self.timeout = check_timeout(timeout, allow_none=False)
+        self.session = Session(info.key)
+
+    def _unavailable(self, timeout: float, what: str) -> ServerUnavailable:
+        return ServerUnavailable(
+            f"no reply to {what!r} from the zmqruntime server at {self.info.control_url} within {timeout:g} s "
+            f"(server pid {self.info.pid or '?'}): is it running?"
+        )
+
+
+class ZMQClient(_BaseClient):
+    """Blocking requests, safe to use from several threads."""
+
+    def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT, context: Optional[zmq.Context] = None):
+        super().__init__(info, timeout)
+        self.context = context or zmq.Context.instance()
+        self._local = threading.local()
+        self._sockets: set[zmq.Socket] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def _socket(self) -> zmq.Socket:
+        if self.closed:
+            raise ServerUnavailable("this client is closed")
+        sock = getattr(self._local, "sock", None)
+        if sock is None or sock.closed:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(self.info.control_url)
+            self._local.sock = sock
+            with self._lock:
+                self._sockets.add(sock)
+        return sock
+
+    def _discard_socket(self) -> None:
+        sock = getattr(self._local, "sock", None)
+        if sock is not None:
+            with self._lock:
+                self._sockets.discard(sock)
+            sock.close(linger=0)
+            self._local.sock = None
+
+    def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
+                timeout: Optional[float] = None, copy: bool = True) -> Message:
+        """Send one request, return its verified reply message (ok or not)."""
+        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        deadline = time.monotonic() + timeout
+        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
+        sock = self._socket()
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        try:
+            sock.send_multipart(frames, copy=not buffers)
+        except zmq.Again:
+            self._discard_socket()
+            raise self._unavailable(timeout, msg_type) from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(remaining * 1000):
+                self._discard_socket()
+                raise self._unavailable(timeout, msg_type)
+            reply = sock.recv_multipart(copy=copy)
+            try:
+                msg = self.session.deserialize(reply)
+            except ProtocolError:
+                continue  # unsigned / foreign frames are dropped
+            if msg.parent_id == msg_id:
+                return msg
+
+    def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return reply_content(self.request(msg_type, content, **kwargs))
+
+    def close(self) -> None:
+        self.closed = True
+        with self._lock:
+            for sock in self._sockets:
+                sock.close(linger=0)
+            self._sockets.clear()
+
+
+class AsyncZMQClient(_BaseClient):
+    """asyncio requests on one socket; a reader task routes replies to futures."""
+
+    def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
+        super().__init__(info, timeout)
+        self.context = zmq.asyncio.Context.instance()
+        self._sock: Optional[zmq.asyncio.Socket] = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._reader: Optional[asyncio.Task] = None
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            self._sock = self.context.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.info.control_url)
+            self._reader = asyncio.ensure_future(self._read_replies(self._sock))
+        return self._sock
+
+    async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            try:
+                msg = self.session.deserialize(frames)
+            except ProtocolError:
+                continue
+            fut = self._pending.pop(msg.parent_id or "", None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+    def _reset(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
+                      timeout: Optional[float] = None) -> Message:
+        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = fut
+        try:
+            await self._socket().send_multipart(frames, copy=not buffers)
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self._reset()
+            raise self._unavailable(timeout, msg_type) from None
+        finally:
+            self._pending.pop(msg_id, None)
+
+    async def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return reply_content(await self.request(msg_type, content, **kwargs))
+
+    def close(self) -> None:
+        self._reset()
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+
+
+__all__ = ["ZMQClient", "AsyncZMQClient", "RemoteError", "ServerUnavailable", "check_timeout", "reply_content"]

@@ -1,0 +1,399 @@
+"""ExecutionClient (blocking) and AsyncExecutionClient (asyncio).
+
+Both build the same requests through :class:`ExecutionRequests`; only the
+I/O differs. Subclass and override ``serialize_task`` to send custom task
+kinds (the matching server subclass runs them in ``execute_task``).
+
+``wait`` listens on the data channel for the execution's ``done`` event and
+also polls ``status`` with a backoff, so it neither misses an event sent
+before its subscription took effect nor depends on events at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import zmq
+import zmq.asyncio
+
+from .. import serialize
+from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
+from ..errors import ExecutionTimeout
+from ..protocol import FINAL_STATES, ProtocolError, Session
+from ..spawn import ensure_server
+from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
+
+log = logging.getLogger("zmqruntime.client")
+
+
+@dataclass
+class Event:
+    """One verified data-channel event.
+
+    ``missed`` counts the events of this execution that this subscriber did
+    not see before this one (a sequence gap); call ``get_status`` to recover
+    the full state when it is non-zero.
+    """
+
+    type: str
+    execution_id: str
+    seq: int
+    content: dict[str, Any] = field(default_factory=dict)
+    missed: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return self.content[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.content.get(key, default)
+
+
+def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
+    try:
+        msg = session.deserialize(frames, topic_frames=1)
+    except ProtocolError:
+        log.warning("dropped a data-channel message that failed verification")
+        return None
+    c = msg.content
+    return Event(msg.msg_type, c.get("execution_id", ""), int(c.get("seq", 0)), c)
+
+
+class SequenceTracker:
+    """Per-execution last seen seq → how many events were missed."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def observe(self, event: Event) -> None:
+        prev = self.last.get(event.execution_id)
+        if prev is not None and event.seq > prev + 1:
+            event.missed = event.seq - prev - 1
+        if prev is None or event.seq > prev:
+            self.last[event.execution_id] = event.seq
+
+
+class Subscription:
+    """A background thread delivering events to ``callback`` until closed."""
+
+    def __init__(self, info: ConnectionInfo, session: Session, callback: Callable[[Event], Any],
+                 execution_id: Optional[str], context: zmq.Context):
+        self.callback = callback
+        self.execution_id = execution_id
+        self._sock = context.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SUBSCRIBE, (execution_id or "").encode())
+        self._sock.connect(info.data_url)
+        self._session = session
+        self._stop = threading.Event()
+        self.tracker = SequenceTracker()
+        self._thread = threading.Thread(target=self._run, name="zmqruntime-subscribe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(50):
+                    continue
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    event = parse_event(self._session, frames)
+                    if event is None:
+                        continue
+                    self.tracker.observe(event)
+                    try:
+                        self.callback(event)
+                    except Exception:
+                        log.exception("subscriber callback raised (event %s %s)", event.type, event.execution_id)
+        finally:
+            sock.close(linger=0)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_id(execution_id: Any) -> str:
+    if not isinstance(execution_id, str) or not execution_id:
+        raise TypeError(f"execution_id must be a non-empty string, got {execution_id!r}")
+    return execution_id
+
+
+class ExecutionRequests:
+    """Request contents and reply decoding shared by both clients."""
+
+    def serialize_task(self, task: Any, results: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """The JSON-friendly task for ``task`` (Python source by default)."""
+        if isinstance(task, str):
+            spec: dict[str, Any] = {"kind": "python", "code": task}
+            if results:
+                if isinstance(results, str) or not all(isinstance(n, str) for n in results):
+                    raise TypeError(f"results must be a list of variable names, got {results!r}")
+                spec["results"] = list(results)
+            return spec
+        if isinstance(task, Mapping) and isinstance(task.get("kind"), str):
+            return dict(task)
+        raise TypeError(f"task must be Python source (str) or a dict with a 'kind', got {type(task).__name__}")
+
+    def _execute_request(self, task: Any, name: Optional[str], timeout: Optional[float],
+                         results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]]) -> tuple[dict, list]:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        content = {"task": self.serialize_task(task, results=results), "name": name or "",
+                   "timeout": check_timeout(timeout)}
+        buffers: list = []
+        if push:
+            if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
+                raise TypeError("push must be a mapping of variable names to values")
+            buffers = serialize.dumps(dict(push))
+        return content, buffers
+
+    @staticmethod
+    def _decode_results(msg: Any) -> dict[str, Any]:
+        reply_content(msg)
+        if not msg.buffers:
+            return {}
+        return serialize.loads(msg.buffers)
+
+
+class ExecutionClient(ExecutionRequests):
+    """Submit, watch, cancel and fetch executions (blocking API).
+
+    ``ExecutionClient(port=7777)`` connects to the server of that port,
+    starting a persistent one if none answers (``auto_spawn=False`` to
+    refuse). ``connection_file=`` connects to exactly that server.
+    """
+
+    def __init__(self, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str = "tcp",
+                 name: Optional[str] = None, connection_file: Optional[str] = None,
+                 timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
+                 spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
+                 server_args: Sequence[str] = ()):
+        check_timeout(timeout, allow_none=False)
+        if connection_file is not None:
+            info = read_connection_file(connection_file)
+        elif auto_spawn:
+            info = ensure_server(port, transport=transport, ip=ip, name=name, mode=spawn_mode,
+                                 timeout=check_timeout(spawn_timeout, "spawn_timeout", allow_none=False),
+                                 control_port_offset=control_port_offset, extra_args=tuple(server_args))
+        else:
+            from ..spawn import connection_path, find_server
+            from ..errors import ServerUnavailable
+
+            found = find_server(connection_path(port, transport, name), timeout=timeout)
+            if found is None:
+                raise ServerUnavailable(f"no zmqruntime server answers for port {port} and auto_spawn is off")
+            info = found
+        self.info = info
+        self._client = ZMQClient(info, timeout=timeout)
+        self.session = self._client.session
+        self._local = threading.local()
+        self._subs: list[Subscription] = []
+
+    # -- requests -----------------------------------------------------------
+    def ping(self, timeout: Optional[float] = None) -> dict[str, Any]:
+        return self._client.call("ping", {}, timeout=timeout)
+
+    def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
+                results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
+        """Queue ``task``; return its execution id at once."""
+        content, buffers = self._execute_request(task, name, timeout, results, push)
+        return self._client.call("execute", content, buffers=buffers)["execution_id"]
+
+    def get_status(self, execution_id: Optional[str] = None) -> Any:
+        """One execution's full state, or a list of all when no id is given."""
+        if execution_id is None:
+            return self._client.call("status", {})["executions"]
+        return self._client.call("status", {"execution_id": _check_id(execution_id)})["execution"]
+
+    def list_executions(self, status: Optional[str] = None) -> list[dict[str, Any]]:
+        return self._client.call("list", {"status": status} if status else {})["executions"]
+
+    def cancel(self, execution_id: str, reason: Optional[str] = None) -> dict[str, Any]:
+        content = {"execution_id": _check_id(execution_id)}
+        if reason is not None:
+            content["reason"] = reason
+        return self._client.call("cancel", content)
+
+    def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
+        """The execution's results: ``{"_": last expression, name: value...}``.
+
+        Raises ExecutionFailed (with the remote traceback), ExecutionCancelled,
+        or RemoteError ``not_finished`` / ``results_expired``.
+        """
+        msg = self._client.request("results", {"execution_id": _check_id(execution_id), "release": bool(release)},
+                                   copy=False)
+        return self._decode_results(msg)
+
+    def shutdown(self) -> dict[str, Any]:
+        return self._client.call("shutdown", {})
+
+    # -- waiting and events -------------------------------------------------
+    def _wait_socket(self) -> zmq.Socket:
+        sock = getattr(self._local, "sub", None)
+        if sock is None:
+            sock = self._client.context.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.connect(self.info.data_url)
+            self._local.sub = sock
+            with self._client._lock:
+                self._client._sockets.add(sock)
+        return sock
+
+    def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Block until the execution is final; return its status.
+
+        ``timeout`` is an overall deadline: ExecutionTimeout is raised when it
+        passes (the execution goes on). A dead server raises ServerUnavailable.
+        """
+        _check_id(execution_id)
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sub = self._wait_socket()
+        topic = execution_id.encode()
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            backoff = 0.02
+            while True:
+                status = self.get_status(execution_id)
+                if status["status"] in FINAL_STATES:
+                    return status
+                wait_for = backoff if deadline is None else min(backoff, deadline - time.monotonic())
+                if wait_for <= 0:
+                    raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
+                if not self._await_done(sub, execution_id, wait_for):
+                    backoff = min(backoff * 2, 0.5)
+        finally:
+            sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def _await_done(self, sub: zmq.Socket, execution_id: str, seconds: float) -> bool:
+        """Drain events for up to ``seconds``; True once our 'done' arrives."""
+        end = time.monotonic() + seconds
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0 or not sub.poll(remaining * 1000):
+                return False
+            event = parse_event(self.session, sub.recv_multipart())
+            if event is not None and event.type == "done" and event.execution_id == execution_id:
+                return True
+
+    def run(self, task: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
+        """execute + wait + get_results, for scripts."""
+        exec_id = self.execute(task, **kwargs)
+        self.wait(exec_id, timeout=timeout)
+        return self.get_results(exec_id)
+
+    def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
+        """Call ``callback(event)`` on a background thread for each event.
+
+        Events of one execution (``execution_id``) or of all. Close the
+        returned Subscription to stop.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        if execution_id is not None:
+            _check_id(execution_id)
+        sub = Subscription(self.info, self.session, callback, execution_id, self._client.context)
+        self._subs.append(sub)
+        return sub
+
+    def close(self) -> None:
+        for sub in self._subs:
+            sub.close()
+        self._subs.clear()
+        self._client.close()
+
+    def __enter__(self) -> "ExecutionClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncExecutionClient(ExecutionRequests):
+    """The asyncio flavour, for use inside a running event loop.
+
+    Build it with ``await AsyncExecutionClient.connect(port=...)`` (server
+    discovery and auto-spawn run in a thread so the loop is not blocked), or
+    directly from a ConnectionInfo.
+    """
+
+    def __init__(self, info: ConnectionInfo, timeout: float = 10.0):
+        self.info = info
+        self._client = AsyncZMQClient(info, timeout=timeout)
+        self.session = self._client.session
+
+    @classmethod
+    async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
+        loop = asyncio.get_running_loop()
+
+        def discover() -> ConnectionInfo:
+            sync = ExecutionClient(port, timeout=timeout, **kwargs)
+            sync.close()
+            return sync.info
+
+        return cls(await loop.run_in_executor(None, discover), timeout=timeout)
+
+    async def ping(self) -> dict[str, Any]:
+        return await self._client.call("ping", {})
+
+    async def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
+                      results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
+        content, buffers = self._execute_request(task, name, timeout, results, push)
+        return (await self._client.call("execute", content, buffers=buffers))["execution_id"]
+
+    async def get_status(self, execution_id: Optional[str] = None) -> Any:
+        if execution_id is None:
+            return (await self._client.call("status", {}))["executions"]
+        return (await self._client.call("status", {"execution_id": _check_id(execution_id)}))["execution"]
+
+    async def list_executions(self, status: Optional[str] = None) -> list[dict[str, Any]]:
+        return (await self._client.call("list", {"status": status} if status else {}))["executions"]
+
+    async def cancel(self, execution_id: str, reason: Optional[str] = None) -> dict[str, Any]:
+        content = {"execution_id": _check_id(execution_id)}
+        if reason is not None:
+            content["reason"] = reason
+        return await self._client.call("cancel", content)
+
+    async def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
+        msg = await self._client.request("results", {"execution_id": _check_id(execution_id), "release": bool(release)})
+        return self._decode_results(msg)
+
+    async def wait(self, execution_id: str, timeout: Optional[float] = None, poll_interval: float = 0.02) -> dict[str, Any]:
+        """Poll ``status`` with backoff until final (ExecutionTimeout past ``timeout``)."""
+        _check_id(execution_id)
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = poll_interval
+        while True:
+            status = await self.get_status(execution_id)
+            if status["status"] in FINAL_STATES:
+                return status
+            if deadline is not None and time.monotonic() + backoff > deadline:
+                raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 1.5, 0.25)
+
+    async def shutdown(self) -> dict[str, Any]:
+        return await self._client.call("shutdown", {})
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,161 @@
+"""Execution records and result retention, as the server keeps them.
+
+A record is what ``status`` reports: enough for a subscriber that joined
+late or dropped events to recover the whole state (status, latest progress,
+buffered output, error, sequence number).
+
+Retention (documented in README and docs/protocol.md): results are kept
+until fetched *and* evicted, or until a limit is passed. Limits are a count
+of executions, a total of result bytes and an age; when one is passed the
+oldest *fetched* results go first, then the oldest unfetched ones. Evicting
+a result keeps the record (status stays visible; ``results`` answers
+``results_expired``). Records themselves are capped by count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from ..protocol import FINAL_STATES
+
+
+@dataclass
+class ExecutionRecord:
+    execution_id: str
+    task: dict[str, Any]
+    name: str = ""
+    status: str = "queued"
+    created: float = field(default_factory=time.time)
+    started: Optional[float] = None
+    finished: Optional[float] = None
+    timeout: Optional[float] = None
+    seq: int = 0
+    progress: Optional[dict[str, Any]] = None
+    stdout: str = ""
+    stderr: str = ""
+    output_truncated: bool = False
+    error: Optional[dict[str, Any]] = None
+    reason: Optional[str] = None
+    worker_pid: Optional[int] = None
+    namespace_reset: bool = False
+    push_frames: list[Any] = field(default_factory=list)
+    # results
+    result_names: list[str] = field(default_factory=list)
+    result_frames: list[Any] = field(default_factory=list)
+    result_digests: list[bytes] = field(default_factory=list)
+    result_nbytes: int = 0
+    result_error: Optional[str] = None
+    results_fetched: bool = False
+    results_expired: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def has_results(self) -> bool:
+        return bool(self.result_frames)
+
+    def append_output(self, name: str, text: str, limit: int) -> None:
+        """Keep the last ``limit`` characters of each stream."""
+        current = (self.stdout if name == "stdout" else self.stderr) + text
+        if len(current) > limit:
+            current = current[-limit:]
+            self.output_truncated = True
+        if name == "stdout":
+            self.stdout = current
+        else:
+            self.stderr = current
+
+    def summary(self) -> dict[str, Any]:
+        """The short form used by ``list``."""
+        return {
+            "execution_id": self.execution_id,
+            "name": self.name,
+            "kind": self.task.get("kind"),
+            "status": self.status,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "progress": self.progress,
+            "has_results": self.has_results,
+            "result_nbytes": self.result_nbytes,
+            "reason": self.reason,
+        }
+
+    def to_status(self) -> dict[str, Any]:
+        """The full form used by ``status``."""
+        info = self.summary()
+        info.update(
+            seq=self.seq,
+            timeout=self.timeout,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            output_truncated=self.output_truncated,
+            error=self.error,
+            worker_pid=self.worker_pid,
+            namespace_reset=self.namespace_reset,
+            result_names=self.result_names,
+            result_error=self.result_error,
+            results_fetched=self.results_fetched,
+            results_expired=self.results_expired,
+        )
+        return info
+
+
+class RecordStore:
+    """Records by id in creation order, with the retention policy."""
+
+    def __init__(self, max_records: int, max_results: int, max_result_bytes: int, max_result_age: float):
+        self.records: "OrderedDict[str, ExecutionRecord]" = OrderedDict()
+        self.max_records = max_records
+        self.max_results = max_results
+        self.max_result_bytes = max_result_bytes
+        self.max_result_age = max_result_age
+
+    def __contains__(self, exec_id: str) -> bool:
+        return exec_id in self.records
+
+    def __iter__(self) -> Iterator[ExecutionRecord]:
+        return iter(self.records.values())
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, exec_id: str) -> Optional[ExecutionRecord]:
+        return self.records.get(exec_id)
+
+    def add(self, record: ExecutionRecord) -> None:
+        self.records[record.execution_id] = record
+        self._trim_records()
+
+    def _trim_records(self) -> None:
+        excess = len(self.records) - self.max_records
+        if excess <= 0:
+            return
+        for rec in [r for r in self.records.values() if r.final][:excess]:
+            del self.records[rec.execution_id]
+
+    def enforce(self, now: Optional[float] = None) -> list[str]:
+        """Evict results past the limits; return the ids evicted."""
+        now = time.time() if now is None else now
+        held = [r for r in self.records.values() if r.has_results]
+        # fetched first, then oldest first
+        held.sort(key=lambda r: (not r.results_fetched, r.finished or r.created))
+        total = sum(r.result_nbytes for r in held)
+        count = len(held)
+        evicted = []
+        for rec in held:
+            too_old = now - (rec.finished or rec.created) > self.max_result_age
+            if not (too_old or count > self.max_results or total > self.max_result_bytes):
+                continue
+            total -= rec.result_nbytes
+            count -= 1
+            rec.result_frames = []
+            rec.result_digests = []
+            rec.results_expired = True
+            evicted.append(rec.execution_id)
+        return evicted

@@ -1,0 +1,428 @@
+"""ExecutionServer: the queue, the workers, cancel and results.
+
+User code never runs in the server's process: each of ``concurrency``
+worker processes (``worker.py``) runs one task at a time, so the control
+loop keeps answering in microseconds while tasks burn CPU.
+
+Where code runs is one small interface, :class:`WorkerPool`-like methods
+``_spawn_worker`` / ``_dispatch`` / ``_interrupt``; a distributed back end
+(dask.distributed) is meant to plug in behind the same calls later.
+
+Lifecycle of an execution and who emits which event::
+
+    execute  -> queued   (server: status, seq 1)
+    dispatch -> running  (server: status)
+    task     -> progress / stream events (worker, signed, forwarded as is)
+    finish   -> complete | failed | cancelled (server: status, then done)
+
+Cancel of a queued execution removes it. Cancel of a running one sends
+SIGINT (KeyboardInterrupt in the task); if the task has not ended after
+``cancel_grace_period`` the worker gets SIGTERM, then SIGKILL after
+``kill_grace_period``, and a fresh worker is started (its namespace is new;
+the record says so). A per-execution ``timeout`` takes the same path.
+
+Custom task kinds: subclass, add the kind to ``task_kinds``, validate it in
+``validate_task`` (server side) and run it in ``execute_task`` (worker side:
+the worker imports the server class by name, so it must be importable).
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import zmq
+from traitlets import Float, Int, Unicode
+
+from ..protocol import FINAL_STATES, new_id
+from ..server import Reply, RequestError, ZMQServer
+from ..transport import runtime_dir
+from .records import ExecutionRecord, RecordStore
+from .worker import KIND_CONTROL, KIND_EVENT, TaskContext, run_python_source
+
+log = logging.getLogger("zmqruntime.execution")
+
+OUTPUT_KEEP_CHARS = 1 << 20
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    process: subprocess.Popen
+    ready: bool = False
+    execution_id: Optional[str] = None
+    fresh_after_loss: bool = False
+    escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class ExecutionServer(ZMQServer):
+    concurrency = Int(1, help="How many executions run at once (one worker process each).").tag(config=True)
+    cancel_grace_period = Float(2.0, help="Seconds after SIGINT before the worker is terminated.").tag(config=True)
+    kill_grace_period = Float(1.0, help="Seconds after SIGTERM before the worker is killed.").tag(config=True)
+    max_records = Int(1000, help="Executions remembered (oldest finished ones forgotten first).").tag(config=True)
+    max_results = Int(100, help="Results kept at most (count).").tag(config=True)
+    max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
+    max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
+    worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
+
+    #: Task kinds this server accepts. Subclasses extend it.
+    task_kinds: tuple[str, ...] = ("python",)
+
+    def __init__(self, _worker_side: bool = False, **kwargs: Any):
+        if _worker_side:
+            # In a worker only execute_task is used: no sockets, no key.
+            Configurable_init(self, **kwargs)
+            return
+        super().__init__(**kwargs)
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
+        self.queue: deque[str] = deque()
+        self.workers: dict[str, WorkerHandle] = {}
+        self.worker_sock: Optional[zmq.Socket] = None
+        self.worker_url = ""
+
+    # -- worker side: override these for custom task kinds -----------------
+    def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        """Run one task in the worker; return ``{name: value}`` results."""
+        if task["kind"] == "python":
+            return run_python_source(task, ctx)
+        raise ValueError(f"{type(self).__name__} cannot run task kind {task['kind']!r}")
+
+    # -- server side --------------------------------------------------------
+    def validate_task(self, task: Any) -> dict[str, Any]:
+        """Check a task before it is queued; raise RequestError if it is bad."""
+        if not isinstance(task, dict):
+            raise RequestError("bad_request", f"'task' must be an object, got {type(task).__name__}")
+        kind = task.get("kind")
+        if kind not in self.task_kinds:
+            raise RequestError("unknown_task_kind", f"task kind {kind!r} is not one of {list(self.task_kinds)}")
+        if kind == "python":
+            if not isinstance(task.get("code"), str):
+                raise RequestError("bad_request", "python task needs 'code' as a string")
+            names = task.get("results", [])
+            if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names):
+                raise RequestError("bad_request", "'results' must be a list of variable names")
+            try:
+                compile(task["code"], "<zmqexec>", "exec", dont_inherit=True)
+            except SyntaxError as exc:
+                raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno, text=exc.text) from None
+        return task
+
+    def on_start(self) -> None:
+        self.worker_sock = self.context.socket(zmq.ROUTER)
+        self.worker_sock.setsockopt(zmq.LINGER, 0)
+        self.worker_sock.setsockopt(zmq.RCVHWM, 0)
+        self.worker_url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
+        self.worker_sock.bind(self.worker_url)
+        self.add_socket(self.worker_sock, self._on_worker)
+        for _ in range(self.concurrency):
+            self._spawn_worker()
+        self.call_later(0.05, self._check_workers)
+        self.call_later(60.0, self._enforce_retention)
+
+    def on_stop(self) -> None:
+        for rec in list(self.records):
+            if not rec.final:
+                self._finish(rec, "cancelled", reason="server shut down")
+        for handle in self.workers.values():
+            try:
+                self.worker_sock.send_multipart([handle.worker_id.encode(), KIND_CONTROL, b'{"type":"exit"}'], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for handle in self.workers.values():
+            try:
+                handle.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                handle.process.kill()
+                handle.process.wait(5)
+        self.workers.clear()
+        if self.worker_sock is not None:
+            self.worker_sock.close()
+            path = self.worker_url[len("ipc://"):]
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def ping_info(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "queued": list(self.queue),
+            "running": [h.execution_id for h in self.workers.values() if h.execution_id],
+            "workers": [{"pid": h.pid, "ready": h.ready, "execution_id": h.execution_id} for h in self.workers.values()],
+            "executions": len(self.records),
+        }
+
+    # -- workers ------------------------------------------------------------
+    def _spawn_worker(self, fresh_after_loss: bool = False) -> WorkerHandle:
+        worker_id = f"w-{new_id()[:8]}"
+        cls = self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}"
+        env = dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.key)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zmqruntime.execution.worker", "--url", self.worker_url,
+             "--worker-id", worker_id, "--server-class", cls],
+            env=env, stdin=subprocess.DEVNULL,
+        )
+        handle = WorkerHandle(worker_id, process, fresh_after_loss=fresh_after_loss)
+        self.workers[worker_id] = handle
+        log.info("started worker %s (pid %d)", worker_id, process.pid)
+        return handle
+
+    def _check_workers(self) -> None:
+        for handle in list(self.workers.values()):
+            code = handle.process.poll()
+            if code is None:
+                continue
+            del self.workers[handle.worker_id]
+            rec = self.records.get(handle.execution_id) if handle.execution_id else None
+            if rec is not None and not rec.final:
+                rec.namespace_reset = True
+                if rec.reason:  # a cancel or timeout we escalated
+                    self._finish(rec, "cancelled", reason=f"{rec.reason}; worker terminated after the grace period (remote namespace reset)")
+                else:
+                    self._finish(rec, "failed", reason=f"worker process died unexpectedly (exit code {code}); remote namespace reset",
+                                 error={"ename": "WorkerDied", "evalue": f"worker exited with code {code}", "traceback": []})
+            log.warning("worker %s (pid %d) exited with code %s; starting a new one", handle.worker_id, handle.pid, code)
+            if self._running:
+                self._spawn_worker(fresh_after_loss=True)
+        self._schedule()
+        self.call_later(0.05, self._check_workers)
+
+    def _on_worker(self) -> None:
+        for _ in range(1024):
+            try:
+                frames = self.worker_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            worker_id = frames[0].bytes.decode()
+            kind = frames[1].bytes
+            if kind == KIND_EVENT:
+                self._relay_event(frames[2:])
+            elif kind == KIND_CONTROL:
+                self._on_worker_control(worker_id, json.loads(frames[2].bytes), frames[3:])
+
+    def _relay_event(self, frames: list[Any]) -> None:
+        """Forward a worker-signed event as is, updating the record on the way."""
+        content = json.loads(frames[4].bytes)
+        msg_type = json.loads(frames[3].bytes)["msg_type"]
+        rec = self.records.get(content["execution_id"])
+        if rec is None or rec.final:
+            return
+        rec.seq = content["seq"]
+        if msg_type == "progress":
+            rec.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+        elif msg_type == "stream":
+            rec.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
+        self.pub.send_multipart(frames, copy=False)
+
+    def _on_worker_control(self, worker_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
+        handle = self.workers.get(worker_id)
+        if handle is None:
+            return
+        if msg["type"] == "ready":
+            handle.ready = True
+            self._schedule()
+        elif msg["type"] == "finished":
+            rec = self.records.get(msg["execution_id"])
+            handle.execution_id = None
+            handle.escalation = 0
+            if rec is not None and not rec.final:
+                rec.seq = max(rec.seq, msg["seq"])
+                result = msg["result"]
+                rec.result_names = result["names"]
+                rec.result_error = result["error"]
+                rec.result_frames = list(buffers)
+                rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
+                rec.result_nbytes = result["nbytes"]
+                status = msg["status"]
+                reason = rec.reason if status == "cancelled" else None
+                if status == "cancelled" and reason is None:
+                    reason = "interrupted"
+                self._finish(rec, status, reason=reason, error=msg["error"])
+            self._schedule()
+
+    def _schedule(self) -> None:
+        for handle in self.workers.values():
+            if not self.queue:
+                return
+            if handle.ready and handle.execution_id is None:
+                self._dispatch(handle, self.records.get(self.queue.popleft()))
+
+    def _dispatch(self, handle: WorkerHandle, rec: ExecutionRecord) -> None:
+        handle.execution_id = rec.execution_id
+        rec.status = "running"
+        rec.started = time.time()
+        rec.worker_pid = handle.pid
+        if handle.fresh_after_loss:
+            rec.namespace_reset = True
+            handle.fresh_after_loss = False
+        self._emit_status(rec)
+        run = {"type": "run", "execution_id": rec.execution_id, "task": rec.task, "seq": rec.seq}
+        self.worker_sock.send_multipart(
+            [handle.worker_id.encode(), KIND_CONTROL, json.dumps(run).encode(), *rec.push_frames], copy=False
+        )
+        rec.push_frames = []
+        if rec.timeout:
+            exec_id = rec.execution_id
+            self.call_later(rec.timeout, lambda: self._on_timeout(exec_id))
+
+    def _on_timeout(self, exec_id: str) -> None:
+        rec = self.records.get(exec_id)
+        if rec is not None and rec.status == "running":
+            self._cancel_running(rec, f"timeout after {rec.timeout:g} s")
+
+    def _cancel_running(self, rec: ExecutionRecord, reason: str) -> None:
+        handle = next((h for h in self.workers.values() if h.execution_id == rec.execution_id), None)
+        if handle is None or handle.escalation:
+            return
+        rec.reason = reason
+        self._escalate(handle, rec.execution_id)
+
+    def _escalate(self, handle: WorkerHandle, exec_id: str) -> None:
+        """SIGINT, then SIGTERM, then SIGKILL, each after its grace period."""
+        if handle.execution_id != exec_id or handle.worker_id not in self.workers:
+            return
+        step = handle.escalation
+        sig, wait = [(signal.SIGINT, self.cancel_grace_period), (signal.SIGTERM, self.kill_grace_period),
+                     (signal.SIGKILL, None)][min(step, 2)]
+        if step >= 3:
+            return
+        handle.escalation = step + 1
+        log.info("cancel %s: sending %s to worker pid %d", exec_id, sig.name, handle.pid)
+        try:
+            os.kill(handle.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait is not None:
+            self.call_later(wait, lambda: self._escalate(handle, exec_id))
+
+    # -- records and events ---------------------------------------------------
+    def _emit_status(self, rec: ExecutionRecord) -> None:
+        rec.seq += 1
+        self.publish(rec.execution_id, "status", {
+            "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": rec.status,
+            "reason": rec.reason, "namespace_reset": rec.namespace_reset,
+        })
+
+    def _finish(self, rec: ExecutionRecord, status: str, *, reason: Optional[str] = None,
+                error: Optional[dict[str, Any]] = None) -> None:
+        rec.status = status
+        rec.finished = time.time()
+        rec.reason = reason
+        rec.error = error
+        self._emit_status(rec)
+        rec.seq += 1
+        self.publish(rec.execution_id, "done", {
+            "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": status,
+            "reason": reason, "error": error, "has_results": rec.has_results, "result_names": rec.result_names,
+            "result_nbytes": rec.result_nbytes, "result_error": rec.result_error,
+            "namespace_reset": rec.namespace_reset,
+        })
+        if rec.has_results:
+            self.records.enforce()
+
+    def _enforce_retention(self) -> None:
+        self.records.enforce()
+        self.call_later(60.0, self._enforce_retention)
+
+    def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
+        exec_id = msg.content.get("execution_id")
+        if exec_id is None and not required:
+            return None
+        if not isinstance(exec_id, str):
+            raise RequestError("bad_request", f"'execution_id' must be a string, got {type(exec_id).__name__}")
+        rec = self.records.get(exec_id)
+        if rec is None:
+            raise RequestError("unknown_execution", f"no execution with id {exec_id!r}")
+        return rec
+
+    # -- handlers -----------------------------------------------------------
+    def handle_execute(self, msg: Any) -> Reply:
+        c = msg.content
+        task = self.validate_task(c.get("task"))
+        name = c.get("name") or ""
+        if not isinstance(name, str):
+            raise RequestError("bad_request", "'name' must be a string")
+        timeout = c.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise RequestError("bad_request", f"'timeout' must be a positive number or null, got {timeout!r}")
+        exec_id = new_id()[:12]
+        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers))
+        self.records.add(rec)
+        self.queue.append(exec_id)
+        self._emit_status(rec)
+        self._schedule()
+        return {"execution_id": exec_id, "status": rec.status}, [], None
+
+    def handle_status(self, msg: Any) -> Reply:
+        rec = self._record(msg, required=False)
+        if rec is not None:
+            return {"execution": rec.to_status()}, [], None
+        return {"executions": [r.to_status() for r in self.records]}, [], None
+
+    def handle_list(self, msg: Any) -> Reply:
+        status = msg.content.get("status")
+        if status is not None and not isinstance(status, str):
+            raise RequestError("bad_request", "'status' filter must be a string")
+        return {"executions": [r.summary() for r in self.records if status is None or r.status == status]}, [], None
+
+    def handle_cancel(self, msg: Any) -> Reply:
+        rec = self._record(msg)
+        reason = msg.content.get("reason") or "cancelled by request"
+        if not isinstance(reason, str):
+            raise RequestError("bad_request", "'reason' must be a string")
+        if rec.final:
+            return {"execution_id": rec.execution_id, "cancelled": False, "status": rec.status,
+                    "message": f"execution already {rec.status}"}, [], None
+        if rec.status == "queued":
+            self.queue.remove(rec.execution_id)
+            rec.push_frames = []
+            self._finish(rec, "cancelled", reason=f"{reason} (before it started)")
+        else:
+            self._cancel_running(rec, reason)
+        return {"execution_id": rec.execution_id, "cancelled": True, "status": rec.status}, [], None
+
+    def handle_results(self, msg: Any) -> Reply:
+        rec = self._record(msg)
+        release = msg.content.get("release", False)
+        if not isinstance(release, bool):
+            raise RequestError("bad_request", "'release' must be true or false")
+        if not rec.final:
+            raise RequestError("not_finished", f"execution {rec.execution_id} is still {rec.status}", status=rec.status)
+        if rec.status == "failed":
+            raise RequestError("execution_failed", rec.reason or (rec.error or {}).get("evalue", "failed"),
+                               status=rec.status, remote_error=rec.error)
+        if rec.status == "cancelled":
+            raise RequestError("execution_cancelled", rec.reason or "cancelled", status=rec.status)
+        if rec.result_error:
+            raise RequestError("unpicklable_result", rec.result_error, status=rec.status)
+        if rec.results_expired:
+            raise RequestError("results_expired", f"results of {rec.execution_id} were dropped by the retention policy")
+        frames, digests = rec.result_frames, rec.result_digests
+        rec.results_fetched = True
+        content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
+        if release:
+            rec.result_frames, rec.result_digests = [], []
+            rec.results_expired = True
+        return content, frames, digests
+
+
+def Configurable_init(obj: Any, **kwargs: Any) -> None:
+    """Initialise only the traitlets part (worker side has no sockets)."""
+    super(ZMQServer, obj).__init__(**kwargs)

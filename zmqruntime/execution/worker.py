@@ -1,0 +1,310 @@
+"""The worker process: runs tasks outside the server's control loop.
+
+One worker runs one task at a time in its main thread and keeps a persistent
+namespace between tasks (like a kernel keeps variables between cells).
+
+Link to the server: a DEALER socket on a private IPC endpoint inside the
+0700 runtime directory, so only the same user can reach it; messages on it
+are plain ``[kind, json, *buffers]`` (see ``_send_control``). Data-channel
+events are different: the worker signs them itself with the connection key
+and the server forwards them to subscribers byte for byte.
+
+Cancel: the server sends SIGINT. The handler raises KeyboardInterrupt only
+while user code of the current task runs; inside our own critical sections
+(sending a message) it is deferred to the end of the section, so a
+multipart message is never cut in half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import io
+import json
+import linecache
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import zmq
+
+from .. import reporting as progress_mod
+from .. import serialize
+from ..protocol import Session, buffer_digest
+
+KIND_EVENT = b"E"
+KIND_CONTROL = b"M"
+STREAM_FLUSH_INTERVAL = 0.05
+STREAM_FLUSH_BYTES = 64 * 1024
+
+
+class InterruptGuard:
+    """SIGINT → KeyboardInterrupt, but only in user code, never mid-send."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.critical = 0
+        self.pending = False
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            return
+        if self.critical:
+            self.pending = True
+            return
+        self.armed = False
+        raise KeyboardInterrupt("cancelled")
+
+    def leave_critical(self) -> None:
+        self.critical -= 1
+        if not self.critical and self.pending and self.armed:
+            self.pending = False
+            self.armed = False
+            raise KeyboardInterrupt("cancelled")
+
+
+@dataclass
+class TaskContext:
+    """What ``execute_task`` gets besides the task: the place to run it."""
+
+    execution_id: str
+    namespace: dict[str, Any]
+    pushed: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[..., Any] = progress_mod.progress
+    reporter: type = progress_mod.Reporter
+
+
+class StreamCapture(io.TextIOBase):
+    """A text stream whose writes become ``stream`` events (buffered)."""
+
+    def __init__(self, worker: "Worker", name: str):
+        self.worker = worker
+        self.name = name
+        self._parts: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        with self._lock:
+            self._parts.append(text)
+            self._size += len(text)
+            big = self._size >= STREAM_FLUSH_BYTES
+        if big:
+            self.flush()
+        return len(text)
+
+    def take(self) -> str:
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+            self._size = 0
+        return text
+
+    def flush(self) -> None:
+        text = self.take()
+        if text:
+            self.worker.emit("stream", {"name": self.name, "text": text})
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def isatty(self) -> bool:
+        return False
+
+
+class Worker:
+    def __init__(self, url: str, key: str, worker_id: str, server_class: str):
+        self.session = Session(key)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(url)
+        self.lock = threading.Lock()
+        self.guard = InterruptGuard()
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.execution_id: Optional[str] = None
+        self.seq = 0
+        self.app = _load_class(server_class)(_worker_side=True)
+        self.stdout = StreamCapture(self, "stdout")
+        self.stderr = StreamCapture(self, "stderr")
+        self._stop = threading.Event()
+
+    # -- sending ------------------------------------------------------------
+    def _send(self, frames: list[Any], copy: bool = True) -> None:
+        self.guard.critical += 1
+        try:
+            with self.lock:
+                self.sock.send_multipart(frames, copy=copy)
+        finally:
+            self.guard.leave_critical()
+
+    def _send_control(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
+        self._send([KIND_CONTROL, json.dumps(content).encode(), *buffers], copy=not buffers)
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        """Sign and send one data-channel event of the running execution."""
+        exec_id = self.execution_id
+        if exec_id is None:
+            return
+        self.guard.critical += 1
+        try:
+            with self.lock:
+                self.seq += 1
+                content = {"execution_id": exec_id, "seq": self.seq, "time": time.time(), **data}
+                frames = self.session.serialize(event_type, content, topic=exec_id.encode())
+                self.sock.send_multipart([KIND_EVENT, *frames])
+        finally:
+            self.guard.leave_critical()
+
+    def _progress_sink(self, done: float, total: Optional[float], desc: str, rate: float, elapsed: float) -> None:
+        self.emit("progress", {"done": done, "total": total, "desc": desc, "rate": rate, "elapsed": elapsed})
+
+    def _flush_streams(self) -> None:
+        self.stdout.flush()
+        self.stderr.flush()
+
+    def _flusher(self) -> None:
+        while not self._stop.wait(STREAM_FLUSH_INTERVAL):
+            try:
+                self._flush_streams()
+            except Exception:  # never let the flusher die silently mid-task
+                traceback.print_exc(file=sys.__stderr__)
+
+    # -- running ------------------------------------------------------------
+    def run_forever(self) -> None:
+        signal.signal(signal.SIGINT, self.guard.handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        threading.Thread(target=self._flusher, name="zmqruntime-flush", daemon=True).start()
+        self._send_control({"type": "ready", "pid": os.getpid()})
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while True:
+            with self.lock:
+                ready = poller.poll(50)
+                frames = self.sock.recv_multipart(copy=False) if ready else None
+            if frames is None:
+                continue
+            msg = json.loads(frames[1].bytes)
+            if msg["type"] == "exit":
+                break
+            if msg["type"] == "run":
+                self.run_task(msg, frames[2:])
+        self._stop.set()
+        self.sock.close()
+        self.ctx.term()
+
+    def run_task(self, msg: dict[str, Any], buffers: list[Any]) -> None:
+        exec_id = msg["execution_id"]
+        self.execution_id = exec_id
+        self.seq = msg["seq"]
+        status, error, results = "complete", None, {}
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        progress_mod._set_sink(self._progress_sink)
+        try:
+            pushed = serialize.loads(buffers) if buffers else {}
+            ctx = TaskContext(exec_id, self.namespace, pushed)
+            self.namespace.update(pushed)
+            self.guard.pending = False
+            self.guard.armed = True
+            try:
+                results = self.app.execute_task(msg["task"], ctx) or {}
+            finally:
+                self.guard.armed = False
+        except KeyboardInterrupt:
+            status, error = "cancelled", _format_error(*sys.exc_info())
+        except BaseException:  # SystemExit too: the task failed, the worker lives
+            status, error = "failed", _format_error(*sys.exc_info())
+        finally:
+            progress_mod._set_sink(None)
+            sys.stdout, sys.stderr = old_out, old_err
+        self._flush_streams()
+        result_info, frames = self._pack_results(results, msg.get("results_wanted", True))
+        self.execution_id = None
+        self._send_control(
+            {"type": "finished", "execution_id": exec_id, "status": status, "error": error,
+             "seq": self.seq, "result": result_info},
+            frames,
+        )
+
+    def _pack_results(self, results: dict[str, Any], wanted: bool) -> tuple[dict[str, Any], list[Any]]:
+        if not results or not wanted:
+            return {"names": [], "digests": [], "nbytes": 0, "error": None}, []
+        try:
+            frames = serialize.dumps(results)
+        except serialize.SerializationError as exc:
+            return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
+        digests = [buffer_digest(f).hex() for f in frames]
+        return {"names": sorted(results), "digests": digests,
+                "nbytes": serialize.nbytes(frames), "error": None}, frames
+
+
+def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """The built-in ``python`` task kind: exec source, keep the namespace.
+
+    Returns ``{"_": value of the last expression (if any), name: value ...}``
+    for the names listed in ``task["results"]``.
+    """
+    code: str = task["code"]
+    filename = f"<zmqexec-{ctx.execution_id}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    tree = ast.parse(code, filename=filename, mode="exec")
+    last_expr = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last_expr = ast.Expression(tree.body.pop().value)
+    ns = ctx.namespace
+    exec(compile(tree, filename, "exec"), ns)
+    results: dict[str, Any] = {}
+    if last_expr is not None:
+        value = eval(compile(last_expr, filename, "eval"), ns)
+        if value is not None:
+            results["_"] = value
+    missing = [n for n in task.get("results", []) if n not in ns]
+    if missing:
+        raise NameError(f"result variable(s) not defined after the task ran: {', '.join(missing)}")
+    for name in task.get("results", []):
+        results[name] = ns[name]
+    return results
+
+
+def _format_error(etype: type, value: BaseException, tb: Any) -> dict[str, Any]:
+    # Drop our own frames (execute_task dispatch) so the user sees their code first.
+    while tb is not None and tb.tb_next is not None and "zmqruntime" in tb.tb_frame.f_code.co_filename:
+        tb = tb.tb_next
+    lines = traceback.format_exception(etype, value, tb)
+    return {"ename": etype.__name__, "evalue": str(value), "traceback": lines}
+
+
+def _load_class(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="zmqruntime worker (started by the server)")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--server-class", default="zmqruntime.execution.server:ExecutionServer")
+    args = parser.parse_args(argv)
+    key = os.environ.pop("ZMQRUNTIME_WORKER_KEY", "")
+    if not key:
+        parser.error("ZMQRUNTIME_WORKER_KEY is not set")
+    Worker(args.url, key, args.worker_id, args.server_class).run_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""The zmqruntime wire format: message model, signing and framing — no sockets.
+
+Every message, on both channels, is a list of frames::
+
+    [prefix ...] b"<ZMQR>" signature header content [buffer ...]
+
+* ``prefix``: routing identities added by ROUTER sockets (control channel) or
+  the topic (data channel: the execution id). Topics are signed, identities
+  are not (they are chosen by ZeroMQ, not by the peer).
+* ``signature``: lowercase hex HMAC-SHA256, keyed by the connection file's key,
+  over the length-prefixed topic, header and content frames and the SHA-256
+  digest of every buffer (see :func:`compute_signature`). Digesting buffers
+  lets the server forward a large result without re-reading it, while every
+  byte is still covered by the signature.
+* ``header``: UTF-8 JSON object (:class:`Header`).
+* ``content``: UTF-8 JSON object, the message's fields.
+* ``buffers``: raw bytes (pickle protocol 5 data and out-of-band buffers).
+
+``docs/protocol.md`` is the normative description; keep the two in step.
+Nothing here unpickles anything: verification comes first, decoding of
+buffers is the caller's business once :meth:`Session.deserialize` returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+PROTOCOL_VERSION = "1.0"
+DELIMITER = b"<ZMQR>"
+SIGNATURE_SCHEME = "hmac-sha256"
+
+#: Control requests a server understands; replies are ``<type>_reply``.
+REQUEST_TYPES = ("ping", "execute", "status", "cancel", "results", "list", "shutdown")
+#: Data-channel event types.
+EVENT_TYPES = ("status", "progress", "stream", "done")
+#: Execution states; the last three are final.
+STATES = ("queued", "running", "complete", "failed", "cancelled")
+FINAL_STATES = frozenset(("complete", "failed", "cancelled"))
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted: carries a stable error ``code``.
+
+    ``malformed`` (no delimiter, too few frames) is raised before the
+    signature is checked; ``bad_message`` and ``unsupported_version`` after,
+    so those messages are authentic and deserve an error reply.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SignatureError(ProtocolError):
+    """Missing or wrong signature: such a message is dropped, never answered."""
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def new_key() -> str:
+    """A fresh random signing key (hex, 256 bits)."""
+    return os.urandom(32).hex()
+
+
+def buffer_digest(buf: Any) -> bytes:
+    """SHA-256 of one payload buffer (anything exposing the buffer protocol)."""
+    return hashlib.sha256(memoryview(buf)).digest()
+
+
+def compute_signature(
+    key: bytes, topic: bytes, header: bytes, content: bytes, digests: Sequence[bytes]
+) -> bytes:
+    """HMAC-SHA256 over len-prefixed topic, header, content, then buffer digests."""
+    mac = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (topic, header, content):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    mac.update(len(digests).to_bytes(8, "big"))
+    for digest in digests:
+        mac.update(digest)
+    return mac.hexdigest().encode("ascii")
+
+
+@dataclass
+class Header:
+    msg_type: str
+    session: str
+    msg_id: str = field(default_factory=new_id)
+    parent_id: str | None = None
+    date: str = field(default_factory=utcnow_iso)
+    version: str = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "msg_id": self.msg_id,
+            "msg_type": self.msg_type,
+            "session": self.session,
+            "date": self.date,
+            "version": self.version,
+            "parent_id": self.parent_id,
+        }
+
+
+@dataclass
+class Message:
+    """One decoded, verified message."""
+
+    header: dict[str, Any]
+    content: dict[str, Any]
+    buffers: list[Any] = field(default_factory=list)
+    prefix: list[bytes] = field(default_factory=list)
+    topic: bytes = b""
+
+    @property
+    def msg_type(self) -> str:
+        return self.header["msg_type"]
+
+    @property
+    def msg_id(self) -> str:
+        return self.header["msg_id"]
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.header.get("parent_id")
+
+
+def _bytes(frame: Any) -> bytes:
+    """Frame (zmq.Frame, bytes, memoryview) to bytes for small frames."""
+    if isinstance(frame, bytes):
+        return frame
+    data = getattr(frame, "bytes", None)
+    if data is not None:
+        return data
+    return bytes(frame)
+
+
+def _view(frame: Any) -> memoryview:
+    buf = getattr(frame, "buffer", None)
+    return buf if buf is not None else memoryview(frame)
+
+
+class Session:
+    """Signs outgoing and verifies incoming messages with one key.
+
+    ``topic_frames`` tells :meth:`deserialize` how many prefix frames are a
+    signed topic (1 on the data channel, 0 on the control channel).
+    """
+
+    def __init__(self, key: str | bytes, session_id: str | None = None):
+        if isinstance(key, str):
+            key = key.encode("ascii")
+        if not key:
+            raise ValueError("a non-empty signing key is required")
+        self.key = key
+        self.session_id = session_id or new_id()
+
+    # -- outgoing ---------------------------------------------------------
+    def serialize(
+        self,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+        topic: bytes | None = None,
+        buffers: Sequence[Any] = (),
+        digests: Sequence[bytes] | None = None,
+        header: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """Frames ready for ``send_multipart`` (topic first when given).
+
+        ``digests`` may be supplied when the buffers' SHA-256 are already
+        known (a stored result), so large buffers are not hashed again.
+        """
+        hdr = header or Header(msg_type, self.session_id, parent_id=parent_id).to_dict()
+        header_b = json.dumps(hdr, separators=(",", ":")).encode()
+        content_b = json.dumps(content, separators=(",", ":")).encode()
+        if digests is None:
+            digests = [buffer_digest(b) for b in buffers]
+        elif len(digests) != len(buffers):
+            raise ValueError("one digest per buffer is required")
+        sig = compute_signature(self.key, topic or b"", header_b, content_b, digests)
+        frames: list[Any] = [topic] if topic is not None else []
+        frames += [DELIMITER, sig, header_b, content_b]
+        frames.extend(buffers)
+        return frames
+
+    def serialize_request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = ()) -> tuple[list[Any], str]:
+        """Frames of a new request and its ``msg_id`` (to match the reply)."""
+        header = Header(msg_type, self.session_id).to_dict()
+        return self.serialize(msg_type, content, buffers=buffers, header=header), header["msg_id"]
+
+    # -- incoming ---------------------------------------------------------
+    def split(self, frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
+        """Split identities/topic from the message body at the delimiter."""
+        for i, frame in enumerate(frames):
+            if len(_view(frame)) == len(DELIMITER) and _bytes(frame) == DELIMITER:
+                return [_bytes(f) for f in frames[:i]], list(frames[i + 1 :])
+        raise ProtocolError("malformed", "no <ZMQR> delimiter frame")
+
+    def deserialize(self, frames: Sequence[Any], *, topic_frames: int = 0) -> Message:
+        """Verify then decode; raise SignatureError / ProtocolError otherwise."""
+        prefix, body = self.split(frames)
+        if len(body) < 3:
+            raise ProtocolError("malformed", f"expected >= 3 frames after delimiter, got {len(body)}")
+        topic = prefix[-1] if topic_frames and prefix else b""
+        sig, header_b, content_b = _bytes(body[0]), _bytes(body[1]), _bytes(body[2])
+        buffers = body[3:]
+        digests = [buffer_digest(_view(b)) for b in buffers]
+        expected = compute_signature(self.key, topic, header_b, content_b, digests)
+        if not hmac.compare_digest(sig, expected):
+            raise SignatureError("bad_signature", "missing or invalid signature")
+        # From here on the message is authentic: errors are worth a reply.
+        try:
+            header = json.loads(header_b)
+            content = json.loads(content_b)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError("bad_message", f"header/content is not JSON: {exc}") from None
+        if not isinstance(header, dict) or not isinstance(content, dict):
+            raise ProtocolError("bad_message", "header and content must be JSON objects")
+        for name in ("msg_id", "msg_type"):
+            if not isinstance(header.get(name), str):
+                raise ProtocolError("bad_message", f"header field {name!r} must be a string")
+        version = header.get("version")
+        if not isinstance(version, str) or version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
+            raise ProtocolError(
+                "unsupported_version",
+                f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})",
+            )
+        return Message(header, content, buffers, prefix, topic)

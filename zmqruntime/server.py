@@ -1,0 +1,321 @@
+"""ZMQServer: the sockets, the control loop, ping and request dispatch.
+
+One thread runs a ``zmq.Poller`` loop over the control ROUTER (and any
+socket a subclass registers), plus a small timer heap. A plain poller is used
+rather than a tornado loop because every request is answered inline in
+microseconds and nothing here needs coroutines; the loop never blocks on
+anything but the poll itself, so no command can wait on a task.
+
+Requests are dispatched to ``handle_<type>`` methods, which return the reply
+content (and optionally buffers). :class:`RequestError` becomes an error
+reply with its code; any other exception becomes an ``internal`` error reply
+and is logged — the server goes on serving either way. Messages that fail
+signature checks are dropped and logged, never answered.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import zmq
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
+from traitlets.config import Configurable
+
+from . import __version__
+from .errors import ServerStartError
+from .protocol import (
+    PROTOCOL_VERSION,
+    REQUEST_TYPES,
+    ProtocolError,
+    Session,
+    SignatureError,
+    new_id,
+    new_key,
+)
+from .transport import (
+    DEFAULT_CONTROL_OFFSET,
+    DEFAULT_IP,
+    DEFAULT_PORT,
+    ConnectionInfo,
+    connection_file_name,
+    make_urls,
+    pid_alive,
+    runtime_dir,
+    write_connection_file,
+)
+
+log = logging.getLogger("zmqruntime.server")
+
+Reply = tuple[dict[str, Any], list[Any], Optional[list[bytes]]]
+
+
+class RequestError(Exception):
+    """A request that cannot be served; becomes ``{"ok": false, "error": ...}``."""
+
+    def __init__(self, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+class ZMQServer(Configurable):
+    """Binds both channels, writes the connection file, serves requests."""
+
+    ip = Unicode(DEFAULT_IP, help="Interface to bind; loopback unless you explicitly choose otherwise.").tag(config=True)
+    port = Int(DEFAULT_PORT, help="Data (PUB) port; control port is port + control_port_offset.").tag(config=True)
+    control_port_offset = Int(DEFAULT_CONTROL_OFFSET, help="Control port = port + offset.").tag(config=True)
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp").tag(config=True)
+    name = Unicode("", help="Name of an IPC server (defaults to the port).").tag(config=True)
+    connection_file = Unicode("", help="Where to write the connection file (default: runtime dir).").tag(config=True)
+    key = Unicode("", help="Signing key; a random one is generated when empty.").tag(config=True)
+    max_message_bytes = Int(1 << 30, help="Largest control request accepted (bytes).").tag(config=True)
+    pub_hwm = Int(100_000, help="Data-channel send high-water mark (messages per subscriber).").tag(config=True)
+    parent_pid = Int(0, help="Child mode: exit when this process dies (0 = persistent).").tag(config=True)
+    allow_public_bind = Bool(False, help="Allow binding a non-loopback interface.").tag(config=True)
+
+    @validate("port")
+    def _check_port(self, proposal: Any) -> int:
+        port = proposal["value"]
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, got {port}")
+        return port
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.session = Session(self.key or new_key())
+        self.key = self.session.key.decode()
+        self.server_id = new_id()[:12]
+        self.start_time = time.time()
+        self._start_monotonic = time.monotonic()
+        self.context: Optional[zmq.Context] = None
+        self.control: Optional[zmq.Socket] = None
+        self.pub: Optional[zmq.Socket] = None
+        self.poller = zmq.Poller()
+        self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_ids = itertools.count()
+        self._running = False
+        self.connection_path: Optional[Path] = None
+        self.info: Optional[ConnectionInfo] = None
+
+    # -- lifecycle ----------------------------------------------------------
+    @property
+    def control_port(self) -> int:
+        return self.port + self.control_port_offset
+
+    def _default_connection_path(self) -> Path:
+        return runtime_dir() / connection_file_name(self.transport, self.port, self.name or None)
+
+    def bind(self) -> ConnectionInfo:
+        """Bind both channels and write the connection file."""
+        if self.transport == "tcp" and not self.allow_public_bind and not _is_loopback(self.ip):
+            raise ServerStartError(
+                f"refusing to bind non-loopback address {self.ip!r}; pass --allow-public-bind to do so on purpose"
+            )
+        if not 1 <= self.control_port <= 65535:
+            raise ServerStartError(f"control port {self.control_port} (port + offset) is out of range")
+        data_url, control_url = make_urls(self.transport, self.ip, self.port, self.control_port, self.name or None)
+        self.context = zmq.Context()
+        self.pub = self.context.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.control = self.context.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 1000)
+        self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.control.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes * 2, 1 << 20))
+        for sock, url, what in ((self.pub, data_url, "data"), (self.control, control_url, "control")):
+            try:
+                sock.bind(url)
+            except zmq.ZMQError as exc:
+                self.close()
+                raise ServerStartError(
+                    f"cannot bind the {what} channel at {url}: {exc.strerror}. "
+                    "Another process holds it; choose another --port (zmqruntime never kills a process it did not start)."
+                ) from None
+        self.add_socket(self.control, self._on_control)
+        self.info = ConnectionInfo(
+            transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
+            data_url=data_url, control_url=control_url, key=self.key, pid=os.getpid(),
+            start_time=self.start_time, name=self.name,
+        )
+        self.connection_path = Path(self.connection_file) if self.connection_file else self._default_connection_path()
+        write_connection_file(self.connection_path, self.info)
+        log.info("serving on %s (control) and %s (data); connection file %s", control_url, data_url, self.connection_path)
+        return self.info
+
+    def add_socket(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
+        self.poller.register(sock, zmq.POLLIN)
+        self._handlers[sock] = handler
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), callback))
+
+    def serve_forever(self) -> None:
+        if self.control is None:
+            self.bind()
+        self._running = True
+        if self.parent_pid:
+            self.call_later(0.5, self._watch_parent)
+        self._install_signal_handlers()
+        self.on_start()
+        try:
+            while self._running:
+                timeout = 100.0
+                if self._timers:
+                    timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
+                for sock, _ in self.poller.poll(timeout):
+                    self._handlers[sock]()
+                self._run_timers()
+        finally:
+            self.on_stop()
+            self.close()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            try:
+                callback()
+            except Exception:
+                log.exception("timer callback failed")
+
+    def _watch_parent(self) -> None:
+        if not pid_alive(self.parent_pid):
+            log.info("parent process %d is gone; child-mode server exits", self.parent_pid)
+            self.stop()
+        else:
+            self.call_later(0.5, self._watch_parent)
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("signal %d: shutting down", signum)
+            self.stop()
+
+        try:
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        except ValueError:  # not the main thread (embedded use): rely on shutdown requests
+            pass
+
+    def close(self) -> None:
+        if self.connection_path is not None:
+            try:
+                # only remove the file if it is still ours
+                if self.info and self.connection_path.exists():
+                    from .transport import read_connection_file
+
+                    if read_connection_file(self.connection_path).pid == os.getpid():
+                        self.connection_path.unlink()
+            except (OSError, ValueError):
+                pass
+        for sock in (self.control, self.pub):
+            if sock is not None and not sock.closed:
+                sock.close()
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+
+    # hooks for subclasses
+    def on_start(self) -> None:
+        pass
+
+    def on_stop(self) -> None:
+        pass
+
+    # -- control channel ----------------------------------------------------
+    def _on_control(self) -> None:
+        for _ in range(256):  # drain, but let other sockets and timers have a turn
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle_request(frames)
+
+    def _handle_request(self, frames: list[Any]) -> None:
+        try:
+            msg = self.session.deserialize(frames)
+        except SignatureError:
+            log.warning("dropped a control message with a missing or bad signature (%d frames)", len(frames))
+            return
+        except ProtocolError as exc:
+            log.warning("dropped a malformed control message: %s", exc.message)
+            if exc.code != "malformed":  # signed, so worth an answer
+                ident, _ = self.session.split(frames)
+                self._reply(ident, "error_reply", None, _error(exc.code, exc.message))
+            return
+        msg_type = msg.msg_type
+        reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
+        size = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in frames)
+        buffers: list[Any] = []
+        digests: Optional[list[bytes]] = None
+        try:
+            if size > self.max_message_bytes:
+                raise RequestError("too_large", f"request of {size} bytes exceeds max_message_bytes={self.max_message_bytes}")
+            if msg_type not in REQUEST_TYPES:
+                raise RequestError("unknown_type", f"unknown message type {msg_type!r}; expected one of {', '.join(REQUEST_TYPES)}")
+            content, buffers, digests = getattr(self, f"handle_{msg_type}")(msg)
+            content = {"ok": True, **content}
+        except RequestError as exc:
+            content = _error(exc.code, exc.message, **exc.extra)
+        except Exception as exc:  # a bug must not take the server down
+            log.exception("internal error handling %s", msg_type)
+            content = _error("internal", f"{type(exc).__name__}: {exc}")
+            buffers, digests = [], None
+        self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests)
+        if msg_type == "shutdown" and content.get("ok"):
+            self.stop()
+
+    def _reply(self, ident: list[bytes], msg_type: str, parent_id: Optional[str], content: dict[str, Any],
+               buffers: list[Any] = (), digests: Optional[list[bytes]] = None) -> None:  # type: ignore[assignment]
+        frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests)
+        self.control.send_multipart(ident + frames, copy=False)
+
+    def publish(self, topic: str, msg_type: str, content: dict[str, Any]) -> None:
+        self.pub.send_multipart(self.session.serialize(msg_type, content, topic=topic.encode()))
+
+    # -- built-in handlers ----------------------------------------------------
+    def ping_info(self) -> dict[str, Any]:
+        return {}
+
+    def handle_ping(self, msg: Any) -> Reply:
+        return {
+            "server_id": self.server_id,
+            "pid": os.getpid(),
+            "version": __version__,
+            "protocol_version": PROTOCOL_VERSION,
+            "uptime": time.monotonic() - self._start_monotonic,
+            "start_time": self.start_time,
+            "transport": self.transport,
+            "data_url": self.info.data_url if self.info else None,
+            "control_url": self.info.control_url if self.info else None,
+            "persistent": not self.parent_pid,
+            **self.ping_info(),
+        }, [], None
+
+    def handle_shutdown(self, msg: Any) -> Reply:
+        return {"server_id": self.server_id}, [], None
+
+
+def _error(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message, **extra}}
+
+
+def _is_loopback(ip: str) -> bool:
+    if ip == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,179 @@
+"""Addresses, ports, connection files and the per-user runtime directory.
+
+A server is found through its *connection file*: a JSON document (mode 0600,
+written atomically once the sockets are bound) holding the transport, the
+addresses of both channels, the signing key, the server's pid and start time.
+Files live in the runtime directory:
+
+* ``$ZMQRUNTIME_RUNTIME_DIR`` if set (tests use a private one each),
+* else ``$XDG_RUNTIME_DIR/zmqruntime``,
+* else ``~/.local/share/zmqruntime/runtime``.
+
+A TCP server on data port P is ``server-P.json``; an IPC server named N is
+``server-ipc-N.json``. The startup lock beside it is the same name + ``.lock``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 7777
+DEFAULT_CONTROL_OFFSET = 1000
+DEFAULT_IP = "127.0.0.1"
+TRANSPORTS = ("tcp", "ipc")
+
+
+def runtime_dir() -> Path:
+    """The per-user runtime directory (created 0700 if missing)."""
+    env = os.environ.get("ZMQRUNTIME_RUNTIME_DIR")
+    if env:
+        path = Path(env)
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(os.environ["XDG_RUNTIME_DIR"]) / "zmqruntime"
+    else:
+        path = Path.home() / ".local" / "share" / "zmqruntime" / "runtime"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def validate_port(port: Any, name: str = "port") -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise ValueError(f"{name} must be an integer, got {port!r}")
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{name} must be between 1 and 65535, got {port}")
+    return port
+
+
+def connection_file_name(transport: str, port: int | None = None, name: str | None = None) -> str:
+    if transport == "tcp":
+        return f"server-{validate_port(port)}.json"
+    if transport == "ipc":
+        return f"server-ipc-{name or validate_port(port)}.json"
+    raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+
+
+@dataclass
+class ConnectionInfo:
+    """What a client needs to reach and authenticate to one server."""
+
+    transport: str
+    ip: str
+    data_port: int
+    control_port: int
+    data_url: str
+    control_url: str
+    key: str
+    signature_scheme: str = "hmac-sha256"
+    pid: int = 0
+    start_time: float = 0.0
+    name: str = ""
+    version: str = "1.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ConnectionInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        missing = {"transport", "data_url", "control_url", "key"} - set(data)
+        if missing:
+            raise ValueError(f"connection file lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def make_urls(transport: str, ip: str, data_port: int, control_port: int, name: str | None = None) -> tuple[str, str]:
+    """Data and control URLs for a transport."""
+    if transport == "tcp":
+        return f"tcp://{ip}:{data_port}", f"tcp://{ip}:{control_port}"
+    if transport == "ipc":
+        base = runtime_dir() / f"zmqr-{name or data_port}"
+        return f"ipc://{base}-data", f"ipc://{base}-control"
+    raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
+
+
+def write_connection_file(path: Path, info: ConnectionInfo) -> None:
+    """Atomically write ``info`` to ``path`` with mode 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info.to_dict(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
+    with open(path) as fh:
+        try:
+            data = json.load(fh)
+        except ValueError as exc:
+            raise ValueError(f"connection file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"connection file {path} must hold a JSON object")
+    return ConnectionInfo.from_dict(data)
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.EPERM
+    # A zombie child still answers kill(0); treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def remove_if_stale(path: Path) -> bool:
+    """Delete a connection file whose server process is gone; True if removed."""
+    try:
+        info = read_connection_file(path)
+    except (OSError, ValueError):
+        return False
+    if pid_alive(info.pid):
+        return False
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def port_is_free(port: int, ip: str = DEFAULT_IP) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.005) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
