@@ -9,6 +9,9 @@
     zmqruntime watch [ID]            follow events live (progress bar, output)
     zmqruntime shutdown              stop the server
 
+``serve`` also takes any configurable trait, traitlets style, e.g.
+``--ExecutionServer.max_results=10 --ExecutionServer.cancel_grace_period=0.5``.
+
 Every client command takes --port (default 7777) or --connection-file; only
 ``submit`` starts a server when none is running (``--no-spawn`` to refuse).
 Exit codes: 0 ok, 1 the execution failed or was cancelled, 2 bad usage,
@@ -54,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zmqruntime",
         description="Run Python remotely over ZeroMQ: start a server, submit code, watch progress, cancel, fetch results.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: zmqruntime submit job.py --wait   (starts a server on port 7777 if none is running)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -66,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--connection-file", default=None, help="connect to the server described by this file")
         p.add_argument("--timeout", type=_positive_float, default=10.0, help="request timeout in seconds (default 10)")
 
-    p = sub.add_parser("serve", help="start a server in the foreground")
+    p = sub.add_parser("serve", help="start a server in the foreground",
+                       description="Start a server in the foreground. Any trait of ExecutionServer can also be set, "
+                                   "e.g. --ExecutionServer.max_results=10 (see docs/protocol.md for retention).")
     p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="data port (default 7777); control = port + offset")
     p.add_argument("--control-port-offset", type=int, default=DEFAULT_CONTROL_OFFSET)
     p.add_argument("--ip", default=DEFAULT_IP, help="interface to bind (default 127.0.0.1)")
@@ -114,9 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, _traitlets_config(parser, extra))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except (ServerUnavailable, ServerStartError) as exc:
@@ -130,13 +139,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def serve(args: argparse.Namespace) -> int:
+def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
+    """``--ExecutionServer.max_results=10`` style options, via traitlets."""
+    from traitlets.config.loader import KVArgParseConfigLoader
+
+    bad = [a for a in extra if not (a.startswith("--") and "." in a.split("=", 1)[0])]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    try:
+        return KVArgParseConfigLoader(extra).load_config()
+    except Exception as exc:  # traitlets raises several types for bad syntax
+        parser.error(f"bad configuration option {' '.join(extra)}: {exc}")
+
+
+def serve(args: argparse.Namespace, config: Any = None) -> int:
     from .execution.server import ExecutionServer
+    from traitlets import TraitError
+
     from .execution.worker import _load_class
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cls = _load_class(args.server_class) if args.server_class else ExecutionServer
     kwargs: dict[str, Any] = dict(
+        config=config,
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
         parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind,
@@ -148,7 +173,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = cls(**kwargs)
         info = server.bind()
-    except (ServerStartError, ValueError) as exc:
+    except (ServerStartError, ValueError, TraitError) as exc:
         print(f"zmqruntime serve: {exc}", file=sys.stderr)
         return 3
     print(f"zmqruntime server pid {os.getpid()} ready: control {info.control_url}, data {info.data_url}", flush=True)

@@ -4,8 +4,9 @@
 out-of-band buffer (numpy arrays, bytearrays, ...) *without copying it*.
 Each becomes one zero-copy ZeroMQ frame. ``loads`` rebuilds the object on
 the received frames' memory, so a 256 MiB array costs 256 MiB on the
-receiver, not 512. Arrays rebuilt this way are read-only views of the
-message; call ``.copy()`` to get a writable one.
+receiver, not 512. Arrays rebuilt this way are views of the message's
+memory (``arr.flags.owndata`` is False); they stay valid as long as the
+array lives.
 
 Only call :func:`loads` on frames whose signature has been verified.
 """

@@ -1,0 +1,61 @@
+"""The execute_task / serialize_task hooks with a real custom task kind."""
+
+from __future__ import annotations
+
+import pytest
+
+from zmqruntime import ExecutionFailed, RemoteError
+from conftest import ROOT
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = str(ROOT / "examples")
+
+
+@pytest.fixture
+def call_server(start_server, monkeypatch):
+    monkeypatch.syspath_prepend(EXAMPLES)
+    return start_server("--server-class", "call_kind:CallServer", extra_path=EXAMPLES)
+
+
+def test_custom_kind_runs_and_python_kind_still_works(call_server):
+    from call_kind import CallClient
+
+    client = CallClient(connection_file=str(call_server.connection_file))
+    try:
+        exec_id = client.execute(("math:factorial", [20]))
+        assert client.wait(exec_id, timeout=20)["status"] == "complete"
+        assert client.get_results(exec_id) == {"_": 2432902008176640000}
+        kw = client.execute(("builtins:sorted", [[3, 1, 2]], {"reverse": True}))
+        client.wait(kw, timeout=20)
+        assert client.get_results(kw) == {"_": [3, 2, 1]}
+        assert client.run("'source still runs'", timeout=20) == {"_": "source still runs"}
+        assert client.get_status(exec_id)["kind"] == "call"
+    finally:
+        client.close()
+
+
+def test_custom_kind_bad_input(call_server):
+    from call_kind import CallClient
+
+    client = CallClient(connection_file=str(call_server.connection_file))
+    try:
+        with pytest.raises(RemoteError) as info:
+            client.execute(("no_colon", []))
+        assert info.value.code == "bad_request"
+        with pytest.raises(RemoteError) as info:
+            client.execute({"kind": "teleport"})
+        assert info.value.code == "unknown_task_kind" and "call" in info.value.message
+        failing = client.execute(("math:sqrt", [-1]))
+        client.wait(failing, timeout=20)
+        with pytest.raises(ExecutionFailed) as err:
+            client.get_results(failing)
+        assert "math domain error" in str(err.value)
+    finally:
+        client.close()
+
+
+def test_plain_server_rejects_custom_kind(server):
+    with pytest.raises(RemoteError) as info:
+        server.client.execute({"kind": "call", "function": "math:factorial", "args": [3]})
+    assert info.value.code == "unknown_task_kind"

@@ -1,0 +1,254 @@
+"""The main flow against a real server, over TCP and IPC:
+execute → progress/stream events → status → results."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from zmqruntime import AsyncExecutionClient, ExecutionFailed, RemoteError
+from zmqruntime.protocol import FINAL_STATES
+
+pytestmark = pytest.mark.timeout(60)
+
+PROGRESS_TASK = """
+from zmqruntime import progress
+import time
+total = 0
+for i in progress(range(50), desc="summing", min_interval=0):
+    total += i
+    if i % 10 == 0:
+        print("at", i)
+total
+"""
+
+
+def collect_events(client, execution_id=None):
+    events, lock = [], threading.Lock()
+
+    def on_event(event):
+        with lock:
+            events.append(event)
+
+    sub = client.subscribe(on_event, execution_id=execution_id)
+    return events, sub
+
+
+def test_full_flow_with_events(any_server):
+    client = any_server.client
+    events, sub = collect_events(client)
+    # Make sure the subscription is live before submitting (PUB/SUB slow joiner):
+    probe = client.execute("None")
+    client.wait(probe, timeout=10)
+    from conftest import wait_until
+
+    wait_until(lambda: any(e.execution_id == probe and e.type == "done" for e in events))
+
+    exec_id = client.execute(PROGRESS_TASK, name="sum")
+    status = client.wait(exec_id, timeout=20)
+    assert status["status"] == "complete", status
+    assert client.get_results(exec_id) == {"_": sum(range(50))}
+    wait_until(lambda: any(e.execution_id == exec_id and e.type == "done" for e in events))
+    sub.close()
+
+    mine = [e for e in events if e.execution_id == exec_id]
+    types = [e.type for e in mine]
+    assert types[0] == "status" and mine[0]["status"] == "queued"
+    assert [e["status"] for e in mine if e.type == "status"] == ["queued", "running", "complete"]
+    assert types[-1] == "done" and mine[-1]["status"] == "complete"
+    # one sequence, no gaps, no duplicates
+    assert [e.seq for e in mine] == list(range(1, len(mine) + 1))
+    assert all(e.missed == 0 for e in mine)
+    progress = [e["done"] for e in mine if e.type == "progress"]
+    assert progress == sorted(progress) and progress[-1] == 50
+    assert mine[[e.type for e in mine].index("progress")]["desc"] == "summing"
+    out = "".join(e["text"] for e in mine if e.type == "stream" and e["name"] == "stdout")
+    assert out == "".join(f"at {i}\n" for i in range(0, 50, 10))
+    # status recovers everything a late subscriber missed
+    assert status["stdout"] == out
+    assert status["progress"]["done"] == 50 and status["progress"]["total"] == 50
+    assert status["seq"] == mine[-1].seq
+    assert status["name"] == "sum"
+
+
+def test_namespace_persists_between_executions(server):
+    client = server.client
+    first = client.execute("import math\nradius = 2.0")
+    client.wait(first, timeout=10)
+    second = client.execute("area = math.pi * radius ** 2", results=["area", "radius"])
+    client.wait(second, timeout=10)
+    assert client.get_results(second) == {"area": pytest.approx(12.566, rel=1e-3), "radius": 2.0}
+
+
+def test_exception_returns_remote_traceback(server):
+    client = server.client
+    exec_id = client.execute("def inner():\n    raise ValueError('bad value 42')\ninner()")
+    status = client.wait(exec_id, timeout=10)
+    assert status["status"] == "failed"
+    assert status["error"]["ename"] == "ValueError"
+    assert "bad value 42" in status["error"]["evalue"]
+    tb = "".join(status["error"]["traceback"])
+    assert "inner()" in tb and "raise ValueError" in tb  # source lines are shown
+    with pytest.raises(ExecutionFailed) as info:
+        client.get_results(exec_id)
+    assert "raise ValueError" in info.value.remote_traceback
+    # the worker survived: the next execution works
+    assert client.run("1 + 1", timeout=10) == {"_": 2}
+
+
+def test_stderr_and_missing_result_name(server):
+    client = server.client
+    exec_id = client.execute("import sys\nprint('oops', file=sys.stderr)\nx = 1", results=["x", "y"])
+    status = client.wait(exec_id, timeout=10)
+    assert status["stderr"] == "oops\n"
+    assert status["status"] == "failed" and "y" in status["error"]["evalue"]
+
+
+def test_unpicklable_result_is_a_clear_error(server):
+    client = server.client
+    exec_id = client.execute("import threading\nthreading.Lock()")
+    assert client.wait(exec_id, timeout=10)["status"] == "complete"
+    with pytest.raises(RemoteError) as info:
+        client.get_results(exec_id)
+    assert info.value.code == "unpicklable_result" and "lock" in info.value.message.lower()
+
+
+def test_push_values_into_remote_namespace(server):
+    client = server.client
+    data = np.arange(10.0)
+    exec_id = client.execute("data.sum() * factor", push={"data": data, "factor": 3})
+    client.wait(exec_id, timeout=10)
+    assert client.get_results(exec_id) == {"_": 135.0}
+
+
+def test_large_numpy_result_round_trips_intact(server):
+    client = server.client
+    exec_id = client.execute(
+        "import numpy as np\narr = np.random.default_rng(7).random(64 * 2**20 // 8)\narr", results=[]
+    )
+    assert client.wait(exec_id, timeout=60)["status"] == "complete"
+    value = client.get_results(exec_id)["_"]
+    expected = np.random.default_rng(7).random(64 * 2**20 // 8)
+    assert value.nbytes == 64 * 2**20
+    assert np.array_equal(value, expected)
+    assert not value.flags.owndata  # a view of the received frame's memory: no copy was made
+    # fetching again works (results are kept until the retention policy drops them)
+    assert np.array_equal(client.get_results(exec_id)["_"][:10], expected[:10])
+
+
+def test_results_of_unfinished_execution(server):
+    client = server.client
+    exec_id = client.execute("import time\ntime.sleep(30)")
+    with pytest.raises(RemoteError) as info:
+        client.get_results(exec_id)
+    assert info.value.code == "not_finished"
+    client.cancel(exec_id)
+    assert client.wait(exec_id, timeout=10)["status"] == "cancelled"
+
+
+def test_list_and_status_all(server):
+    client = server.client
+    ids = [client.execute(f"{i} * 2", name=f"job{i}") for i in range(3)]
+    for i in ids:
+        client.wait(i, timeout=10)
+    listed = {r["execution_id"]: r for r in client.list_executions()}
+    assert set(ids) <= set(listed)
+    assert listed[ids[1]]["name"] == "job1" and listed[ids[1]]["status"] == "complete"
+    assert {r["execution_id"] for r in client.list_executions(status="complete")} >= set(ids)
+    assert set(ids) <= {s["execution_id"] for s in client.get_status()}
+
+
+def test_concurrency_runs_executions_in_parallel(start_server):
+    server = start_server("--concurrency", "2")
+    client = server.client
+    # Two tasks that each wait for the other's file: they only finish if both run at once.
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    code = """
+import os, time
+open(os.path.join({d!r}, {me!r}), 'w').close()
+deadline = time.time() + 15
+while not os.path.exists(os.path.join({d!r}, {other!r})):
+    assert time.time() < deadline, 'the other task never ran concurrently'
+    time.sleep(0.01)
+"""
+    a = client.execute(code.format(d=d, me="a", other="b"))
+    b = client.execute(code.format(d=d, me="b", other="a"))
+    assert client.wait(a, timeout=30)["status"] == "complete"
+    assert client.wait(b, timeout=30)["status"] == "complete"
+    assert len(client.ping()["workers"]) == 2
+
+
+def test_many_threads_share_one_client(server):
+    client = server.client
+    errors, results = [], {}
+
+    def work(n):
+        try:
+            eid = client.execute(f"{n} ** 2")
+            client.wait(eid, timeout=30)
+            results[n] = client.get_results(eid)["_"]
+            for _ in range(20):
+                client.ping()
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert results == {n: n * n for n in range(8)}
+
+
+def test_async_client_flow(server):
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        try:
+            pong = await client.ping()
+            ids = [await client.execute(f"{n} + 100") for n in range(3)]
+            # concurrent requests on one socket are matched to their replies
+            statuses = await asyncio.gather(*(client.wait(i, timeout=20) for i in ids))
+            assert all(s["status"] == "complete" for s in statuses)
+            values = [await client.get_results(i) for i in ids]
+            listed = await client.list_executions()
+            return pong, values, listed
+        finally:
+            client.close()
+
+    pong, values, listed = asyncio.run(asyncio.wait_for(main(), 30))
+    assert pong["pid"] == server.pid
+    assert values == [{"_": 100}, {"_": 101}, {"_": 102}]
+    assert len(listed) >= 3
+
+
+def test_async_connect_discovers_server(server, runtime_dir):
+    async def main():
+        client = await AsyncExecutionClient.connect(port=server.port, auto_spawn=False)
+        try:
+            return await client.ping()
+        finally:
+            client.close()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30))["pid"] == server.pid
+
+
+def test_subscribe_to_one_execution_only(server):
+    client = server.client
+    seen = []
+    target = client.execute("import time\ntime.sleep(0.3)\nprint('target')")
+    sub = client.subscribe(seen.append, execution_id=target)
+    other = client.execute("print('other')")
+    client.wait(other, timeout=20)
+    client.wait(target, timeout=20)
+    from conftest import wait_until
+
+    wait_until(lambda: any(e.type == "done" for e in seen))
+    sub.close()
+    assert {e.execution_id for e in seen} == {target}
+    assert all(e["status"] in FINAL_STATES for e in seen if e.type == "done")

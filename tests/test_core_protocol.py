@@ -1,0 +1,195 @@
+"""Bad input on the wire: every kind of wrong message gets an error reply or
+is dropped (when unsigned), and the server goes on serving.
+
+These tests speak raw pyzmq, not our client, so they send exactly the bytes
+under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import zmq
+
+from zmqruntime import RemoteError
+from zmqruntime.protocol import DELIMITER, Header, ProtocolError, Session, SignatureError, compute_signature
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def raw(server):
+    """A raw DEALER connected to the server's control port, plus its session."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(server.client.info.control_url)
+    yield sock, Session(server.client.info.key)
+    sock.close()
+    ctx.term()
+
+
+def recv_reply(sock, session, timeout_ms=3000):
+    if not sock.poll(timeout_ms):
+        return None
+    return session.deserialize(sock.recv_multipart())
+
+
+def assert_still_serving(server):
+    assert server.client.ping()["pid"] == server.pid
+
+
+def test_wrong_signature_is_dropped(server, raw):
+    sock, _ = raw
+    wrong = Session("not-the-key")
+    sock.send_multipart(wrong.serialize("ping", {}))
+    assert not sock.poll(500), "a wrongly signed message must not be answered"
+    assert_still_serving(server)
+    assert "bad signature" in server.log_path.read_text()
+
+
+def test_missing_signature_is_dropped(server, raw):
+    sock, session = raw
+    frames = session.serialize("ping", {})
+    frames[1] = b""
+    sock.send_multipart(frames)
+    assert not sock.poll(500)
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("frames", [
+    [b"garbage"],
+    [b"\x00\xff" * 100, b"more"],
+    [DELIMITER],
+    [DELIMITER, b"sig"],
+    [b"", b"", b""],
+])
+def test_garbage_frames_are_dropped(server, raw, frames):
+    sock, _ = raw
+    sock.send_multipart(frames)
+    assert not sock.poll(300)
+    assert_still_serving(server)
+
+
+def test_signed_but_not_json_gets_error_reply(server, raw):
+    sock, session = raw
+    header = b"{not json"
+    content = b"{}"
+    sig = compute_signature(session.key, b"", header, content, [])
+    sock.send_multipart([DELIMITER, sig, header, content])
+    reply = recv_reply(sock, session)
+    assert reply is not None and reply.content["ok"] is False
+    assert reply.content["error"]["code"] == "bad_message"
+    assert_still_serving(server)
+
+
+def test_unknown_message_type(server, raw):
+    sock, session = raw
+    frames, msg_id = session.serialize_request("reboot_everything", {})
+    sock.send_multipart(frames)
+    reply = recv_reply(sock, session)
+    assert reply.msg_type == "error_reply" and reply.parent_id == msg_id
+    assert reply.content["error"]["code"] == "unknown_type"
+    assert "ping" in reply.content["error"]["message"]  # says what is valid
+
+
+def test_unsupported_protocol_version(server, raw):
+    sock, session = raw
+    header = Header("ping", session.session_id, version="99.0").to_dict()
+    sock.send_multipart(session.serialize("ping", {}, header=header))
+    reply = recv_reply(sock, session)
+    assert reply.content["error"]["code"] == "unsupported_version"
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("msg_type,content,code", [
+    ("execute", {}, "bad_request"),
+    ("execute", {"task": "print(1)"}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": 42}}, "bad_request"),
+    ("execute", {"task": {"kind": "shell", "code": "ls"}}, "unknown_task_kind"),
+    ("execute", {"task": {"kind": "python", "code": "x = ("}}, "syntax_error"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "timeout": "soon"}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "timeout": -1}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "name": 5}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1", "results": ["not a name"]}}, "bad_request"),
+    ("status", {"execution_id": 123}, "bad_request"),
+    ("status", {"execution_id": "nope"}, "unknown_execution"),
+    ("cancel", {}, "bad_request"),
+    ("cancel", {"execution_id": ["x"]}, "bad_request"),
+    ("results", {"execution_id": "nope"}, "unknown_execution"),
+    ("list", {"status": 3}, "bad_request"),
+])
+def test_wrong_field_types_get_error_replies(server, raw, msg_type, content, code):
+    sock, session = raw
+    frames, msg_id = session.serialize_request(msg_type, content)
+    sock.send_multipart(frames)
+    reply = recv_reply(sock, session)
+    assert reply.msg_type == f"{msg_type}_reply" and reply.parent_id == msg_id
+    assert reply.content["ok"] is False
+    assert reply.content["error"]["code"] == code, reply.content
+    assert reply.content["error"]["message"]
+    assert_still_serving(server)
+
+
+def test_results_release_must_be_bool(server, raw):
+    exec_id = server.client.execute("1")
+    server.client.wait(exec_id, timeout=10)
+    sock, session = raw
+    frames, _ = session.serialize_request("results", {"execution_id": exec_id, "release": "yes"})
+    sock.send_multipart(frames)
+    assert recv_reply(sock, session).content["error"]["code"] == "bad_request"
+    # nothing lost: the result is still there
+    assert server.client.get_results(exec_id) == {"_": 1}
+
+
+def test_oversized_request_gets_error_reply(start_server):
+    server = start_server("--ExecutionServer.max_message_bytes=100000")
+    with pytest.raises(RemoteError) as info:
+        server.client.execute("x = 1", push={"blob": b"x" * 200_000})
+    assert info.value.code == "too_large"
+    assert server.client.run("'small is fine'", timeout=20) == {"_": "small is fine"}
+
+
+def test_signature_covers_topic_header_content_and_buffers():
+    session = Session("k" * 64)
+    frames = session.serialize("stream", {"a": 1}, topic=b"abc", buffers=[b"payload"])
+    assert session.deserialize(frames, topic_frames=1).content == {"a": 1}
+    for index, tampered in [(0, b"abd"), (3, b'{"msg_id":"x"}'), (4, b'{"a":2}'), (5, b"payloaX")]:
+        bad = list(frames)
+        bad[index] = tampered
+        with pytest.raises(SignatureError):
+            session.deserialize(bad, topic_frames=1)
+    with pytest.raises(SignatureError):  # a dropped buffer is detected too
+        session.deserialize(frames[:-1], topic_frames=1)
+    with pytest.raises(ProtocolError):
+        session.deserialize([b"no delimiter"])
+
+
+def test_session_requires_a_key():
+    with pytest.raises(ValueError):
+        Session("")
+
+
+def test_data_channel_events_are_signed(server):
+    """A subscriber with the wrong key sees nothing it would accept."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(server.client.info.data_url)
+    try:
+        import time
+
+        time.sleep(0.2)  # let the subscription reach the publisher (slow joiner)
+        server.client.run("print('hello')", timeout=20)
+        assert sub.poll(3000)
+        frames = sub.recv_multipart()
+        good = Session(server.client.info.key)
+        event = good.deserialize(frames, topic_frames=1)
+        assert frames[0] == event.content["execution_id"].encode()
+        with pytest.raises(SignatureError):
+            Session("wrong").deserialize(frames, topic_frames=1)
+        json.loads(frames[3])  # header is plain JSON
+    finally:
+        sub.close(0)
+        ctx.term()

@@ -1,0 +1,62 @@
+"""Result retention: count, bytes, fetched-first eviction, release."""
+
+from __future__ import annotations
+
+import pytest
+
+from zmqruntime import RemoteError
+from zmqruntime.execution.records import ExecutionRecord, RecordStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def expired(client, exec_id):
+    with pytest.raises(RemoteError) as info:
+        client.get_results(exec_id)
+    return info.value.code == "results_expired"
+
+
+def test_count_limit_drops_fetched_results_first(start_server):
+    client = start_server("--ExecutionServer.max_results=2").client
+    a = client.execute("'a'")
+    client.wait(a, timeout=20)
+    assert client.get_results(a) == {"_": "a"}  # fetched: first to go
+    b = client.execute("'b'")
+    client.wait(b, timeout=20)
+    c = client.execute("'c'")
+    client.wait(c, timeout=20)
+    assert expired(client, a)
+    assert client.get_results(b) == {"_": "b"} and client.get_results(c) == {"_": "c"}
+    status = client.get_status(a)
+    assert status["status"] == "complete" and status["results_expired"]  # the record stays
+
+
+def test_byte_limit(start_server):
+    client = start_server("--ExecutionServer.max_result_bytes=3000000").client
+    big = [client.execute(f"b'{i}' * 1_000_000") for i in range(4)]
+    for e in big:
+        client.wait(e, timeout=20)
+    assert expired(client, big[0])
+    assert client.get_results(big[3])["_"][:1] == b"3"
+
+
+def test_release_frees_immediately(server):
+    client = server.client
+    e = client.execute("list(range(5))")
+    client.wait(e, timeout=20)
+    assert client.get_results(e, release=True) == {"_": [0, 1, 2, 3, 4]}
+    assert expired(client, e)
+
+
+def test_age_limit_and_record_cap_unit():
+    store = RecordStore(max_records=3, max_results=10, max_result_bytes=10**9, max_result_age=60)
+    for i in range(5):
+        rec = ExecutionRecord(f"id{i}", {"kind": "python"}, status="complete", finished=1000.0 + i)
+        rec.result_frames, rec.result_nbytes = [b"x"], 1
+        store.add(rec)
+    assert [r.execution_id for r in store] == ["id2", "id3", "id4"]  # oldest finished records forgotten
+    assert store.enforce(now=1000.0 + 62.5) == ["id2"]  # only the one older than 60 s
+    running = ExecutionRecord("live", {"kind": "python"}, status="running")
+    store.add(running)
+    store.add(ExecutionRecord("new", {"kind": "python"}, status="queued"))
+    assert "live" in store and "new" in store  # unfinished records are never dropped

@@ -1,0 +1,31 @@
+"""The README's Python quickstart runs as written (on a private port/runtime dir)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, server_env
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def quickstart_code() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quickstart (Python)", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_quickstart_runs(runtime_dir, port):
+    code = quickstart_code()
+    assert "port=7777" in code
+    code = code.replace("port=7777", f"port={port}")
+    code += "\nExecutionClient(port=%d).shutdown()\n" % port
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=server_env())
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] in ("queued", "running")
+    assert "done crunching" in lines and "{'_': 190}" in lines and lines[-1] == "cancelled"
