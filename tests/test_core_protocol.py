@@ -113,6 +113,8 @@ def test_unsupported_protocol_version(server, raw):
     ("execute", {"task": {"kind": "python", "code": "1"}, "timeout": -1}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1"}, "name": 5}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1", "results": ["not a name"]}}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "execution_id": "NOT-HEX-ID!"}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "execution_id": 7}, "bad_request"),
     ("status", {"execution_id": 123}, "bad_request"),
     ("status", {"execution_id": "nope"}, "unknown_execution"),
     ("cancel", {}, "bad_request"),
@@ -130,6 +132,19 @@ def test_wrong_field_types_get_error_replies(server, raw, msg_type, content, cod
     assert reply.content["error"]["code"] == code, reply.content
     assert reply.content["error"]["message"]
     assert_still_serving(server)
+
+
+def test_duplicate_execution_id_is_refused(server, raw):
+    sock, session = raw
+    content = {"task": {"kind": "python", "code": "'first'"}, "execution_id": "0123456789ab"}
+    for expected in (True, False):
+        frames, _ = session.serialize_request("execute", content)
+        sock.send_multipart(frames)
+        reply = recv_reply(sock, session)
+        assert reply.content["ok"] is expected
+    assert reply.content["error"]["code"] == "duplicate_execution_id"
+    server.client.wait("0123456789ab", timeout=10)
+    assert server.client.get_results("0123456789ab") == {"_": "first"}  # the original is untouched
 
 
 def test_results_release_must_be_bool(server, raw):

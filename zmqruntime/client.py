@@ -24,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from .errors import RemoteError, ServerUnavailable, error_for_code
-from .protocol import Message, ProtocolError, Session
+from .protocol import Message, ProtocolError, Session, send_frames
 from .transport import ConnectionInfo
 
 DEFAULT_TIMEOUT = 10.0
@@ -82,6 +82,8 @@ class ZMQClient(_BaseClient):
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.connect(self.info.control_url)
             self._local.sock = sock
+            self._local.poller = zmq.Poller()
+            self._local.poller.register(sock, zmq.POLLIN)
             with self._lock:
                 self._sockets.add(sock)
         return sock
@@ -103,13 +105,13 @@ class ZMQClient(_BaseClient):
         sock = self._socket()
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         try:
-            sock.send_multipart(frames, copy=not buffers)
+            send_frames(sock, frames)
         except zmq.Again:
             self._discard_socket()
             raise self._unavailable(timeout, msg_type) from None
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(remaining * 1000):
+            if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
             reply = sock.recv_multipart(copy=copy)

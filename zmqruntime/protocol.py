@@ -27,11 +27,11 @@ import hashlib
 import hmac
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+SNDMORE = 2  # zmq.SNDMORE; the protocol module does not import zmq
 PROTOCOL_VERSION = "1.0"
 DELIMITER = b"<ZMQR>"
 SIGNATURE_SCHEME = "hmac-sha256"
@@ -64,7 +64,20 @@ class SignatureError(ProtocolError):
 
 
 def new_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
+
+
+EXECUTION_ID_LENGTH = 12
+
+
+def new_execution_id() -> str:
+    """12 hex digits: short enough to type, fixed length so topics never prefix-match."""
+    return os.urandom(EXECUTION_ID_LENGTH // 2).hex()
+
+
+def is_execution_id(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) == EXECUTION_ID_LENGTH
+            and all(c in "0123456789abcdef" for c in value))
 
 
 def utcnow_iso() -> str:
@@ -136,6 +149,18 @@ class Message:
     @property
     def parent_id(self) -> str | None:
         return self.header.get("parent_id")
+
+
+#: Frames at least this large are sent zero-copy; smaller ones are cheaper to copy.
+ZERO_COPY_THRESHOLD = 64 * 1024
+
+
+def send_frames(sock: Any, frames: Sequence[Any], flags: int = 0) -> None:
+    """send_multipart, but zero-copy only for the frames where it pays off."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        big = not isinstance(frame, bytes) or len(frame) >= ZERO_COPY_THRESHOLD
+        sock.send(frame, flags | (SNDMORE if i < last else 0), copy=not big)
 
 
 def _bytes(frame: Any) -> bytes:

@@ -39,6 +39,7 @@ from .protocol import (
     SignatureError,
     new_id,
     new_key,
+    send_frames,
 )
 from .transport import (
     DEFAULT_CONTROL_OFFSET,
@@ -280,7 +281,7 @@ class ZMQServer(Configurable):
     def _reply(self, ident: list[bytes], msg_type: str, parent_id: Optional[str], content: dict[str, Any],
                buffers: list[Any] = (), digests: Optional[list[bytes]] = None) -> None:  # type: ignore[assignment]
         frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests)
-        self.control.send_multipart(ident + frames, copy=False)
+        send_frames(self.control, ident + frames)
 
     def publish(self, topic: str, msg_type: str, content: dict[str, Any]) -> None:
         self.pub.send_multipart(self.session.serialize(msg_type, content, topic=topic.encode()))

@@ -24,7 +24,7 @@ import zmq.asyncio
 from .. import serialize
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
 from ..errors import ExecutionTimeout
-from ..protocol import FINAL_STATES, ProtocolError, Session
+from ..protocol import FINAL_STATES, ProtocolError, Session, new_execution_id
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 
@@ -129,6 +129,64 @@ class Subscription:
         self.close()
 
 
+class DoneWaiter:
+    """One thread's SUB socket that watches for 'done' events.
+
+    ``execute`` subscribes to the new id before sending the request and
+    ``wait`` unsubscribes when it returns; ids never waited for are dropped
+    after ``MAX_TOPICS`` newer ones (polling ``status`` still covers them).
+    """
+
+    MAX_TOPICS = 256
+
+    def __init__(self, context: zmq.Context, url: str, session: Session):
+        self.session = session
+        self.sock = context.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 10_000)  # overflow only costs a status poll
+        self.sock.connect(url)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.topics: dict[str, int] = {}
+        self.done: set[str] = set()
+
+    def subscribe(self, execution_id: str) -> None:
+        if execution_id not in self.topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, execution_id.encode())
+        self.topics[execution_id] = self.topics.get(execution_id, 0) + 1
+        while len(self.topics) > self.MAX_TOPICS:
+            oldest = next(iter(self.topics))
+            self.topics.pop(oldest)
+            self.done.discard(oldest)
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, oldest.encode())
+
+    def unsubscribe(self, execution_id: str) -> None:
+        count = self.topics.get(execution_id, 0) - 1
+        if count > 0:
+            self.topics[execution_id] = count
+            return
+        if self.topics.pop(execution_id, None) is not None:
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, execution_id.encode())
+        self.done.discard(execution_id)
+
+    def wait_done(self, execution_id: str, seconds: float) -> bool:
+        """Read events for up to ``seconds``; True once ``execution_id`` is done."""
+        end = time.monotonic() + max(0.0, seconds)
+        while execution_id not in self.done:
+            remaining = end - time.monotonic()
+            if remaining <= 0 or not self.poller.poll(remaining * 1000):
+                return False
+            while True:
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                event = parse_event(self.session, frames)
+                if event is not None and event.type == "done" and event.execution_id in self.topics:
+                    self.done.add(event.execution_id)
+        return True
+
+
 def _check_id(execution_id: Any) -> str:
     if not isinstance(execution_id, str) or not execution_id:
         raise TypeError(f"execution_id must be a non-empty string, got {execution_id!r}")
@@ -156,7 +214,7 @@ class ExecutionRequests:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         content = {"task": self.serialize_task(task, results=results), "name": name or "",
-                   "timeout": check_timeout(timeout)}
+                   "timeout": check_timeout(timeout), "execution_id": new_execution_id()}
         buffers: list = []
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
@@ -214,6 +272,8 @@ class ExecutionClient(ExecutionRequests):
                 results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
         """Queue ``task``; return its execution id at once."""
         content, buffers = self._execute_request(task, name, timeout, results, push)
+        # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
+        self._waiter().subscribe(content["execution_id"])
         return self._client.call("execute", content, buffers=buffers)["execution_id"]
 
     def get_status(self, execution_id: Optional[str] = None) -> Any:
@@ -245,17 +305,14 @@ class ExecutionClient(ExecutionRequests):
         return self._client.call("shutdown", {})
 
     # -- waiting and events -------------------------------------------------
-    def _wait_socket(self) -> zmq.Socket:
-        sock = getattr(self._local, "sub", None)
-        if sock is None:
-            sock = self._client.context.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 0)
-            sock.connect(self.info.data_url)
-            self._local.sub = sock
+    def _waiter(self) -> "DoneWaiter":
+        waiter = getattr(self._local, "waiter", None)
+        if waiter is None:
+            waiter = DoneWaiter(self._client.context, self.info.data_url, self.session)
+            self._local.waiter = waiter
             with self._client._lock:
-                self._client._sockets.add(sock)
-        return sock
+                self._client._sockets.add(waiter.sock)
+        return waiter
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Block until the execution is final; return its status.
@@ -265,39 +322,36 @@ class ExecutionClient(ExecutionRequests):
         """
         _check_id(execution_id)
         timeout = check_timeout(timeout)
+        status = self._wait_final(execution_id, timeout)
+        return status if status is not None else self.get_status(execution_id)
+
+    def _wait_final(self, execution_id: str, timeout: Optional[float]) -> Optional[dict[str, Any]]:
+        """Wait for the 'done' event, polling ``status`` with a backoff meanwhile.
+
+        Returns the final status when a poll saw it, or None when the 'done'
+        event arrived first (the caller fetches what it needs next).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        sub = self._wait_socket()
-        topic = execution_id.encode()
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
+        waiter = self._waiter()
+        waiter.subscribe(execution_id)
         try:
-            backoff = 0.02
+            backoff = 0.002
             while True:
+                if waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic())):
+                    return None
                 status = self.get_status(execution_id)
                 if status["status"] in FINAL_STATES:
                     return status
-                wait_for = backoff if deadline is None else min(backoff, deadline - time.monotonic())
-                if wait_for <= 0:
+                if deadline is not None and time.monotonic() >= deadline:
                     raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
-                if not self._await_done(sub, execution_id, wait_for):
-                    backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, 0.5)
         finally:
-            sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-
-    def _await_done(self, sub: zmq.Socket, execution_id: str, seconds: float) -> bool:
-        """Drain events for up to ``seconds``; True once our 'done' arrives."""
-        end = time.monotonic() + seconds
-        while True:
-            remaining = end - time.monotonic()
-            if remaining <= 0 or not sub.poll(remaining * 1000):
-                return False
-            event = parse_event(self.session, sub.recv_multipart())
-            if event is not None and event.type == "done" and event.execution_id == execution_id:
-                return True
+            waiter.unsubscribe(execution_id)
 
     def run(self, task: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
-        """execute + wait + get_results, for scripts."""
+        """execute + wait + get_results, for scripts (raises as get_results does)."""
         exec_id = self.execute(task, **kwargs)
-        self.wait(exec_id, timeout=timeout)
+        self._wait_final(exec_id, check_timeout(timeout))
         return self.get_results(exec_id)
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:

@@ -43,7 +43,7 @@ from typing import Any, Optional
 import zmq
 from traitlets import Float, Int, Unicode
 
-from ..protocol import FINAL_STATES, new_id
+from ..protocol import FINAL_STATES, is_execution_id, new_execution_id, new_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from ..transport import runtime_dir
 from .records import ExecutionRecord, RecordStore
@@ -207,20 +207,20 @@ class ExecutionServer(ZMQServer):
     def _on_worker(self) -> None:
         for _ in range(1024):
             try:
-                frames = self.worker_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                worker_id = self.worker_sock.recv(zmq.NOBLOCK).decode()
             except zmq.Again:
                 return
-            worker_id = frames[0].bytes.decode()
-            kind = frames[1].bytes
+            kind = self.worker_sock.recv()
             if kind == KIND_EVENT:
-                self._relay_event(frames[2:])
-            elif kind == KIND_CONTROL:
-                self._on_worker_control(worker_id, json.loads(frames[2].bytes), frames[3:])
+                self._relay_event(self.worker_sock.recv_multipart())
+            else:  # control: may carry large result buffers, keep them zero-copy
+                rest = self.worker_sock.recv_multipart(copy=False)
+                self._on_worker_control(worker_id, json.loads(rest[0].bytes), rest[1:])
 
-    def _relay_event(self, frames: list[Any]) -> None:
+    def _relay_event(self, frames: list[bytes]) -> None:
         """Forward a worker-signed event as is, updating the record on the way."""
-        content = json.loads(frames[4].bytes)
-        msg_type = json.loads(frames[3].bytes)["msg_type"]
+        content = json.loads(frames[4])
+        msg_type = json.loads(frames[3])["msg_type"]
         rec = self.records.get(content["execution_id"])
         if rec is None or rec.final:
             return
@@ -229,7 +229,7 @@ class ExecutionServer(ZMQServer):
             rec.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
         elif msg_type == "stream":
             rec.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
-        self.pub.send_multipart(frames, copy=False)
+        self.pub.send_multipart(frames)
 
     def _on_worker_control(self, worker_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
         handle = self.workers.get(worker_id)
@@ -274,9 +274,7 @@ class ExecutionServer(ZMQServer):
             handle.fresh_after_loss = False
         self._emit_status(rec)
         run = {"type": "run", "execution_id": rec.execution_id, "task": rec.task, "seq": rec.seq}
-        self.worker_sock.send_multipart(
-            [handle.worker_id.encode(), KIND_CONTROL, json.dumps(run).encode(), *rec.push_frames], copy=False
-        )
+        send_frames(self.worker_sock, [handle.worker_id.encode(), KIND_CONTROL, json.dumps(run).encode(), *rec.push_frames])
         rec.push_frames = []
         if rec.timeout:
             exec_id = rec.execution_id
@@ -362,7 +360,13 @@ class ExecutionServer(ZMQServer):
         timeout = c.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise RequestError("bad_request", f"'timeout' must be a positive number or null, got {timeout!r}")
-        exec_id = new_id()[:12]
+        exec_id = c.get("execution_id")
+        if exec_id is None:
+            exec_id = new_execution_id()
+        elif not is_execution_id(exec_id):
+            raise RequestError("bad_request", f"'execution_id' must be 12 lowercase hex digits, got {exec_id!r}")
+        elif exec_id in self.records:
+            raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
         rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers))
         self.records.add(rec)
         self.queue.append(exec_id)

@@ -36,7 +36,7 @@ import zmq
 
 from .. import reporting as progress_mod
 from .. import serialize
-from ..protocol import Session, buffer_digest
+from ..protocol import Session, buffer_digest, send_frames
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
@@ -144,16 +144,16 @@ class Worker:
         self._stop = threading.Event()
 
     # -- sending ------------------------------------------------------------
-    def _send(self, frames: list[Any], copy: bool = True) -> None:
+    def _send(self, frames: list[Any]) -> None:
         self.guard.critical += 1
         try:
             with self.lock:
-                self.sock.send_multipart(frames, copy=copy)
+                send_frames(self.sock, frames)
         finally:
             self.guard.leave_critical()
 
     def _send_control(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
-        self._send([KIND_CONTROL, json.dumps(content).encode(), *buffers], copy=not buffers)
+        self._send([KIND_CONTROL, json.dumps(content).encode(), *buffers])
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Sign and send one data-channel event of the running execution."""
