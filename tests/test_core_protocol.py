@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from zmqruntime import RemoteError
-from zmqruntime.protocol import DELIMITER, Header, ProtocolError, Session, SignatureError, compute_signature
+from zmqruntime.protocol import DELIMITER, make_header, ProtocolError, Session, SignatureError, compute_signature
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,7 +96,7 @@ def test_unknown_message_type(server, raw):
 
 def test_unsupported_protocol_version(server, raw):
     sock, session = raw
-    header = Header("ping", session.session_id, version="99.0").to_dict()
+    header = make_header("ping", session.session_id, version="99.0")
     sock.send_multipart(session.serialize("ping", {}, header=header))
     reply = recv_reply(sock, session)
     assert reply.content["error"]["code"] == "unsupported_version"

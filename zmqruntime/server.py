@@ -284,7 +284,7 @@ class ZMQServer(Configurable):
         send_frames(self.control, ident + frames)
 
     def publish(self, topic: str, msg_type: str, content: dict[str, Any]) -> None:
-        self.pub.send_multipart(self.session.serialize(msg_type, content, topic=topic.encode()))
+        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic.encode()))
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:

@@ -393,6 +393,9 @@ class AsyncExecutionClient(ExecutionRequests):
         self.info = info
         self._client = AsyncZMQClient(info, timeout=timeout)
         self.session = self._client.session
+        self._sub: Optional["zmq.asyncio.Socket"] = None
+        self._sub_reader: Optional[asyncio.Task] = None
+        self._done: dict[str, "asyncio.Future[None]"] = {}
 
     @classmethod
     async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
@@ -410,7 +413,9 @@ class AsyncExecutionClient(ExecutionRequests):
 
     async def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
                       results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
+        """Queue ``task``; return its id. Concurrent calls are pipelined on one socket."""
         content, buffers = self._execute_request(task, name, timeout, results, push)
+        self._done_future(content["execution_id"])  # subscribe before submitting
         return (await self._client.call("execute", content, buffers=buffers))["execution_id"]
 
     async def get_status(self, execution_id: Optional[str] = None) -> Any:
@@ -431,23 +436,59 @@ class AsyncExecutionClient(ExecutionRequests):
         msg = await self._client.request("results", {"execution_id": _check_id(execution_id), "release": bool(release)})
         return self._decode_results(msg)
 
-    async def wait(self, execution_id: str, timeout: Optional[float] = None, poll_interval: float = 0.02) -> dict[str, Any]:
-        """Poll ``status`` with backoff until final (ExecutionTimeout past ``timeout``)."""
+    def _done_future(self, execution_id: str) -> "asyncio.Future[None]":
+        """A future resolved by the data-channel reader when ``execution_id`` is done."""
+        if self._sub is None:
+            self._sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
+            self._sub.setsockopt(zmq.LINGER, 0)
+            self._sub.setsockopt(zmq.RCVHWM, 10_000)
+            self._sub.connect(self.info.data_url)
+            self._sub_reader = asyncio.ensure_future(self._read_events(self._sub))
+        fut = self._done.get(execution_id)
+        if fut is None:
+            fut = self._done[execution_id] = asyncio.get_running_loop().create_future()
+            self._sub.setsockopt(zmq.SUBSCRIBE, execution_id.encode())
+        return fut
+
+    async def _read_events(self, sub: "zmq.asyncio.Socket") -> None:
+        while True:
+            event = parse_event(self.session, await sub.recv_multipart())
+            if event is not None and event.type == "done":
+                fut = self._done.get(event.execution_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+
+    async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Wait for the 'done' event (polling ``status`` with backoff meanwhile);
+        ExecutionTimeout past ``timeout``. Many waits can run concurrently."""
         _check_id(execution_id)
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = poll_interval
-        while True:
-            status = await self.get_status(execution_id)
-            if status["status"] in FINAL_STATES:
-                return status
-            if deadline is not None and time.monotonic() + backoff > deadline:
-                raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 1.5, 0.25)
+        done = self._done_future(execution_id)
+        backoff = 0.005
+        try:
+            while True:
+                status = await self.get_status(execution_id)
+                if status["status"] in FINAL_STATES:
+                    return status
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), backoff if remaining is None else min(backoff, remaining))
+                except asyncio.TimeoutError:
+                    backoff = min(backoff * 2, 0.5)
+        finally:
+            if self._done.pop(execution_id, None) is not None and self._sub is not None:
+                self._sub.setsockopt(zmq.UNSUBSCRIBE, execution_id.encode())
 
     async def shutdown(self) -> dict[str, Any]:
         return await self._client.call("shutdown", {})
 
     def close(self) -> None:
+        if self._sub_reader is not None:
+            self._sub_reader.cancel()
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
         self._client.close()

@@ -14,12 +14,18 @@ a result keeps the record (status stays visible; ``results`` answers
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from ..protocol import FINAL_STATES
+
+#: Characters of each output stream kept per execution for late subscribers.
+OUTPUT_KEEP_CHARS = 1 << 20
+#: Relayed events kept raw before they are folded into the record.
+MAX_PENDING_EVENTS = 4096
 
 
 @dataclass
@@ -50,6 +56,8 @@ class ExecutionRecord:
     result_error: Optional[str] = None
     results_fetched: bool = False
     results_expired: bool = False
+    # worker events relayed but not yet folded into the fields above
+    pending_events: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def final(self) -> bool:
@@ -58,6 +66,23 @@ class ExecutionRecord:
     @property
     def has_results(self) -> bool:
         return bool(self.result_frames)
+
+    def queue_event(self, header: bytes, content: bytes) -> None:
+        self.pending_events.append((header, content))
+        if len(self.pending_events) >= MAX_PENDING_EVENTS:
+            self.absorb_events()
+
+    def absorb_events(self) -> None:
+        """Fold queued progress/stream events into the record's state."""
+        pending, self.pending_events = self.pending_events, []
+        for header, raw in pending:
+            content = json.loads(raw)
+            msg_type = json.loads(header)["msg_type"]
+            self.seq = max(self.seq, content["seq"])
+            if msg_type == "progress":
+                self.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+            elif msg_type == "stream":
+                self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
 
     def append_output(self, name: str, text: str, limit: int) -> None:
         """Keep the last ``limit`` characters of each stream."""

@@ -43,7 +43,7 @@ from typing import Any, Optional
 import zmq
 from traitlets import Float, Int, Unicode
 
-from ..protocol import FINAL_STATES, is_execution_id, new_execution_id, new_id, send_frames
+from ..protocol import FINAL_STATES, is_execution_id, new_execution_id, new_id, send_frames, unpack_frames
 from ..server import Reply, RequestError, ZMQServer
 from ..transport import runtime_dir
 from .records import ExecutionRecord, RecordStore
@@ -51,7 +51,6 @@ from .worker import KIND_CONTROL, KIND_EVENT, TaskContext, run_python_source
 
 log = logging.getLogger("zmqruntime.execution")
 
-OUTPUT_KEEP_CHARS = 1 << 20
 
 
 @dataclass
@@ -212,24 +211,24 @@ class ExecutionServer(ZMQServer):
                 return
             kind = self.worker_sock.recv()
             if kind == KIND_EVENT:
-                self._relay_event(self.worker_sock.recv_multipart())
+                self._relay_event(unpack_frames(self.worker_sock.recv()))
             else:  # control: may carry large result buffers, keep them zero-copy
                 rest = self.worker_sock.recv_multipart(copy=False)
                 self._on_worker_control(worker_id, json.loads(rest[0].bytes), rest[1:])
 
     def _relay_event(self, frames: list[bytes]) -> None:
-        """Forward a worker-signed event as is, updating the record on the way."""
-        content = json.loads(frames[4])
-        msg_type = json.loads(frames[3])["msg_type"]
-        rec = self.records.get(content["execution_id"])
+        """Forward a worker-signed event as is; the record parses it later.
+
+        Nothing is decoded here (the topic is the execution id): the raw
+        header/content pair is queued on the record and folded into its
+        state when someone asks for it, which keeps the relay cheap under
+        event floods.
+        """
+        rec = self.records.get(frames[0].decode())
         if rec is None or rec.final:
             return
-        rec.seq = content["seq"]
-        if msg_type == "progress":
-            rec.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
-        elif msg_type == "stream":
-            rec.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
-        self.pub.send_multipart(frames)
+        rec.queue_event(frames[3], frames[4])
+        send_frames(self.pub, frames)
 
     def _on_worker_control(self, worker_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
         handle = self.workers.get(worker_id)
@@ -243,6 +242,7 @@ class ExecutionServer(ZMQServer):
             handle.execution_id = None
             handle.escalation = 0
             if rec is not None and not rec.final:
+                rec.absorb_events()
                 rec.seq = max(rec.seq, msg["seq"])
                 result = msg["result"]
                 rec.result_names = result["names"]
@@ -312,6 +312,7 @@ class ExecutionServer(ZMQServer):
 
     # -- records and events ---------------------------------------------------
     def _emit_status(self, rec: ExecutionRecord) -> None:
+        rec.absorb_events()
         rec.seq += 1
         self.publish(rec.execution_id, "status", {
             "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": rec.status,
@@ -377,13 +378,18 @@ class ExecutionServer(ZMQServer):
     def handle_status(self, msg: Any) -> Reply:
         rec = self._record(msg, required=False)
         if rec is not None:
+            rec.absorb_events()
             return {"execution": rec.to_status()}, [], None
+        for r in self.records:
+            r.absorb_events()
         return {"executions": [r.to_status() for r in self.records]}, [], None
 
     def handle_list(self, msg: Any) -> Reply:
         status = msg.content.get("status")
         if status is not None and not isinstance(status, str):
             raise RequestError("bad_request", "'status' filter must be a string")
+        for r in self.records:
+            r.absorb_events()
         return {"executions": [r.summary() for r in self.records if status is None or r.status == status]}, [], None
 
     def handle_cancel(self, msg: Any) -> Reply:

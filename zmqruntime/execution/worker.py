@@ -5,9 +5,11 @@ namespace between tasks (like a kernel keeps variables between cells).
 
 Link to the server: a DEALER socket on a private IPC endpoint inside the
 0700 runtime directory, so only the same user can reach it; messages on it
-are plain ``[kind, json, *buffers]`` (see ``_send_control``). Data-channel
-events are different: the worker signs them itself with the connection key
-and the server forwards them to subscribers byte for byte.
+are ``[b"M", json, *buffers]`` (control, see ``_send_control``) or
+``[b"E", packed event]``. Data-channel events are signed by the worker
+itself with the connection key; their frames travel packed into one (half
+the per-event cost on both ends) and the server forwards them to
+subscribers byte for byte.
 
 Cancel: the server sends SIGINT. The handler raises KeyboardInterrupt only
 while user code of the current task runs; inside our own critical sections
@@ -36,7 +38,7 @@ import zmq
 
 from .. import reporting as progress_mod
 from .. import serialize
-from ..protocol import Session, buffer_digest, send_frames
+from ..protocol import SNDMORE, Session, buffer_digest, pack_frames, send_frames
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
@@ -166,7 +168,9 @@ class Worker:
                 self.seq += 1
                 content = {"execution_id": exec_id, "seq": self.seq, "time": time.time(), **data}
                 frames = self.session.serialize(event_type, content, topic=exec_id.encode())
-                self.sock.send_multipart([KIND_EVENT, *frames])
+                # One frame on the internal link; the server re-frames it for subscribers.
+                self.sock.send(KIND_EVENT, SNDMORE)
+                self.sock.send(pack_frames(frames))
         finally:
             self.guard.leave_critical()
 

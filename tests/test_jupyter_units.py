@@ -1,0 +1,182 @@
+"""Unit tests of the extension's model: no kernel, no server.
+
+The handle's event path (ordering, duplicates, gap repair from ``status``,
+output reconciliation), the coalescer's rate bound and the output widget's
+bounded merging are checked here directly, quickly and deterministically.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import pytest
+
+from zmqruntime.execution.client import Event
+from zmqruntime_jupyter.handle import ExecutionHandle
+from zmqruntime_jupyter.panel import TRIM_NOTE, ExecutionPanel, LiveOutput, progress_text
+from zmqruntime_jupyter.stream import Coalescer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.status: dict[str, Any] = {}
+        self.status_calls = 0
+        self.cancelled: list[tuple[str, Optional[str]]] = []
+
+    def get_status(self, exec_id: str) -> dict[str, Any]:
+        self.status_calls += 1
+        return dict(self.status)
+
+    def cancel(self, exec_id: str, reason: Optional[str] = None) -> dict[str, Any]:
+        self.cancelled.append((exec_id, reason))
+        return {"execution_id": exec_id, "cancelled": True, "status": "running"}
+
+    def get_results(self, exec_id: str) -> dict[str, Any]:
+        return {"_": 42}
+
+
+class FakeConnection:
+    """Just what a handle uses; background calls run inline (loop=None)."""
+
+    def __init__(self) -> None:
+        self.key = "/tmp/fake.json"
+        self.loop = None
+        self.closed = False
+        self.client = FakeClient()
+        self.handles: dict[str, ExecutionHandle] = {}
+
+    def call_in_background(self, fn, callback) -> None:
+        try:
+            result = fn()
+        except Exception as exc:  # pragma: no cover - not used here
+            callback(None, exc)
+        else:
+            callback(result, None)
+
+    def unfollow(self, handle: ExecutionHandle) -> None:
+        self.handles.pop(handle.id, None)
+
+    def follow(self, handle: ExecutionHandle) -> None:
+        self.handles[handle.id] = handle
+
+
+def ev(kind: str, seq: int, **content: Any) -> Event:
+    return Event(kind, "abc", seq, {"execution_id": "abc", "seq": seq, **content})
+
+
+def status(seq: int, **kw: Any) -> dict[str, Any]:
+    base = {"execution_id": "abc", "status": "running", "seq": seq, "progress": None, "stdout": "", "stderr": "",
+            "output_truncated": False, "has_results": False, "reason": None, "error": None}
+    base.update(kw)
+    return base
+
+
+def make() -> tuple[ExecutionHandle, FakeConnection]:
+    conn = FakeConnection()
+    handle = ExecutionHandle("abc", conn)  # type: ignore[arg-type]
+    conn.handles["abc"] = handle
+    return handle, conn
+
+
+def test_events_apply_in_order_and_duplicates_are_ignored():
+    h, _ = make()
+    h.recovered(status(1, status="queued"))
+    h.on_event(ev("status", 2, status="running"))
+    h.on_event(ev("stream", 3, name="stdout", text="a\n"))
+    h.on_event(ev("stream", 3, name="stdout", text="a\n"))  # duplicate (stream + pump)
+    h.on_event(ev("progress", 4, done=5, total=10, desc="x", rate=1.0, elapsed=5.0))
+    assert h.output == "a\n" and h.seq == 4
+    assert h.progress["done"] == 5 and h.status_cached == "running"
+    h.on_event(ev("done", 5, status="complete", has_results=True, reason=None, error=None))
+    assert h.final and h.status_cached == "complete"
+
+
+def test_gap_is_repaired_from_status_without_duplicating_output():
+    h, conn = make()
+    h.recovered(status(2))
+    h.on_event(ev("stream", 3, name="stdout", text="one\n"))
+    # events 4 and 5 lost; 6 arrives: the handle asks for status (seq 5)
+    conn.client.status = status(5, stdout="one\ntwo\nthree\n", stderr="warn\n",
+                                progress={"done": 3, "total": 9, "desc": "", "rate": 1, "elapsed": 3})
+    h.on_event(ev("stream", 6, name="stdout", text="four\n"))
+    assert conn.client.status_calls == 1
+    assert h.stdout == "one\ntwo\nthree\nfour\n"
+    assert h.stderr == "warn\n"
+    assert h.seq == 6 and h.progress["done"] == 3
+
+
+def test_status_with_stream_totals_marks_dropped_output():
+    h, conn = make()
+    h.recovered(status(1))
+    # The server kept only the last 4 characters of 10 (stdout_total is exact).
+    conn.client.status = status(9, stdout="ghij", stdout_total=10, output_truncated=True)
+    h.on_event(ev("stream", 10, name="stdout", text="K"))
+    assert "6 characters of output dropped" in h.stdout
+    assert h.stdout.endswith("ghijK")
+
+
+def test_lost_done_is_found_by_the_watchdog_status_poll():
+    h, conn = make()
+    h.recovered(status(1, status="queued"))
+    assert not h.final
+    conn.client.status = status(4, status="complete", has_results=True)
+    h.watchdog_fired()
+    h._request_recovery()
+    assert h.final and h.state["has_results"]
+
+
+def test_cancel_from_another_thread_only_marks_ui_dirty():
+    import threading
+
+    h, conn = make()
+    h.recovered(status(1))
+    t = threading.Thread(target=h.cancel_clicked, name="subshell-like")
+    t.start()
+    t.join(5)
+    assert conn.client.cancelled == [("abc", "cancelled with the Cancel button")]
+    assert h.cancel_origin == "subshell-like"
+    assert h._cross_thread_dirty.is_set()
+
+
+def test_coalescer_bounds_flush_rate():
+    calls: list[float] = []
+    c = Coalescer(lambda: calls.append(time.monotonic()), loop=None, interval=0.1)
+    end = time.monotonic() + 0.55
+    while time.monotonic() < end:
+        c.poke()
+        c.pump()
+    c.poke(urgent=True)
+    assert 2 <= len(calls) <= 8  # at most 1 + 0.55/0.1 + the urgent one, however many pokes
+    gaps = [b - a for a, b in zip(calls, calls[1:-1])]
+    assert all(g >= 0.099 for g in gaps)
+
+
+def test_live_output_merges_and_trims():
+    out = LiveOutput()
+    out.max_chars = 100
+    for _ in range(30):
+        out.append_stdout("x" * 9 + "\n")
+    assert out.outputs[0]["text"] == TRIM_NOTE
+    assert len(out.outputs) == 2
+    assert len(out.outputs[1]["text"]) == 100
+    out.append_stderr("err\n")
+    assert out.outputs[-1] == {"output_type": "stream", "name": "stderr", "text": "err\n"}
+
+
+def test_progress_text_and_panel_render():
+    assert progress_text({"done": 50, "total": 100, "rate": 10.0, "elapsed": 5.0}) == \
+        "50/100 · 10/s · elapsed 0:05 · ETA 0:05"
+    assert progress_text({"done": 7, "total": None, "rate": 0, "elapsed": 1}).startswith("7 done")
+    panel = ExecutionPanel("abc", "job")
+    panel.render({"status": "running", "progress": {"done": 3, "total": 4, "desc": "d", "rate": 1, "elapsed": 3}},
+                 [("stdout", "a"), ("stdout", "b"), ("stderr", "c")], [], False)
+    assert panel.bar.value == 3 and panel.bar.max == 4 and panel.bar.description == "d"
+    assert [o["text"] for o in panel.output.outputs] == ["ab", "c"]
+    panel.render({"status": "failed", "error": {"ename": "E", "evalue": "v", "traceback": ["Traceback\n", "E: v\n"]}},
+                 [], [], True)
+    assert "failed" in panel.status_label.value and "E: v" in panel.status_label.value
+    assert panel.cancel_button.disabled
+    assert "Traceback" in panel.output.outputs[-1]["text"]
