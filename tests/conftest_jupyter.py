@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import socket
 import threading
 import time
@@ -23,7 +24,14 @@ import psutil
 import pytest
 from jupyter_client import KernelManager
 
-__all__ = ["KernelDriver", "CellResult", "free_port", "stop_servers", "jkernel", "jupyter_env"]
+__all__ = ["KernelDriver", "CellResult", "PanelView", "LONG_JOB", "free_port", "stop_servers", "jkernel", "jupyter_env"]
+
+LONG_JOB = """%%zmqexec {opts}
+from zmqruntime import progress
+import time
+for i in progress(range({n}), desc="{desc}"):
+    time.sleep(0.05)
+"""
 
 
 def free_port() -> int:
@@ -274,6 +282,31 @@ class KernelDriver:
         finally:
             self.km.shutdown_kernel(now=True)
         self._thread.join(2)
+
+
+class PanelView:
+    """The widget models one %%zmqexec cell opened."""
+
+    def __init__(self, k: KernelDriver, res: CellResult):
+        self.k = k
+        self.bar = k.models_of(res, "FloatProgressModel")[0]
+        html = k.models_of(res, "HTMLModel")
+        self.info, self.status = html[0], html[1]
+        self.output = k.models_of(res, "OutputModel")[0]
+        self.button = k.models_of(res, "ButtonModel")[0]
+        self.container = k.models_of(res, "VBoxModel")[-1]
+        self.exec_id = re.search(r"<code>(\w+)</code>", self.status.state["value"]).group(1)
+
+    def status_text(self) -> str:
+        return re.sub(r"<[^>]+>", "", self.status.state.get("value", ""))
+
+    def wait_status(self, word: str, timeout: float = 30.0) -> str:
+        assert self.k.wait_for(lambda: word in self.status_text(), timeout), \
+            f"panel never showed {word!r}: {self.status_text()!r}"
+        return self.status_text()
+
+    def output_text(self) -> str:
+        return "".join(o.get("text", "") for o in self.output.state.get("outputs", []))
 
 
 @pytest.fixture(scope="module")

@@ -120,9 +120,12 @@ def test_serve_on_taken_port_exits_with_message(runtime_dir, port):
 
 def test_client_of_killed_server_gets_clear_error_within_timeout(server):
     client = server.new_client(timeout=1.0)
-    client.ping()
+    client.run("'warm'", timeout=20)
+    worker_pids = [w["pid"] for w in client.ping()["workers"]]
     server.proc.kill()
     server.proc.wait(10)
+    # orphaned workers notice and exit by themselves
+    wait_until(lambda: not any(pid_alive(p) for p in worker_pids), 10)
     t0 = time.monotonic()
     with pytest.raises(ServerUnavailable) as info:
         client.get_status()

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Optional, Sequence
 
-from .errors import ExecutionTimeout, RemoteError, ServerStartError, ServerUnavailable
+from .errors import RemoteError, ServerStartError, ServerUnavailable
 from .transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
-from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
+from traitlets import Bool, CaselessStrEnum, Int, Unicode, validate
 from traitlets.config import Configurable
 
 from . import __version__
@@ -54,6 +54,7 @@ from .transport import (
 )
 
 log = logging.getLogger("zmqruntime.server")
+POLLIN = int(zmq.POLLIN)
 
 Reply = tuple[dict[str, Any], list[Any], Optional[list[bytes]]]
 
@@ -103,6 +104,7 @@ class ZMQServer(Configurable):
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._soon: list[Callable[[], None]] = []
         self._timer_ids = itertools.count()
         self._running = False
         self.connection_path: Optional[Path] = None
@@ -157,6 +159,10 @@ class ZMQServer(Configurable):
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = handler
 
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current request has been answered."""
+        self._soon.append(callback)
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), callback))
 
@@ -173,8 +179,11 @@ class ZMQServer(Configurable):
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
+                if self._soon:
+                    timeout = 0.0
                 for sock, _ in self.poller.poll(timeout):
                     self._handlers[sock]()
+                self._run_soon()
                 self._run_timers()
         finally:
             self.on_stop()
@@ -182,6 +191,14 @@ class ZMQServer(Configurable):
 
     def stop(self) -> None:
         self._running = False
+
+    def _run_soon(self) -> None:
+        soon, self._soon = self._soon, []
+        for callback in soon:
+            try:
+                callback()
+            except Exception:
+                log.exception("deferred callback failed")
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -237,12 +254,11 @@ class ZMQServer(Configurable):
 
     # -- control channel ----------------------------------------------------
     def _on_control(self) -> None:
+        sock = self.control
         for _ in range(256):  # drain, but let other sockets and timers have a turn
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not sock.getsockopt(zmq.EVENTS) & POLLIN:  # cheaper than catching zmq.Again
                 return
-            self._handle_request(frames)
+            self._handle_request(sock.recv_multipart(copy=False))
 
     def _handle_request(self, frames: list[Any]) -> None:
         try:

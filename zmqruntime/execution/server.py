@@ -43,8 +43,8 @@ from typing import Any, Optional
 import zmq
 from traitlets import Float, Int, Unicode
 
-from ..protocol import FINAL_STATES, is_execution_id, new_execution_id, new_id, send_frames, unpack_frames
-from ..server import Reply, RequestError, ZMQServer
+from ..protocol import is_execution_id, new_execution_id, new_id, send_frames, unpack_frames
+from ..server import POLLIN, Reply, RequestError, ZMQServer
 from ..transport import runtime_dir
 from .records import ExecutionRecord, RecordStore
 from .worker import KIND_CONTROL, KIND_EVENT, TaskContext, run_python_source
@@ -204,12 +204,12 @@ class ExecutionServer(ZMQServer):
         self.call_later(0.05, self._check_workers)
 
     def _on_worker(self) -> None:
+        sock = self.worker_sock
         for _ in range(1024):
-            try:
-                worker_id = self.worker_sock.recv(zmq.NOBLOCK).decode()
-            except zmq.Again:
+            if not sock.getsockopt(zmq.EVENTS) & POLLIN:
                 return
-            kind = self.worker_sock.recv()
+            worker_id = sock.recv().decode()
+            kind = sock.recv()
             if kind == KIND_EVENT:
                 self._relay_event(unpack_frames(self.worker_sock.recv()))
             else:  # control: may carry large result buffers, keep them zero-copy
@@ -265,6 +265,8 @@ class ExecutionServer(ZMQServer):
                 self._dispatch(handle, self.records.get(self.queue.popleft()))
 
     def _dispatch(self, handle: WorkerHandle, rec: ExecutionRecord) -> None:
+        if rec.seq == 0:  # its 'queued' event is not out yet
+            self._emit_status(rec)
         handle.execution_id = rec.execution_id
         rec.status = "running"
         rec.started = time.time()
@@ -272,10 +274,13 @@ class ExecutionServer(ZMQServer):
         if handle.fresh_after_loss:
             rec.namespace_reset = True
             handle.fresh_after_loss = False
-        self._emit_status(rec)
+        # Start the worker first, then announce: the 'running' event keeps the
+        # seq it would have had, the worker numbers its events after it.
+        rec.seq += 1
         run = {"type": "run", "execution_id": rec.execution_id, "task": rec.task, "seq": rec.seq}
         send_frames(self.worker_sock, [handle.worker_id.encode(), KIND_CONTROL, json.dumps(run).encode(), *rec.push_frames])
         rec.push_frames = []
+        self._emit_status(rec, seq=rec.seq)
         if rec.timeout:
             exec_id = rec.execution_id
             self.call_later(rec.timeout, lambda: self._on_timeout(exec_id))
@@ -311,11 +316,14 @@ class ExecutionServer(ZMQServer):
             self.call_later(wait, lambda: self._escalate(handle, exec_id))
 
     # -- records and events ---------------------------------------------------
-    def _emit_status(self, rec: ExecutionRecord) -> None:
-        rec.absorb_events()
-        rec.seq += 1
+    def _emit_status(self, rec: ExecutionRecord, seq: Optional[int] = None) -> None:
+        """Publish the record's status; ``seq`` when already reserved, else the next."""
+        if seq is None:
+            rec.absorb_events()
+            rec.seq += 1
+            seq = rec.seq
         self.publish(rec.execution_id, "status", {
-            "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": rec.status,
+            "execution_id": rec.execution_id, "seq": seq, "time": time.time(), "status": rec.status,
             "reason": rec.reason, "namespace_reset": rec.namespace_reset,
         })
 
@@ -371,9 +379,13 @@ class ExecutionServer(ZMQServer):
         rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers))
         self.records.add(rec)
         self.queue.append(exec_id)
-        self._emit_status(rec)
-        self._schedule()
+        self.call_soon(lambda: self._submitted(rec))  # reply first, dispatch right after
         return {"execution_id": exec_id, "status": rec.status}, [], None
+
+    def _submitted(self, rec: ExecutionRecord) -> None:
+        if rec.status == "queued" and rec.seq == 0:
+            self._emit_status(rec)
+        self._schedule()
 
     def handle_status(self, msg: Any) -> Reply:
         rec = self._record(msg, required=False)

@@ -144,6 +144,7 @@ class Worker:
         self.stdout = StreamCapture(self, "stdout")
         self.stderr = StreamCapture(self, "stderr")
         self._stop = threading.Event()
+        self.parent_pid = os.getppid()
 
     # -- sending ------------------------------------------------------------
     def _send(self, frames: list[Any]) -> None:
@@ -182,7 +183,14 @@ class Worker:
         self.stderr.flush()
 
     def _flusher(self) -> None:
+        """Flush output every 50 ms; exit at once if the server process is gone.
+
+        A SIGKILLed server cannot stop its workers, so each worker watches its
+        parent: an orphaned worker (even one stuck in user code) ends itself.
+        """
         while not self._stop.wait(STREAM_FLUSH_INTERVAL):
+            if os.getppid() != self.parent_pid:
+                os._exit(3)
             try:
                 self._flush_streams()
             except Exception:  # never let the flusher die silently mid-task

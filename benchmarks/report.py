@@ -1,0 +1,237 @@
+"""Turn raw benchmark results into the headline: ratios against baselines.
+
+Why: absolute times on a noisy 2-core box mean little from one day to the next;
+the ratio to a baseline measured in the same run is the figure the targets in
+DESIGN.md are written in.  This module knows the targets and how to compare,
+and nothing about how anything was measured.
+
+Each comparison row carries: the zmqruntime value, the baseline(s) it is
+judged against, the ratio(s), the target, and a verdict -- ``ok``, ``MISS``,
+or ``n/a`` (something needed was not measured; the reason is in ``note``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KERNEL_STUB = "measured in tests/ by the jupyter tests"
+
+
+@dataclass
+class Row:
+    what: str
+    value: str = "-"
+    baseline: str = "-"
+    ratio: str = "-"
+    target: str = ""
+    verdict: str = "n/a"
+    note: str = ""
+    numbers: dict = field(default_factory=dict)
+
+
+def get(results: dict, *path):
+    """``results[a][b][c]`` or None if any step is missing or is an error entry."""
+    node = results
+    for key in path:
+        if not isinstance(node, dict) or "error" in node or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def error_of(results: dict, *path) -> str:
+    """The first error message found along ``path`` (for the ``note`` column)."""
+    node = results
+    for key in [*path, None]:
+        if not isinstance(node, dict):
+            return ""
+        if "error" in node:
+            return str(node["error"]).splitlines()[0][:160]
+        node = node.get(key) if key is not None else None
+    return ""
+
+
+def fmt(x, spec: str, unit: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{unit}"
+
+
+def verdict(*checks) -> str:
+    if any(c is None for c in checks):
+        return "n/a"
+    return "ok" if all(checks) else "MISS"
+
+
+def ping_row(r: dict) -> Row:
+    zr, raw = get(r, "zr_roundtrip", "ping", "median_us"), get(r, "raw_reqrep", "median_us")
+    ratio = zr / raw if zr and raw else None
+    return Row("ping round trip (median)", fmt(zr, ".0f", " us"), fmt(raw, ".0f", " us raw REQ/REP"),
+               fmt(ratio, ".2f", "x raw"), "<= 2x raw",
+               verdict(ratio <= 2 if ratio else None),
+               error_of(r, "zr_roundtrip", "ping") or error_of(r, "raw_reqrep"),
+               {"zr_us": zr, "raw_us": raw, "ratio": ratio})
+
+
+def noop_latency_row(r: dict) -> Row:
+    zr = get(r, "zr_roundtrip", "noop_latency", "median_ms")
+    ipp, dsk = get(r, "ipyparallel", "latency", "median_ms"), get(r, "dask", "latency", "median_ms")
+    s_ipp = ipp / zr if zr and ipp else None
+    s_dsk = dsk / zr if zr and dsk else None
+    checks = [zr <= 1.0 if zr else None] + [s >= 5 for s in (s_ipp, s_dsk) if s is not None]
+    return Row("no-op execute->result (median)", fmt(zr, ".3f", " ms"),
+               f"ipp {fmt(ipp, '.2f', ' ms')}, dask {fmt(dsk, '.2f', ' ms')}",
+               f"{fmt(s_ipp, '.1f', 'x')} / {fmt(s_dsk, '.1f', 'x')} faster",
+               "<= 1 ms; >= 5x faster", verdict(*checks),
+               error_of(r, "zr_roundtrip", "noop_latency"),
+               {"zr_ms": zr, "ipyparallel_ms": ipp, "dask_ms": dsk,
+                "speedup_vs_ipyparallel": s_ipp, "speedup_vs_dask": s_dsk})
+
+
+def pipelined_row(r: dict) -> Row:
+    zr = get(r, "zr_roundtrip", "pipelined", "tasks_per_s")
+    ipp, dsk = get(r, "ipyparallel", "pipelined", "tasks_per_s"), get(r, "dask", "pipelined", "tasks_per_s")
+    x_ipp = zr / ipp if zr and ipp else None
+    x_dsk = zr / dsk if zr and dsk else None
+    checks = [x >= 5 for x in (x_ipp, x_dsk) if x is not None] if zr else []
+    checks = checks or [None]  # no baseline measured: no verdict
+    return Row("no-op pipelined (async client)", fmt(zr, ".0f", " tasks/s"),
+               f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
+               f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}",
+               ">= 5x both", verdict(*checks), error_of(r, "zr_roundtrip", "pipelined"),
+               {"zr_tasks_per_s": zr, "ipyparallel_tasks_per_s": ipp, "dask_tasks_per_s": dsk,
+                "ratio_vs_ipyparallel": x_ipp, "ratio_vs_dask": x_dsk})
+
+
+def sync_batch_row(r: dict) -> Row:
+    zr = get(r, "zr_roundtrip", "sync_batch", "tasks_per_s")
+    ipp, dsk = get(r, "ipyparallel", "pipelined", "tasks_per_s"), get(r, "dask", "pipelined", "tasks_per_s")
+    x_ipp = zr / ipp if zr and ipp else None
+    x_dsk = zr / dsk if zr and dsk else None
+    return Row("no-op batch, blocking client", fmt(zr, ".0f", " tasks/s"),
+               f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
+               f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}", "(for reference)", "n/a",
+               error_of(r, "zr_roundtrip", "sync_batch"),
+               {"zr_tasks_per_s": zr, "ratio_vs_ipyparallel": x_ipp, "ratio_vs_dask": x_dsk})
+
+
+def progress_rate_row(r: dict) -> Row:
+    ev = get(r, "zr_progress", "event_rate") or {}
+    rate, gaps = ev.get("events_per_s"), ev.get("seq_gaps")
+    got, sent = ev.get("progress_events_received"), ev.get("emitted_iterations")
+    lost_ok = None if gaps is None else (gaps == 0 and ev.get("seq_duplicates", 0) == 0)
+    return Row("progress events -> subscriber", fmt(rate, ",.0f", " ev/s"),
+               f"{fmt(got, ',')} recv / {fmt(sent, ',')} iters; task emits "
+               f"{fmt(ev.get('task_emit_per_s'), ',.0f', '/s')}",
+               f"seq gaps {fmt(gaps, 'd')}", ">= 50k/s, none lost",
+               verdict(rate >= 50_000 if rate else None, lost_ok),
+               error_of(r, "zr_progress", "event_rate") or ("" if ev.get("seq_checked", True)
+                                                            else "events carry no seq field"),
+               {"events_per_s": rate, "received": got, "iterations": sent, "seq_gaps": gaps})
+
+
+def progress_overhead_row(r: dict) -> Row:
+    ov = get(r, "zr_progress", "overhead", "overhead_s")
+    bare = get(r, "zr_progress", "overhead", "bare_loop_s")
+    return Row("1M progress() calls, overhead", fmt(ov, ".3f", " s"), fmt(bare, ".3f", " s bare loop"),
+               "-", "<= 1 s", verdict(ov <= 1.0 if ov is not None else None),
+               error_of(r, "zr_progress", "overhead"), {"overhead_s": ov, "bare_loop_s": bare})
+
+
+def big_result_rows(r: dict) -> list[Row]:
+    zr_bw, raw_bw = get(r, "zr_bigresult", "big_result", "gb_per_s"), get(r, "raw_zerocopy", "gb_per_s")
+    frac = zr_bw / raw_bw if zr_bw and raw_bw else None
+    zr_rss = get(r, "zr_bigresult", "big_result", "peak_rss_increase_ratio")
+    raw_rss = get(r, "raw_zerocopy", "peak_rss_increase_ratio")
+    note = error_of(r, "zr_bigresult", "big_result") or error_of(r, "raw_zerocopy")
+    return [
+        Row("256 MiB result bandwidth", fmt(zr_bw, ".2f", " GB/s"), fmt(raw_bw, ".2f", " GB/s raw zero-copy"),
+            fmt(frac and frac * 100, ".0f", "% of raw"), ">= 60% of raw",
+            verdict(frac >= 0.6 if frac else None), note,
+            {"zr_gb_per_s": zr_bw, "raw_gb_per_s": raw_bw, "fraction_of_raw": frac}),
+        Row("256 MiB result, receiver peak RSS", fmt(zr_rss, ".2f", "x array"),
+            fmt(raw_rss, ".2f", "x array raw"), "-", "<= 1.3x array",
+            verdict(zr_rss <= 1.3 if zr_rss is not None else None), note,
+            {"zr_rss_ratio": zr_rss, "raw_rss_ratio": raw_rss}),
+    ]
+
+
+def cancel_row(r: dict) -> Row:
+    ms = get(r, "zr_cancel", "cancel", "median_ms")
+    return Row("cancel running Python loop", fmt(ms, ".1f", " ms"), "-", "-", "<= 200 ms",
+               verdict(ms <= 200 if ms is not None else None), error_of(r, "zr_cancel", "cancel"),
+               {"median_ms": ms})
+
+
+def cold_start_row(r: dict) -> Row:
+    s = get(r, "zr_coldstart", "cold_start", "median_s")
+    imp = get(r, "zr_coldstart", "cold_start", "import_s")
+    return Row("auto-spawn cold start -> 1st result", fmt(s, ".3f", " s"),
+               f"(+ import {fmt(imp, '.3f', ' s')})", "-", "<= 0.5 s",
+               verdict(s <= 0.5 if s is not None else None), error_of(r, "zr_coldstart", "cold_start"),
+               {"median_s": s, "import_s": imp})
+
+
+def kernel_row(r: dict) -> Row:
+    return Row("kernel responsiveness", "-", "-", "-", "trivial cell <= 50 ms while streaming",
+               "n/a", KERNEL_STUB)
+
+
+def comparisons(results: dict) -> list[Row]:
+    return [ping_row(results), noop_latency_row(results), pipelined_row(results), sync_batch_row(results),
+            progress_rate_row(results), progress_overhead_row(results),
+            *big_result_rows(results), cancel_row(results), cold_start_row(results),
+            kernel_row(results)]
+
+
+def baseline_lines(r: dict) -> list[str]:
+    def line(name, text, *path):
+        err = error_of(r, *path)
+        return f"  {name:<28} {err if err else text}"
+    return [
+        line("raw pyzmq REQ/REP", f"{fmt(get(r, 'raw_reqrep', 'median_us'), '.0f', ' us')} median "
+             f"(p10 {fmt(get(r, 'raw_reqrep', 'p10_us'), '.0f')}, p90 {fmt(get(r, 'raw_reqrep', 'p90_us'), '.0f')})",
+             "raw_reqrep"),
+        line("raw zero-copy 256 MiB", f"{fmt(get(r, 'raw_zerocopy', 'gb_per_s'), '.2f', ' GB/s')}, "
+             f"receiver peak RSS +{fmt(get(r, 'raw_zerocopy', 'peak_rss_increase_ratio'), '.2f', 'x')} array",
+             "raw_zerocopy"),
+        line("ipyparallel (1 engine)", f"apply_sync {fmt(get(r, 'ipyparallel', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"pipelined {fmt(get(r, 'ipyparallel', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}",
+             "ipyparallel"),
+        line("dask.distributed (1 worker)", f"submit().result() {fmt(get(r, 'dask', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"pipelined {fmt(get(r, 'dask', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}",
+             "dask"),
+    ]
+
+
+def render(results: dict, rows: list[Row]) -> str:
+    cols = ["what", "value", "baseline", "ratio", "target", "verdict"]
+    table = [cols] + [[getattr(row, c) for c in cols] for row in rows]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(cols))]
+    out = ["", "Baselines (same run):", *baseline_lines(results), "",
+           "zmqruntime vs baselines:"]
+    for i, line in enumerate(table):
+        out.append("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
+        if i == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    notes = [f"  {row.what}: {row.note}" for row in rows if row.note]
+    if notes:
+        out += ["", "Notes / errors:", *notes]
+    return "\n".join(out)
+
+
+def meta() -> dict:
+    import os
+
+    return {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
+            "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def write_json(path: Path, results: dict, rows: list[Row], extra: dict) -> None:
+    doc = {"meta": {**meta(), **extra},
+           "comparisons": [asdict(row) for row in rows],
+           "results": results}
+    path.write_text(json.dumps(doc, indent=1, default=str) + "\n")

@@ -1,0 +1,75 @@
+"""zmqruntime: control-channel round trips -- ping, no-op latency, pipelining.
+
+Why: these are the numbers a user feels on every call, and each has a baseline
+measured in the same run:
+
+  * ``ping``        vs raw pyzmq REQ/REP            (target <= 2x)
+  * no-op latency   execute -> wait -> get_results, one at a time
+                    vs ipyparallel / dask           (target <= 1 ms, >= 5x faster)
+  * pipelined       submit 500 ``execute("None")``, then wait all and fetch all
+                    results (as dask ``gather`` / ipyparallel ``get`` do)
+                    vs ipyparallel / dask           (target >= 5x throughput)
+
+All three share one server started in a child process (see zr_server.py).
+"""
+
+from __future__ import annotations
+
+from benchmarks import common, zr_server
+
+NOOP = "None"
+
+
+def measure_ping(client) -> dict:
+    return common.summarize(common.time_each(client.ping, n=common.scaled(5000), warmup=500),
+                            "us", 1e6)
+
+
+def measure_noop_latency(client) -> dict:
+    return common.summarize(
+        common.time_each(lambda: zr_server.run_to_result(client, NOOP),
+                         n=common.scaled(500), warmup=50),
+        "ms", 1e3)
+
+
+def measure_pipelined(client) -> dict:
+    """AsyncExecutionClient: all executes in flight at once, then all waits, then all results."""
+    import asyncio
+
+    from zmqruntime import AsyncExecutionClient
+
+    async def batch_async(n: int) -> None:
+        aclient = AsyncExecutionClient(client.info)
+        try:
+            ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(n)))
+            await asyncio.gather(*(aclient.wait(eid, timeout=60) for eid in ids))
+            await asyncio.gather(*(aclient.get_results(eid) for eid in ids))
+        finally:
+            aclient.close()
+
+    return common.throughput(lambda n: asyncio.run(batch_async(n)), common.scaled(500), reps=3)
+
+
+def measure_sequential_batch(client) -> dict:
+    """The blocking client: submit a batch one request at a time, then wait and fetch each."""
+    def batch(n: int) -> None:
+        ids = [client.execute(NOOP) for _ in range(n)]
+        for eid in ids:
+            client.wait(eid, timeout=60)
+        for eid in ids:
+            client.get_results(eid)
+
+    return common.throughput(batch, common.scaled(500), reps=3)
+
+
+def measure() -> dict:
+    return zr_server.measure_all({
+        "ping": measure_ping,
+        "noop_latency": measure_noop_latency,
+        "pipelined": measure_pipelined,
+        "sync_batch": measure_sequential_batch,
+    })
+
+
+if __name__ == "__main__":
+    common.child_main(measure)
