@@ -1,0 +1,61 @@
+"""zmqruntime: fetching a 256 MiB numpy result -- bandwidth and receiver memory.
+
+Why: results are promised to move "at close to socket speed without doubling
+memory" (pickle-5 out-of-band buffers, zero-copy frames).  Measured exactly
+like baseline_zerocopy.py so the two are comparable:
+
+  * the array is built by a task on the server (untimed; ``wait`` first), then
+    the clock runs around ``client.get_results(eid)`` until the array is in
+    hand -> GB/s; target >= 60 % of the raw zero-copy bandwidth;
+  * this process is fresh (``run.py`` starts each benchmark in its own), so
+    ``peak RSS after - RSS before`` is what receiving cost; target <= 1.3x the
+    array size.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks import common, zr_server
+from benchmarks.baseline_zerocopy import FILL, NBYTES
+
+MAKE_ARRAY = f"import numpy as np\nnp.full({NBYTES // 8}, {FILL}, dtype=np.float64)"
+
+
+def measure_big_result(client) -> dict:
+    rss_before = common.current_rss_bytes()
+
+    def fetch_once() -> float:
+        eid = client.execute(MAKE_ARRAY)
+        client.wait(eid, timeout=60)
+        t0 = time.perf_counter()
+        results = client.get_results(eid)
+        arr = zr_server.last_value(results)
+        elapsed = time.perf_counter() - t0
+        if getattr(arr, "nbytes", None) != NBYTES or arr[0] != FILL or arr[-1] != FILL:
+            raise AssertionError(f"unexpected result {type(arr).__name__} "
+                                 f"{getattr(arr, 'nbytes', '?')} bytes")
+        del arr, results
+        return elapsed
+
+    fetch_once()  # warmup, as in the baseline
+    times = [fetch_once() for _ in range(common.scaled(5, minimum=2))]
+    peak = common.peak_rss_bytes()
+    result = common.summarize(times, "ms", 1e3)
+    result.update(
+        gb_per_s=NBYTES / 1e9 / (result["median_ms"] / 1e3),
+        array_bytes=NBYTES,
+        rss_before_bytes=rss_before,
+        peak_rss_bytes=peak,
+        peak_rss_increase_ratio=(peak - rss_before) / NBYTES,
+        peak_rss_total_ratio=peak / NBYTES,
+    )
+    return result
+
+
+def measure() -> dict:
+    return zr_server.measure_all({"big_result": measure_big_result})
+
+
+if __name__ == "__main__":
+    common.child_main(measure)

@@ -1,0 +1,216 @@
+"""zmqruntime plumbing shared by the zr_* benchmarks: import, server, events.
+
+Why: every zmqruntime measurement needs the same three things, and they are
+the places most likely to change while the package is young --
+
+  * ``import_api()``: the public API, or a clean "not available: <error>" so
+    the baselines still run before the package exists;
+  * ``running_server()``: a server in a child process on a free port pair with
+    a private runtime dir (``ZMQRUNTIME_RUNTIME_DIR``), connected client,
+    shut down and reaped afterwards whatever happens;
+  * ``event_field()`` / ``run_to_result()``: tolerant readers of the event and
+    result shapes, so a renamed field is a one-line fix here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+CONTROL_OFFSET = 1000  # DESIGN.md: control port = data port + 1000 by default
+READY_TIMEOUT = 20.0
+
+
+class NotAvailable(Exception):
+    """zmqruntime (or the part a benchmark needs) does not import yet."""
+
+
+def import_api():
+    """``(ExecutionClient, zmqruntime module)`` or raise NotAvailable."""
+    try:
+        import zmqruntime
+        from zmqruntime import ExecutionClient, ExecutionServer  # noqa: F401 -- the contract
+    except Exception as exc:  # noqa: BLE001 -- ImportError or a broken package
+        raise NotAvailable(f"not available: {type(exc).__name__}: {exc}") from exc
+    return ExecutionClient, zmqruntime
+
+
+def unavailable_or_error(exc: BaseException) -> dict:
+    if isinstance(exc, NotAvailable):
+        return {"error": str(exc), "unavailable": True}
+    return common.error_entry(exc)
+
+
+def measure_all(measurements: dict) -> dict:
+    """Run each ``name -> fn(client)`` against one server; one failure stays local."""
+    try:
+        import_api()
+    except NotAvailable as exc:
+        return {name: unavailable_or_error(exc) for name in measurements}
+    try:
+        with running_server() as (client, _port):
+            return {name: common.guarded(fn, client) for name, fn in measurements.items()}
+    except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
+        entry = common.error_entry(exc, "server")
+        return {name: entry for name in measurements}
+
+
+def connection_file(runtime_dir: Path, port: int) -> Path:
+    return runtime_dir / f"server-{port}.json"
+
+
+def server_pid(runtime_dir: Path, port: int) -> int | None:
+    try:
+        return int(json.loads(connection_file(runtime_dir, port).read_text()).get("pid") or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def private_runtime_dir():
+    """A fresh ZMQRUNTIME_RUNTIME_DIR for this process, restored afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="bench-zmqr-"))
+    old = os.environ.get("ZMQRUNTIME_RUNTIME_DIR")
+    os.environ["ZMQRUNTIME_RUNTIME_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("ZMQRUNTIME_RUNTIME_DIR", None)
+        else:
+            os.environ["ZMQRUNTIME_RUNTIME_DIR"] = old
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wait_for_connection_file(proc: subprocess.Popen, path: Path, timeout: float) -> None:
+    """The server writes its connection file once bound: wait for it (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited rc={proc.returncode} before writing {path.name}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server did not write {path.name} within {timeout}s")
+        time.sleep(0.005)
+
+
+def stop_server(client, proc: subprocess.Popen | None, runtime_dir: Path, port: int) -> None:
+    """Polite shutdown, then make sure: the child we spawned, and the pid it wrote."""
+    pid = server_pid(runtime_dir, port)
+    if client is not None:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        with contextlib.suppress(Exception):
+            client.close()
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        common.reap(proc)
+    elif pid:  # auto-spawned by our client in this private runtime dir
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+        if _alive(pid):
+            common.kill_pid(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def running_server():
+    """Yield ``(client, port)`` for a server started as a child process."""
+    ExecutionClient, _ = import_api()
+    with private_runtime_dir() as rdir:
+        port = common.free_port_pair(CONTROL_OFFSET)
+        log = open(rdir / "server.log", "w")
+        proc = client = None
+        try:
+            proc = common.spawn_python(
+                ["-m", "zmqruntime", "serve", "--port", str(port)],
+                env=common.python_env({"ZMQRUNTIME_RUNTIME_DIR": str(rdir)}),
+                stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for_connection_file(proc, connection_file(rdir, port), READY_TIMEOUT)
+            except Exception as exc:
+                log.flush()
+                tail = (rdir / "server.log").read_text()[-1500:]
+                raise RuntimeError(f"{exc}; server log tail: {tail}") from exc
+            try:  # we started the server: never let the client spawn another
+                client = ExecutionClient(port=port, auto_spawn=False)
+            except TypeError:
+                client = ExecutionClient(port=port)
+            yield client, port
+        finally:
+            stop_server(client, proc, rdir, port)
+            log.close()
+
+
+# ------------------------------------------------------------ tolerant readers
+
+
+def event_field(event, *names, default=None):
+    """First of ``names`` found in the event, its header or its content."""
+    if not isinstance(event, dict):
+        event = getattr(event, "__dict__", {}) or {}
+    for scope in (event, event.get("header"), event.get("content"), event.get("data")):
+        if isinstance(scope, dict):
+            for name in names:
+                if name in scope:
+                    return scope[name]
+    return default
+
+
+def event_type(event) -> str | None:
+    return event_field(event, "type", "event", "msg_type", "event_type")
+
+
+def event_exec_id(event) -> str | None:
+    return event_field(event, "execution_id", "exec_id", "id")
+
+
+def event_seq(event) -> int | None:
+    seq = event_field(event, "seq", "sequence", "seq_num")
+    return int(seq) if seq is not None else None
+
+
+def event_status(event) -> str | None:
+    return event_field(event, "status", "state")
+
+
+def run_to_result(client, code: str, timeout: float = 10.0):
+    """execute -> wait -> get_results, returning the value of the last expression."""
+    if hasattr(client, "run"):
+        results = client.run(code, timeout=timeout)
+    else:
+        eid = client.execute(code)
+        client.wait(eid, timeout=timeout)
+        results = client.get_results(eid)
+    return last_value(results)
+
+
+def last_value(results):
+    if isinstance(results, dict):
+        if "_" in results:
+            return results["_"]
+        if isinstance(results.get("results"), dict):
+            return results["results"].get("_")
+    return results
