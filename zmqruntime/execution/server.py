@@ -4,8 +4,8 @@ User code never runs in the server's process: each of ``concurrency``
 worker processes (``worker.py``) runs one task at a time, so the control
 loop keeps answering in microseconds while tasks burn CPU.
 
-Where code runs is one small interface, :class:`WorkerPool`-like methods
-``_spawn_worker`` / ``_dispatch`` / ``_interrupt``; a distributed back end
+Where code runs is one small interface, ``pool.py`` (free_worker / run /
+interrupt, and a listener for what workers report); a distributed back end
 (dask.distributed) is meant to plug in behind the same calls later.
 
 Lifecycle of an execution and who emits which event::
@@ -15,11 +15,12 @@ Lifecycle of an execution and who emits which event::
     task     -> progress / stream events (worker, signed, forwarded as is)
     finish   -> complete | failed | cancelled (server: status, then done)
 
-Cancel of a queued execution removes it. Cancel of a running one sends
-SIGINT (KeyboardInterrupt in the task); if the task has not ended after
-``cancel_grace_period`` the worker gets SIGTERM, then SIGKILL after
-``kill_grace_period``, and a fresh worker is started (its namespace is new;
-the record says so). A per-execution ``timeout`` takes the same path.
+Cancel of a queued execution removes it. Cancel of a running one asks the
+pool to interrupt it: SIGINT (KeyboardInterrupt in the task); if the task
+has not ended after ``cancel_grace_period`` the worker gets SIGTERM, then
+SIGKILL after ``kill_grace_period``, and a fresh worker is started (its
+namespace is new; the record says so). A per-execution ``timeout`` takes
+the same path.
 
 Custom task kinds: subclass, add the kind to ``task_kinds``, validate it in
 ``validate_task`` (server side) and run it in ``execute_task`` (worker side:
@@ -28,44 +29,22 @@ the worker imports the server class by name, so it must be importable).
 
 from __future__ import annotations
 
-import json
 import keyword
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import zmq
 from traitlets import Float, Int, Unicode
 
-from ..protocol import is_execution_id, new_execution_id, new_id, send_frames, unpack_frames
-from ..server import POLLIN, Reply, RequestError, ZMQServer
-from ..transport import runtime_dir
+from ..protocol import is_execution_id, new_execution_id, send_frames
+from ..server import Reply, RequestError, ZMQServer
+from .pool import LocalWorkerPool
 from .records import ExecutionRecord, RecordStore
-from .worker import KIND_CONTROL, KIND_EVENT, TaskContext, run_python_source
+from .worker import TaskContext, run_python_source
 
 log = logging.getLogger("zmqruntime.execution")
 
-
-
-@dataclass
-class WorkerHandle:
-    worker_id: str
-    process: subprocess.Popen
-    ready: bool = False
-    execution_id: Optional[str] = None
-    fresh_after_loss: bool = False
-    escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
 
 class ExecutionServer(ZMQServer):
@@ -91,9 +70,7 @@ class ExecutionServer(ZMQServer):
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
         self.queue: deque[str] = deque()
-        self.workers: dict[str, WorkerHandle] = {}
-        self.worker_sock: Optional[zmq.Socket] = None
-        self.worker_url = ""
+        self.pool: Optional[LocalWorkerPool] = None
 
     # -- worker side: override these for custom task kinds -----------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -123,100 +100,35 @@ class ExecutionServer(ZMQServer):
         return task
 
     def on_start(self) -> None:
-        self.worker_sock = self.context.socket(zmq.ROUTER)
-        self.worker_sock.setsockopt(zmq.LINGER, 0)
-        self.worker_sock.setsockopt(zmq.RCVHWM, 0)
-        self.worker_url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
-        self.worker_sock.bind(self.worker_url)
-        self.add_socket(self.worker_sock, self._on_worker)
-        for _ in range(self.concurrency):
-            self._spawn_worker()
-        self.call_later(0.05, self._check_workers)
+        self.pool = LocalWorkerPool(
+            self, self, size=self.concurrency, key=self.key,
+            server_class=self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
+            cancel_grace=self.cancel_grace_period, kill_grace=self.kill_grace_period,
+        )
+        self.pool.start()
         self.call_later(60.0, self._enforce_retention)
 
     def on_stop(self) -> None:
         for rec in list(self.records):
             if not rec.final:
                 self._finish(rec, "cancelled", reason="server shut down")
-        for handle in self.workers.values():
-            try:
-                self.worker_sock.send_multipart([handle.worker_id.encode(), KIND_CONTROL, b'{"type":"exit"}'], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
-        deadline = time.monotonic() + 2.0
-        for handle in self.workers.values():
-            try:
-                handle.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                handle.process.kill()
-                handle.process.wait(5)
-        self.workers.clear()
-        if self.worker_sock is not None:
-            self.worker_sock.close()
-            path = self.worker_url[len("ipc://"):]
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        if self.pool is not None:
+            self.pool.stop()
 
     def ping_info(self) -> dict[str, Any]:
         return {
             "concurrency": self.concurrency,
             "queued": list(self.queue),
-            "running": [h.execution_id for h in self.workers.values() if h.execution_id],
-            "workers": [{"pid": h.pid, "ready": h.ready, "execution_id": h.execution_id} for h in self.workers.values()],
+            "running": self.pool.running_ids() if self.pool else [],
+            "workers": self.pool.describe() if self.pool else [],
             "executions": len(self.records),
         }
 
-    # -- workers ------------------------------------------------------------
-    def _spawn_worker(self, fresh_after_loss: bool = False) -> WorkerHandle:
-        worker_id = f"w-{new_id()[:8]}"
-        cls = self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}"
-        env = dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.key)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "zmqruntime.execution.worker", "--url", self.worker_url,
-             "--worker-id", worker_id, "--server-class", cls],
-            env=env, stdin=subprocess.DEVNULL,
-        )
-        handle = WorkerHandle(worker_id, process, fresh_after_loss=fresh_after_loss)
-        self.workers[worker_id] = handle
-        log.info("started worker %s (pid %d)", worker_id, process.pid)
-        return handle
-
-    def _check_workers(self) -> None:
-        for handle in list(self.workers.values()):
-            code = handle.process.poll()
-            if code is None:
-                continue
-            del self.workers[handle.worker_id]
-            rec = self.records.get(handle.execution_id) if handle.execution_id else None
-            if rec is not None and not rec.final:
-                rec.namespace_reset = True
-                if rec.reason:  # a cancel or timeout we escalated
-                    self._finish(rec, "cancelled", reason=f"{rec.reason}; worker terminated after the grace period (remote namespace reset)")
-                else:
-                    self._finish(rec, "failed", reason=f"worker process died unexpectedly (exit code {code}); remote namespace reset",
-                                 error={"ename": "WorkerDied", "evalue": f"worker exited with code {code}", "traceback": []})
-            log.warning("worker %s (pid %d) exited with code %s; starting a new one", handle.worker_id, handle.pid, code)
-            if self._running:
-                self._spawn_worker(fresh_after_loss=True)
+    # -- PoolListener: what the workers tell us ---------------------------------
+    def worker_ready(self) -> None:
         self._schedule()
-        self.call_later(0.05, self._check_workers)
 
-    def _on_worker(self) -> None:
-        sock = self.worker_sock
-        for _ in range(1024):
-            if not sock.getsockopt(zmq.EVENTS) & POLLIN:
-                return
-            worker_id = sock.recv().decode()
-            kind = sock.recv()
-            if kind == KIND_EVENT:
-                self._relay_event(unpack_frames(self.worker_sock.recv()))
-            else:  # control: may carry large result buffers, keep them zero-copy
-                rest = self.worker_sock.recv_multipart(copy=False)
-                self._on_worker_control(worker_id, json.loads(rest[0].bytes), rest[1:])
-
-    def _relay_event(self, frames: list[bytes]) -> None:
+    def worker_event(self, frames: list[bytes]) -> None:
         """Forward a worker-signed event as is; the record parses it later.
 
         Nothing is decoded here (the topic is the execution id): the raw
@@ -230,55 +142,53 @@ class ExecutionServer(ZMQServer):
         rec.queue_event(frames[3], frames[4])
         send_frames(self.pub, frames)
 
-    def _on_worker_control(self, worker_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
-        handle = self.workers.get(worker_id)
-        if handle is None:
-            return
-        if msg["type"] == "ready":
-            handle.ready = True
-            self._schedule()
-        elif msg["type"] == "finished":
-            rec = self.records.get(msg["execution_id"])
-            handle.execution_id = None
-            handle.escalation = 0
-            if rec is not None and not rec.final:
-                rec.absorb_events()
-                rec.seq = max(rec.seq, msg["seq"])
-                result = msg["result"]
-                rec.result_names = result["names"]
-                rec.result_error = result["error"]
-                rec.result_frames = list(buffers)
-                rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
-                rec.result_nbytes = result["nbytes"]
-                status = msg["status"]
-                reason = rec.reason if status == "cancelled" else None
-                if status == "cancelled" and reason is None:
-                    reason = "interrupted"
-                self._finish(rec, status, reason=reason, error=msg["error"])
-            self._schedule()
+    def worker_finished(self, msg: dict[str, Any], buffers: list[Any]) -> None:
+        rec = self.records.get(msg["execution_id"])
+        if rec is not None and not rec.final:
+            rec.absorb_events()
+            rec.seq = max(rec.seq, msg["seq"])
+            result = msg["result"]
+            rec.result_names = result["names"]
+            rec.result_error = result["error"]
+            rec.result_frames = list(buffers)
+            rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
+            rec.result_nbytes = result["nbytes"]
+            status = msg["status"]
+            reason = (rec.reason or "interrupted") if status == "cancelled" else None
+            self._finish(rec, status, reason=reason, error=msg["error"])
+        self._schedule()
+
+    def worker_lost(self, execution_id: Optional[str], exit_code: int, escalated: bool) -> None:
+        rec = self.records.get(execution_id) if execution_id else None
+        if rec is not None and not rec.final:
+            rec.namespace_reset = True
+            if escalated and rec.reason:  # a cancel or timeout we escalated
+                self._finish(rec, "cancelled",
+                             reason=f"{rec.reason}; worker terminated after the grace period (remote namespace reset)")
+            else:
+                self._finish(rec, "failed",
+                             reason=f"worker process died unexpectedly (exit code {exit_code}); remote namespace reset",
+                             error={"ename": "WorkerDied", "evalue": f"worker exited with code {exit_code}", "traceback": []})
+        self._schedule()
 
     def _schedule(self) -> None:
-        for handle in self.workers.values():
-            if not self.queue:
+        while self.queue and self.pool is not None:
+            handle = self.pool.free_worker()
+            if handle is None:
                 return
-            if handle.ready and handle.execution_id is None:
-                self._dispatch(handle, self.records.get(self.queue.popleft()))
+            self._dispatch(handle, self.records.get(self.queue.popleft()))
 
-    def _dispatch(self, handle: WorkerHandle, rec: ExecutionRecord) -> None:
+    def _dispatch(self, handle: Any, rec: ExecutionRecord) -> None:
         if rec.seq == 0:  # its 'queued' event is not out yet
             self._emit_status(rec)
-        handle.execution_id = rec.execution_id
         rec.status = "running"
         rec.started = time.time()
         rec.worker_pid = handle.pid
-        if handle.fresh_after_loss:
-            rec.namespace_reset = True
-            handle.fresh_after_loss = False
         # Start the worker first, then announce: the 'running' event keeps the
         # seq it would have had, the worker numbers its events after it.
         rec.seq += 1
-        run = {"type": "run", "execution_id": rec.execution_id, "task": rec.task, "seq": rec.seq}
-        send_frames(self.worker_sock, [handle.worker_id.encode(), KIND_CONTROL, json.dumps(run).encode(), *rec.push_frames])
+        if self.pool.run(handle, rec.execution_id, rec.task, rec.seq, rec.push_frames):
+            rec.namespace_reset = True
         rec.push_frames = []
         self._emit_status(rec, seq=rec.seq)
         if rec.timeout:
@@ -291,29 +201,9 @@ class ExecutionServer(ZMQServer):
             self._cancel_running(rec, f"timeout after {rec.timeout:g} s")
 
     def _cancel_running(self, rec: ExecutionRecord, reason: str) -> None:
-        handle = next((h for h in self.workers.values() if h.execution_id == rec.execution_id), None)
-        if handle is None or handle.escalation:
-            return
-        rec.reason = reason
-        self._escalate(handle, rec.execution_id)
-
-    def _escalate(self, handle: WorkerHandle, exec_id: str) -> None:
-        """SIGINT, then SIGTERM, then SIGKILL, each after its grace period."""
-        if handle.execution_id != exec_id or handle.worker_id not in self.workers:
-            return
-        step = handle.escalation
-        sig, wait = [(signal.SIGINT, self.cancel_grace_period), (signal.SIGTERM, self.kill_grace_period),
-                     (signal.SIGKILL, None)][min(step, 2)]
-        if step >= 3:
-            return
-        handle.escalation = step + 1
-        log.info("cancel %s: sending %s to worker pid %d", exec_id, sig.name, handle.pid)
-        try:
-            os.kill(handle.pid, sig)
-        except ProcessLookupError:
-            return
-        if wait is not None:
-            self.call_later(wait, lambda: self._escalate(handle, exec_id))
+        if rec.reason is None:
+            rec.reason = reason
+        self.pool.interrupt(rec.execution_id)
 
     # -- records and events ---------------------------------------------------
     def _emit_status(self, rec: ExecutionRecord, seq: Optional[int] = None) -> None:
