@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from zmqruntime import RemoteError
-from zmqruntime.protocol import DELIMITER, make_header, ProtocolError, Session, SignatureError, compute_signature
+from zmqruntime.protocol import MARKER, make_header, ProtocolError, Session, SignatureError, compute_signature
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +52,7 @@ def test_wrong_signature_is_dropped(server, raw):
 def test_missing_signature_is_dropped(server, raw):
     sock, session = raw
     frames = session.serialize("ping", {})
-    frames[1] = b""
+    frames[0] = MARKER  # the marker with no signature after it
     sock.send_multipart(frames)
     assert not sock.poll(500)
     assert_still_serving(server)
@@ -61,8 +61,9 @@ def test_missing_signature_is_dropped(server, raw):
 @pytest.mark.parametrize("frames", [
     [b"garbage"],
     [b"\x00\xff" * 100, b"more"],
-    [DELIMITER],
-    [DELIMITER, b"sig"],
+    [MARKER],
+    [MARKER + b"0" * 64],
+    [MARKER + b"0" * 64, b"{}"],
     [b"", b"", b""],
 ])
 def test_garbage_frames_are_dropped(server, raw, frames):
@@ -77,7 +78,7 @@ def test_signed_but_not_json_gets_error_reply(server, raw):
     header = b"{not json"
     content = b"{}"
     sig = compute_signature(session.key, b"", header, content, [])
-    sock.send_multipart([DELIMITER, sig, header, content])
+    sock.send_multipart([MARKER + sig, header, content])
     reply = recv_reply(sock, session)
     assert reply is not None and reply.content["ok"] is False
     assert reply.content["error"]["code"] == "bad_message"
@@ -170,7 +171,7 @@ def test_signature_covers_topic_header_content_and_buffers():
     session = Session("k" * 64)
     frames = session.serialize("stream", {"a": 1}, topic=b"abc", buffers=[b"payload"])
     assert session.deserialize(frames, topic_frames=1).content == {"a": 1}
-    for index, tampered in [(0, b"abd"), (3, b'{"msg_id":"x"}'), (4, b'{"a":2}'), (5, b"payloaX")]:
+    for index, tampered in [(0, b"abd"), (2, b'{"msg_id":"x"}'), (3, b'{"a":2}'), (4, b"payloaX")]:
         bad = list(frames)
         bad[index] = tampered
         with pytest.raises(SignatureError):
@@ -204,7 +205,7 @@ def test_data_channel_events_are_signed(server):
         assert frames[0] == event.content["execution_id"].encode()
         with pytest.raises(SignatureError):
             Session("wrong").deserialize(frames, topic_frames=1)
-        json.loads(frames[3])  # header is plain JSON
+        json.loads(frames[2])  # header is plain JSON
     finally:
         sub.close(0)
         ctx.term()

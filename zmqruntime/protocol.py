@@ -2,11 +2,14 @@
 
 Every message, on both channels, is a list of frames::
 
-    [prefix ...] b"<ZMQR>" signature header content [buffer ...]
+    [prefix ...] b"<ZMQR>" + signature, header, content [, buffer ...]
 
 * ``prefix``: routing identities added by ROUTER sockets (control channel) or
   the topic (data channel: the execution id). Topics are signed, identities
   are not (they are chosen by ZeroMQ, not by the peer).
+* the *signature frame* is the marker ``<ZMQR>`` followed by the signature:
+  it both separates the prefix from the body and authenticates it (one frame
+  rather than two: every frame costs a measurable ~10 µs per round trip).
 * ``signature``: lowercase hex HMAC-SHA256, keyed by the connection file's key,
   over the length-prefixed topic, header and content frames and the digest
   of every buffer (a chunked SHA-256 tree, see :func:`buffer_digest` and
@@ -35,7 +38,9 @@ from typing import Any, Optional, Sequence
 
 SNDMORE = 2  # zmq.SNDMORE; the protocol module does not import zmq
 PROTOCOL_VERSION = "1.0"
-DELIMITER = b"<ZMQR>"
+MARKER = b"<ZMQR>"
+#: Length of the signature frame: marker + 64 hex digits.
+SIGNATURE_FRAME_LEN = len(MARKER) + 64
 SIGNATURE_SCHEME = "hmac-sha256"
 
 #: Control requests a server understands; replies are ``<type>_reply``.
@@ -253,7 +258,7 @@ class Session:
             raise ValueError("one digest per buffer is required")
         sig = compute_signature(self.key, topic or b"", header_b, content_b, digests)
         frames: list[Any] = [topic] if topic is not None else []
-        frames += [DELIMITER, sig, header_b, content_b]
+        frames += [MARKER + sig, header_b, content_b]
         frames.extend(buffers)
         return frames
 
@@ -264,19 +269,19 @@ class Session:
 
     # -- incoming ---------------------------------------------------------
     def split(self, frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
-        """Split identities/topic from the message body at the delimiter."""
+        """Split identities/topic from the body at the signature frame."""
         for i, frame in enumerate(frames):
-            if len(_view(frame)) == len(DELIMITER) and _bytes(frame) == DELIMITER:
-                return [_bytes(f) for f in frames[:i]], list(frames[i + 1 :])
-        raise ProtocolError("malformed", "no <ZMQR> delimiter frame")
+            if len(_view(frame)) == SIGNATURE_FRAME_LEN and _bytes(frame).startswith(MARKER):
+                return [_bytes(f) for f in frames[:i]], list(frames[i:])
+        raise ProtocolError("malformed", "no <ZMQR> signature frame")
 
     def deserialize(self, frames: Sequence[Any], *, topic_frames: int = 0) -> Message:
         """Verify then decode; raise SignatureError / ProtocolError otherwise."""
         prefix, body = self.split(frames)
         if len(body) < 3:
-            raise ProtocolError("malformed", f"expected >= 3 frames after delimiter, got {len(body)}")
+            raise ProtocolError("malformed", f"expected signature, header and content frames, got {len(body)} frames")
         topic = prefix[-1] if topic_frames and prefix else b""
-        sig, header_b, content_b = _bytes(body[0]), _bytes(body[1]), _bytes(body[2])
+        sig, header_b, content_b = _bytes(body[0])[len(MARKER):], _bytes(body[1]), _bytes(body[2])
         buffers = body[3:]
         digests = [buffer_digest(_view(b)) for b in buffers]
         expected = compute_signature(self.key, topic, header_b, content_b, digests)

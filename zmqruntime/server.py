@@ -299,8 +299,10 @@ class ZMQServer(Configurable):
         frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests)
         send_frames(self.control, ident + frames)
 
-    def publish(self, topic: str, msg_type: str, content: dict[str, Any]) -> None:
-        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic.encode()))
+    def publish(self, topic: str, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
+                digests: Optional[list[bytes]] = None) -> None:
+        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic.encode(),
+                                                     buffers=buffers, digests=digests))
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:

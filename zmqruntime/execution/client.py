@@ -45,6 +45,7 @@ class Event:
     seq: int
     content: dict[str, Any] = field(default_factory=dict)
     missed: int = 0
+    buffers: list[Any] = field(default_factory=list)  # inline results of a 'done' event
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]
@@ -60,7 +61,7 @@ def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
         log.warning("dropped a data-channel message that failed verification")
         return None
     c = msg.content
-    return Event(msg.msg_type, c.get("execution_id", ""), int(c.get("seq", 0)), c)
+    return Event(msg.msg_type, c.get("execution_id", ""), int(c.get("seq", 0)), c, buffers=msg.buffers)
 
 
 class SequenceTracker:
@@ -148,7 +149,7 @@ class DoneWaiter:
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.topics: dict[str, int] = {}
-        self.done: set[str] = set()
+        self.done: dict[str, Event] = {}
 
     def subscribe(self, execution_id: str) -> None:
         if execution_id not in self.topics:
@@ -157,7 +158,7 @@ class DoneWaiter:
         while len(self.topics) > self.MAX_TOPICS:
             oldest = next(iter(self.topics))
             self.topics.pop(oldest)
-            self.done.discard(oldest)
+            self.done.pop(oldest, None)
             self.sock.setsockopt(zmq.UNSUBSCRIBE, oldest.encode())
 
     def unsubscribe(self, execution_id: str) -> None:
@@ -167,24 +168,23 @@ class DoneWaiter:
             return
         if self.topics.pop(execution_id, None) is not None:
             self.sock.setsockopt(zmq.UNSUBSCRIBE, execution_id.encode())
-        self.done.discard(execution_id)
+        self.done.pop(execution_id, None)
 
-    def wait_done(self, execution_id: str, seconds: float) -> bool:
-        """Read events for up to ``seconds``; True once ``execution_id`` is done."""
+    def wait_done(self, execution_id: str, seconds: float) -> Optional[Event]:
+        """Read events for up to ``seconds``; the 'done' event once it came."""
         end = time.monotonic() + max(0.0, seconds)
         while execution_id not in self.done:
             remaining = end - time.monotonic()
             if remaining <= 0 or not self.poller.poll(remaining * 1000):
-                return False
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+                return None
+            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                frames = self.sock.recv_multipart(copy=False)
+                if b"done" not in frames[2].bytes:  # header says not 'done': no need to verify what we ignore
+                    continue
                 event = parse_event(self.session, frames)
                 if event is not None and event.type == "done" and event.execution_id in self.topics:
-                    self.done.add(event.execution_id)
-        return True
+                    self.done[event.execution_id] = event
+        return self.done[execution_id]
 
 
 def _check_id(execution_id: Any) -> str:
@@ -323,13 +323,13 @@ class ExecutionClient(ExecutionRequests):
         _check_id(execution_id)
         timeout = check_timeout(timeout)
         status = self._wait_final(execution_id, timeout)
-        return status if status is not None else self.get_status(execution_id)
+        return status if isinstance(status, dict) else self.get_status(execution_id)
 
-    def _wait_final(self, execution_id: str, timeout: Optional[float]) -> Optional[dict[str, Any]]:
+    def _wait_final(self, execution_id: str, timeout: Optional[float]) -> Any:
         """Wait for the 'done' event, polling ``status`` with a backoff meanwhile.
 
-        Returns the final status when a poll saw it, or None when the 'done'
-        event arrived first (the caller fetches what it needs next).
+        Returns the final status (dict) when a poll saw it, or the 'done'
+        Event when it arrived first (the caller fetches what it needs next).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._waiter()
@@ -337,8 +337,9 @@ class ExecutionClient(ExecutionRequests):
         try:
             backoff = 0.002
             while True:
-                if waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic())):
-                    return None
+                event = waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic()))
+                if event is not None:
+                    return event
                 status = self.get_status(execution_id)
                 if status["status"] in FINAL_STATES:
                     return status
@@ -351,7 +352,12 @@ class ExecutionClient(ExecutionRequests):
     def run(self, task: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
         """execute + wait + get_results, for scripts (raises as get_results does)."""
         exec_id = self.execute(task, **kwargs)
-        self._wait_final(exec_id, check_timeout(timeout))
+        done = self._wait_final(exec_id, check_timeout(timeout))
+        if isinstance(done, Event) and done.get("inline_results") and done.get("status") == "complete":
+            return serialize.loads(done.buffers)  # verified with the event: no extra round trip
+        if isinstance(done, Event) and done.get("status") == "complete" and not done.get("has_results") \
+                and not done.get("result_error"):
+            return {}
         return self.get_results(exec_id)
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:

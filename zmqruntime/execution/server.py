@@ -55,6 +55,7 @@ class ExecutionServer(ZMQServer):
     max_results = Int(100, help="Results kept at most (count).").tag(config=True)
     max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
+    inline_result_bytes = Int(64 * 1024, help="Results up to this size also travel in the 'done' event.").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
 
     #: Task kinds this server accepts. Subclasses extend it.
@@ -139,7 +140,7 @@ class ExecutionServer(ZMQServer):
         rec = self.records.get(frames[0].decode())
         if rec is None or rec.final:
             return
-        rec.queue_event(frames[3], frames[4])
+        rec.queue_event(frames[2], frames[3])  # topic, signature, header, content
         send_frames(self.pub, frames)
 
     def worker_finished(self, msg: dict[str, Any], buffers: list[Any]) -> None:
@@ -225,12 +226,14 @@ class ExecutionServer(ZMQServer):
         rec.error = error
         self._emit_status(rec)
         rec.seq += 1
+        # Small results ride along, so a waiting client needs no extra round trip.
+        inline = rec.has_results and rec.result_nbytes <= self.inline_result_bytes
         self.publish(rec.execution_id, "done", {
             "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": status,
             "reason": reason, "error": error, "has_results": rec.has_results, "result_names": rec.result_names,
             "result_nbytes": rec.result_nbytes, "result_error": rec.result_error,
-            "namespace_reset": rec.namespace_reset,
-        })
+            "namespace_reset": rec.namespace_reset, "inline_results": inline,
+        }, rec.result_frames if inline else [], rec.result_digests if inline else None)
         if rec.has_results:
             self.records.enforce()
 
