@@ -107,6 +107,24 @@ def test_stderr_and_missing_result_name(server):
     assert status["status"] == "failed" and "y" in status["error"]["evalue"]
 
 
+def test_non_finite_progress_is_reported_as_null(server):
+    client = server.client
+    exec_id = client.execute("from zmqruntime import Reporter\nr = Reporter(total=float('inf'))\n"
+                             "r.set(float('nan'))\nr.close()")
+    status = client.wait(exec_id, timeout=10)
+    assert status["status"] == "complete"
+    assert status["progress"]["total"] is None and status["progress"]["done"] is None
+
+
+def test_status_of_all_leaves_output_out(server):
+    client = server.client
+    exec_id = client.execute("print('x' * 1000)")
+    client.wait(exec_id, timeout=10)
+    assert client.get_status(exec_id)["stdout"] == "x" * 1000 + "\n"
+    everything = {s["execution_id"]: s for s in client.get_status()}
+    assert "stdout" not in everything[exec_id] and everything[exec_id]["status"] == "complete"
+
+
 def test_unpicklable_result_is_a_clear_error(server):
     client = server.client
     exec_id = client.execute("import threading\nthreading.Lock()")

@@ -101,6 +101,7 @@ def test_unsupported_protocol_version(server, raw):
     sock.send_multipart(session.serialize("ping", {}, header=header))
     reply = recv_reply(sock, session)
     assert reply.content["error"]["code"] == "unsupported_version"
+    assert reply.parent_id == header["msg_id"]  # a client can match it to its request
     assert_still_serving(server)
 
 
@@ -113,6 +114,8 @@ def test_unsupported_protocol_version(server, raw):
     ("execute", {"task": {"kind": "python", "code": "1"}, "timeout": "soon"}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1"}, "timeout": -1}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1"}, "name": 5}, "bad_request"),
+    ("execute", {"task": {"kind": "python", "code": "1"}, "name": 0}, "bad_request"),
+    ("cancel", {"execution_id": "0123456789ab", "reason": 0}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1", "results": ["not a name"]}}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1"}, "execution_id": "NOT-HEX-ID!"}, "bad_request"),
     ("execute", {"task": {"kind": "python", "code": "1"}, "execution_id": 7}, "bad_request"),

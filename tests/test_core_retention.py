@@ -40,6 +40,21 @@ def test_byte_limit(start_server):
     assert client.get_results(big[3])["_"][:1] == b"3"
 
 
+def test_result_over_the_byte_limit_is_never_announced(start_server):
+    client = start_server("--ExecutionServer.max_result_bytes=1000").client
+    events = []
+    exec_id = client.execute("b'x' * 5000")
+    sub = client.subscribe(events.append, execution_id=exec_id)
+    status = client.wait(exec_id, timeout=20)
+    assert status["status"] == "complete" and status["results_expired"] and not status["has_results"]
+    assert expired(client, exec_id)
+    from conftest import wait_until
+
+    done = wait_until(lambda: [e for e in events if e.type == "done"] or None, 10)
+    sub.close()
+    assert done[0]["has_results"] is False
+
+
 def test_release_frees_immediately(server):
     client = server.client
     e = client.execute("list(range(5))")

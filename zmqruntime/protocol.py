@@ -60,10 +60,11 @@ class ProtocolError(ValueError):
     so those messages are authentic and deserve an error reply.
     """
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, msg_id: Optional[str] = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.msg_id = msg_id  # of the offending message, when its header could be read
 
 
 class SignatureError(ProtocolError):
@@ -250,8 +251,8 @@ class Session:
         known (a stored result), so large buffers are not hashed again.
         """
         hdr = header or make_header(msg_type, self.session_id, parent_id)
-        header_b = json.dumps(hdr, separators=(",", ":")).encode()
-        content_b = json.dumps(content, separators=(",", ":")).encode()
+        header_b = json.dumps(hdr, separators=(",", ":"), allow_nan=False).encode()
+        content_b = json.dumps(content, separators=(",", ":"), allow_nan=False).encode()  # strict JSON only
         if digests is None:
             digests = [buffer_digest(b) for b in buffers]
         elif len(digests) != len(buffers):
@@ -290,18 +291,23 @@ class Session:
         # From here on the message is authentic: errors are worth a reply.
         try:
             header = json.loads(header_b)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError("bad_message", f"header is not JSON: {exc}") from None
+        msg_id = header.get("msg_id") if isinstance(header, dict) else None
+        msg_id = msg_id if isinstance(msg_id, str) else None  # lets the error reply name its request
+        try:
             content = json.loads(content_b)
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError("bad_message", f"header/content is not JSON: {exc}") from None
+            raise ProtocolError("bad_message", f"content is not JSON: {exc}", msg_id) from None
         if not isinstance(header, dict) or not isinstance(content, dict):
-            raise ProtocolError("bad_message", "header and content must be JSON objects")
+            raise ProtocolError("bad_message", "header and content must be JSON objects", msg_id)
         for name in ("msg_id", "msg_type"):
             if not isinstance(header.get(name), str):
-                raise ProtocolError("bad_message", f"header field {name!r} must be a string")
+                raise ProtocolError("bad_message", f"header field {name!r} must be a string", msg_id)
         version = header.get("version")
         if not isinstance(version, str) or version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
             raise ProtocolError(
                 "unsupported_version",
-                f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})",
+                f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})", msg_id,
             )
         return Message(header, content, buffers, prefix, topic)

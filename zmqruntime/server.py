@@ -49,6 +49,7 @@ from .transport import (
     connection_file_name,
     make_urls,
     pid_alive,
+    read_connection_file,
     runtime_dir,
     write_connection_file,
 )
@@ -231,16 +232,19 @@ class ZMQServer(Configurable):
         if self.connection_path is not None:
             try:
                 # only remove the file if it is still ours
-                if self.info and self.connection_path.exists():
-                    from .transport import read_connection_file
-
-                    if read_connection_file(self.connection_path).pid == os.getpid():
-                        self.connection_path.unlink()
+                if self.info and read_connection_file(self.connection_path).pid == os.getpid():
+                    self.connection_path.unlink()
             except (OSError, ValueError):
                 pass
         for sock in (self.control, self.pub):
             if sock is not None and not sock.closed:
                 sock.close()
+        if self.info is not None and self.info.transport == "ipc":
+            for url in (self.info.data_url, self.info.control_url):
+                try:
+                    os.unlink(url[len("ipc://"):])
+                except OSError:
+                    pass
         if self.context is not None:
             self.context.term()
             self.context = None
@@ -270,7 +274,7 @@ class ZMQServer(Configurable):
             log.warning("dropped a malformed control message: %s", exc.message)
             if exc.code != "malformed":  # signed, so worth an answer
                 ident, _ = self.session.split(frames)
-                self._reply(ident, "error_reply", None, _error(exc.code, exc.message))
+                self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message))
             return
         msg_type = msg.msg_type
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"

@@ -41,6 +41,9 @@ def runtime_dir() -> Path:
     else:
         path = Path.home() / ".local" / "share" / "zmqruntime" / "runtime"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)  # keys and IPC endpoints live here: keep it private
     return path
 
 

@@ -121,7 +121,7 @@ class LocalWorkerPool:
     def _spawn(self, fresh_after_loss: bool = False) -> WorkerHandle:
         worker_id = f"w-{new_id()[:8]}"
         process = subprocess.Popen(
-            [sys.executable, "-m", "zmqruntime.execution.worker", "--url", self.url,
+            [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
              "--worker-id", worker_id, "--server-class", self.server_class],
             env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.key), stdin=subprocess.DEVNULL,
         )
@@ -194,17 +194,24 @@ class LocalWorkerPool:
             worker_id = sock.recv().decode()
             kind = sock.recv()
             if kind == KIND_EVENT:
-                self.listener.worker_event(unpack_frames(sock.recv()))
+                frames = unpack_frames(sock.recv())
+                if len(frames) == 4:
+                    self.listener.worker_event(frames)
                 continue
             rest = sock.recv_multipart(copy=False)  # may carry large result buffers: zero-copy
             handle = self.workers.get(worker_id)
             if handle is None:
                 continue
-            msg = json.loads(rest[0].bytes)
-            if msg["type"] == "ready":
+            try:
+                msg = json.loads(rest[0].bytes)
+                kind = msg["type"]
+            except (ValueError, KeyError, TypeError):
+                log.error("worker %s sent an unreadable message; ignored", worker_id)
+                continue
+            if kind == "ready":
                 handle.ready = True
                 self.listener.worker_ready()
-            elif msg["type"] == "finished":
+            elif kind == "finished":
                 handle.execution_id = None
                 handle.escalation = 0
                 self.listener.worker_finished(msg, rest[1:])

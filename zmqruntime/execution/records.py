@@ -111,14 +111,14 @@ class ExecutionRecord:
             "reason": self.reason,
         }
 
-    def to_status(self) -> dict[str, Any]:
-        """The full form used by ``status``."""
+    def to_status(self, include_output: bool = True) -> dict[str, Any]:
+        """The full form used by ``status`` (output only when asked per id)."""
         info = self.summary()
+        if include_output:
+            info.update(stdout=self.stdout, stderr=self.stderr)
         info.update(
             seq=self.seq,
             timeout=self.timeout,
-            stdout=self.stdout,
-            stderr=self.stderr,
             output_truncated=self.output_truncated,
             error=self.error,
             worker_pid=self.worker_pid,

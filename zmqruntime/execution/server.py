@@ -224,6 +224,8 @@ class ExecutionServer(ZMQServer):
         rec.finished = time.time()
         rec.reason = reason
         rec.error = error
+        if rec.has_results:
+            self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
         self._emit_status(rec)
         rec.seq += 1
         # Small results ride along, so a waiting client needs no extra round trip.
@@ -234,8 +236,6 @@ class ExecutionServer(ZMQServer):
             "result_nbytes": rec.result_nbytes, "result_error": rec.result_error,
             "namespace_reset": rec.namespace_reset, "inline_results": inline,
         }, rec.result_frames if inline else [], rec.result_digests if inline else None)
-        if rec.has_results:
-            self.records.enforce()
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
@@ -256,9 +256,11 @@ class ExecutionServer(ZMQServer):
     def handle_execute(self, msg: Any) -> Reply:
         c = msg.content
         task = self.validate_task(c.get("task"))
-        name = c.get("name") or ""
+        name = c.get("name", "")
+        if name is None:
+            name = ""
         if not isinstance(name, str):
-            raise RequestError("bad_request", "'name' must be a string")
+            raise RequestError("bad_request", f"'name' must be a string, got {type(name).__name__}")
         timeout = c.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise RequestError("bad_request", f"'timeout' must be a positive number or null, got {timeout!r}")
@@ -287,7 +289,8 @@ class ExecutionServer(ZMQServer):
             return {"execution": rec.to_status()}, [], None
         for r in self.records:
             r.absorb_events()
-        return {"executions": [r.to_status() for r in self.records]}, [], None
+        # all executions: without their buffered output (ask per id for that)
+        return {"executions": [r.to_status(include_output=False) for r in self.records]}, [], None
 
     def handle_list(self, msg: Any) -> Reply:
         status = msg.content.get("status")
@@ -298,10 +301,11 @@ class ExecutionServer(ZMQServer):
         return {"executions": [r.summary() for r in self.records if status is None or r.status == status]}, [], None
 
     def handle_cancel(self, msg: Any) -> Reply:
+        reason = msg.content.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise RequestError("bad_request", f"'reason' must be a string, got {type(reason).__name__}")
+        reason = reason or "cancelled by request"
         rec = self._record(msg)
-        reason = msg.content.get("reason") or "cancelled by request"
-        if not isinstance(reason, str):
-            raise RequestError("bad_request", "'reason' must be a string")
         if rec.final:
             return {"execution_id": rec.execution_id, "cancelled": False, "status": rec.status,
                     "message": f"execution already {rec.status}"}, [], None

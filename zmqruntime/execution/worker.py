@@ -25,6 +25,7 @@ import importlib
 import io
 import json
 import linecache
+import math
 import os
 import signal
 import sys
@@ -91,6 +92,9 @@ class StreamCapture(io.TextIOBase):
         self._parts: list[str] = []
         self._size = 0
         self._lock = threading.Lock()
+        # held across take + emit, so the final flush of a task waits for a
+        # flusher-thread flush already under way instead of racing past it
+        self._flush_lock = threading.Lock()
 
     def writable(self) -> bool:
         return True
@@ -114,9 +118,10 @@ class StreamCapture(io.TextIOBase):
         return text
 
     def flush(self) -> None:
-        text = self.take()
-        if text:
-            self.worker.emit("stream", {"name": self.name, "text": text})
+        with self._flush_lock:
+            text = self.take()
+            if text:
+                self.worker.emit("stream", {"name": self.name, "text": text})
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -176,7 +181,8 @@ class Worker:
             self.guard.leave_critical()
 
     def _progress_sink(self, done: float, total: Optional[float], desc: str, rate: float, elapsed: float) -> None:
-        self.emit("progress", {"done": done, "total": total, "desc": desc, "rate": rate, "elapsed": elapsed})
+        self.emit("progress", {"done": _finite(done), "total": _finite(total), "desc": desc,
+                               "rate": _finite(rate), "elapsed": elapsed})
 
     def _flush_streams(self) -> None:
         self.stdout.flush()
@@ -291,6 +297,11 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for name in task.get("results", []):
         results[name] = ns[name]
     return results
+
+
+def _finite(x: Any) -> Any:
+    """NaN and infinities are not JSON: report them as null."""
+    return x if x is None or math.isfinite(x) else None
 
 
 def _format_error(etype: type, value: BaseException, tb: Any) -> dict[str, Any]:
