@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -33,17 +34,34 @@ from .errors import RemoteError, ServerStartError, ServerUnavailable
 from .transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT
 
 
-def _positive_float(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type (shared with the %%zmqexec magic): seconds > 0."""
+    value = _seconds(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _port(text: str) -> int:
+def nonnegative_seconds(text: str) -> float:
+    """argparse type: seconds >= 0."""
+    value = _seconds(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
     try:
         value = int(text)
     except ValueError:
@@ -64,16 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def client_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="data port of the server (default 7777)")
+        p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="data port of the server (default 7777)")
         p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
         p.add_argument("--name", default=None, help="IPC server name")
         p.add_argument("--connection-file", default=None, help="connect to the server described by this file")
-        p.add_argument("--timeout", type=_positive_float, default=10.0, help="request timeout in seconds (default 10)")
+        p.add_argument("--timeout", type=positive_seconds, default=10.0, help="request timeout in seconds (default 10)")
 
     p = sub.add_parser("serve", help="start a server in the foreground",
                        description="Start a server in the foreground. Any trait of ExecutionServer can also be set, "
                                    "e.g. --ExecutionServer.max_results=10 (see docs/protocol.md for retention).")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="data port (default 7777); control = port + offset")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="data port (default 7777); control = port + offset")
     p.add_argument("--control-port-offset", type=int, default=DEFAULT_CONTROL_OFFSET)
     p.add_argument("--ip", default=DEFAULT_IP, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --ip")
@@ -83,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connection-file", default="", help="where to write the connection file")
     p.add_argument("--parent-pid", type=int, default=0, help="child mode: exit when this pid dies")
     p.add_argument("--server-class", default="", help="module:Class, an ExecutionServer subclass")
-    p.add_argument("--cancel-grace-period", type=_positive_float, default=None)
+    p.add_argument("--cancel-grace-period", type=positive_seconds, default=None)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     p = sub.add_parser("ping", help="check that a server answers")
@@ -93,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_opts(p)
     p.add_argument("file", help="Python file to run ('-' for standard input)")
     p.add_argument("--wait", action="store_true", help="wait, showing progress and output, then print the result")
-    p.add_argument("--exec-timeout", type=_positive_float, default=None, help="cancel the execution after N seconds")
+    p.add_argument("--exec-timeout", type=positive_seconds, default=None, help="cancel the execution after N seconds")
     p.add_argument("--label", default=None, help="a name for the execution")
     p.add_argument("--no-spawn", action="store_true", help="do not start a server if none is running")
 

@@ -16,6 +16,7 @@ another thread. The asyncio client multiplexes coroutines on one socket.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from typing import Any, Optional, Sequence
@@ -33,8 +34,8 @@ DEFAULT_TIMEOUT = 10.0
 def check_timeout(timeout: Any, name: str = "timeout", allow_none: bool = True) -> Optional[float]:
     if timeout is None and allow_none:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"{name} must be a positive number{' or None' if allow_none else ''}, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"{name} must be a positive finite number{' or None' if allow_none else ''}, got {timeout!r}")
     return float(timeout)
 
 

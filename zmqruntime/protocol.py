@@ -83,6 +83,15 @@ def new_execution_id() -> str:
     return os.urandom(EXECUTION_ID_LENGTH // 2).hex()
 
 
+def event_topic(execution_id: str, event_type: str) -> bytes:
+    """Data-channel topic: ``<execution id>.<event type>``.
+
+    Subscribing to the id (a prefix) follows one execution, to ``<id>.done``
+    only its end, to ``""`` everything.
+    """
+    return f"{execution_id}.{event_type}".encode()
+
+
 def is_execution_id(value: Any) -> bool:
     return (isinstance(value, str) and len(value) == EXECUTION_ID_LENGTH
             and all(c in "0123456789abcdef" for c in value))

@@ -294,7 +294,12 @@ class ZMQServer(Configurable):
             log.exception("internal error handling %s", msg_type)
             content = _error("internal", f"{type(exc).__name__}: {exc}")
             buffers, digests = [], None
-        self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests)
+        try:
+            self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests)
+        except (TypeError, ValueError) as exc:  # a reply that is not strict JSON: answer, never die
+            log.exception("could not encode the %s reply", msg_type)
+            self._reply(msg.prefix, reply_type, msg.msg_id, _error("internal", f"reply not encodable: {exc}"))
+            return
         if msg_type == "shutdown" and content.get("ok"):
             self.stop()
 
@@ -303,9 +308,9 @@ class ZMQServer(Configurable):
         frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests)
         send_frames(self.control, ident + frames)
 
-    def publish(self, topic: str, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
+    def publish(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
                 digests: Optional[list[bytes]] = None) -> None:
-        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic.encode(),
+        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic,
                                                      buffers=buffers, digests=digests))
 
     # -- built-in handlers ----------------------------------------------------

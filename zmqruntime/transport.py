@@ -41,9 +41,10 @@ def runtime_dir() -> Path:
     else:
         path = Path.home() / ".local" / "share" / "zmqruntime" / "runtime"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_mode & 0o077 and st.st_uid == os.getuid():
-        os.chmod(path, 0o700)  # keys and IPC endpoints live here: keep it private
+    if not env and path.stat().st_mode & 0o077:
+        # our own default folder holds keys and IPC endpoints: keep it private
+        # (a folder named by ZMQRUNTIME_RUNTIME_DIR is the user's to set up)
+        os.chmod(path, 0o700)
     return path
 
 

@@ -24,7 +24,7 @@ import zmq.asyncio
 from .. import serialize
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
 from ..errors import ExecutionTimeout
-from ..protocol import FINAL_STATES, ProtocolError, Session, new_execution_id
+from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 
@@ -131,20 +131,21 @@ class Subscription:
 
 
 class DoneWaiter:
-    """One thread's SUB socket that watches for 'done' events.
+    """One thread's SUB socket that watches for 'done' events only.
 
-    ``execute`` subscribes to the new id before sending the request and
-    ``wait`` unsubscribes when it returns; ids never waited for are dropped
-    after ``MAX_TOPICS`` newer ones (polling ``status`` still covers them).
+    ``execute`` subscribes to ``<id>.done`` before sending the request (one
+    small event per execution, whatever its progress rate) and ``wait``
+    unsubscribes when it returns; ids never waited for are dropped after
+    ``MAX_TOPICS`` newer ones (polling ``status`` still covers them).
     """
 
-    MAX_TOPICS = 256
+    MAX_TOPICS = 4096
 
     def __init__(self, context: zmq.Context, url: str, session: Session):
         self.session = session
         self.sock = context.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)  # overflow only costs a status poll
+        self.sock.setsockopt(zmq.RCVHWM, 10_000)  # 'done' events only; overflow costs a status poll
         self.sock.connect(url)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -153,13 +154,13 @@ class DoneWaiter:
 
     def subscribe(self, execution_id: str) -> None:
         if execution_id not in self.topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, execution_id.encode())
+            self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         self.topics[execution_id] = self.topics.get(execution_id, 0) + 1
         while len(self.topics) > self.MAX_TOPICS:
             oldest = next(iter(self.topics))
             self.topics.pop(oldest)
             self.done.pop(oldest, None)
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, oldest.encode())
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(oldest, "done"))
 
     def unsubscribe(self, execution_id: str) -> None:
         count = self.topics.get(execution_id, 0) - 1
@@ -167,7 +168,7 @@ class DoneWaiter:
             self.topics[execution_id] = count
             return
         if self.topics.pop(execution_id, None) is not None:
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, execution_id.encode())
+            self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
         self.done.pop(execution_id, None)
 
     def wait_done(self, execution_id: str, seconds: float) -> Optional[Event]:
@@ -179,8 +180,6 @@ class DoneWaiter:
                 return None
             while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 frames = self.sock.recv_multipart(copy=False)
-                if b"done" not in frames[2].bytes:  # header says not 'done': no need to verify what we ignore
-                    continue
                 event = parse_event(self.session, frames)
                 if event is not None and event.type == "done" and event.execution_id in self.topics:
                     self.done[event.execution_id] = event
@@ -276,20 +275,23 @@ class ExecutionClient(ExecutionRequests):
         self._waiter().subscribe(content["execution_id"])
         return self._client.call("execute", content, buffers=buffers)["execution_id"]
 
-    def get_status(self, execution_id: Optional[str] = None) -> Any:
+    def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
         if execution_id is None:
-            return self._client.call("status", {})["executions"]
-        return self._client.call("status", {"execution_id": _check_id(execution_id)})["execution"]
+            return self._client.call("status", {}, timeout=timeout)["executions"]
+        return self._client.call("status", {"execution_id": _check_id(execution_id)}, timeout=timeout)["execution"]
 
     def list_executions(self, status: Optional[str] = None) -> list[dict[str, Any]]:
         return self._client.call("list", {"status": status} if status else {})["executions"]
 
-    def cancel(self, execution_id: str, reason: Optional[str] = None) -> dict[str, Any]:
+    def cancel(self, execution_id: str, reason: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Cancel one execution (queued: removed; running: interrupted)."""
         content = {"execution_id": _check_id(execution_id)}
         if reason is not None:
+            if not isinstance(reason, str):
+                raise TypeError(f"reason must be a string, got {type(reason).__name__}")
             content["reason"] = reason
-        return self._client.call("cancel", content)
+        return self._client.call("cancel", content, timeout=timeout)
 
     def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
         """The execution's results: ``{"_": last expression, name: value...}``.
@@ -355,9 +357,8 @@ class ExecutionClient(ExecutionRequests):
         done = self._wait_final(exec_id, check_timeout(timeout))
         if isinstance(done, Event) and done.get("inline_results") and done.get("status") == "complete":
             return serialize.loads(done.buffers)  # verified with the event: no extra round trip
-        if isinstance(done, Event) and done.get("status") == "complete" and not done.get("has_results") \
-                and not done.get("result_error"):
-            return {}
+        if isinstance(done, Event) and done.get("status") == "complete" and not done.get("result_names"):
+            return {}  # nothing was returned (a dropped result still has names: get_results explains)
         return self.get_results(exec_id)
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
@@ -453,7 +454,7 @@ class AsyncExecutionClient(ExecutionRequests):
         fut = self._done.get(execution_id)
         if fut is None:
             fut = self._done[execution_id] = asyncio.get_running_loop().create_future()
-            self._sub.setsockopt(zmq.SUBSCRIBE, execution_id.encode())
+            self._sub.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         return fut
 
     async def _read_events(self, sub: "zmq.asyncio.Socket") -> None:
@@ -486,7 +487,7 @@ class AsyncExecutionClient(ExecutionRequests):
                     backoff = min(backoff * 2, 0.5)
         finally:
             if self._done.pop(execution_id, None) is not None and self._sub is not None:
-                self._sub.setsockopt(zmq.UNSUBSCRIBE, execution_id.encode())
+                self._sub.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
 
     async def shutdown(self) -> dict[str, Any]:
         return await self._client.call("shutdown", {})

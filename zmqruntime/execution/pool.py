@@ -122,7 +122,7 @@ class LocalWorkerPool:
         worker_id = f"w-{new_id()[:8]}"
         process = subprocess.Popen(
             [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
-             "--worker-id", worker_id, "--server-class", self.server_class],
+             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid())],
             env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.key), stdin=subprocess.DEVNULL,
         )
         handle = WorkerHandle(worker_id, process, fresh_after_loss=fresh_after_loss)

@@ -42,6 +42,8 @@ class ExecutionRecord:
     progress: Optional[dict[str, Any]] = None
     stdout: str = ""
     stderr: str = ""
+    stdout_total: int = 0  # characters ever written, so a late reader knows what it missed
+    stderr_total: int = 0
     output_truncated: bool = False
     error: Optional[dict[str, Any]] = None
     reason: Optional[str] = None
@@ -86,6 +88,10 @@ class ExecutionRecord:
 
     def append_output(self, name: str, text: str, limit: int) -> None:
         """Keep the last ``limit`` characters of each stream."""
+        if name == "stdout":
+            self.stdout_total += len(text)
+        else:
+            self.stderr_total += len(text)
         current = (self.stdout if name == "stdout" else self.stderr) + text
         if len(current) > limit:
             current = current[-limit:]
@@ -116,6 +122,7 @@ class ExecutionRecord:
         info = self.summary()
         if include_output:
             info.update(stdout=self.stdout, stderr=self.stderr)
+        info.update(stdout_total=self.stdout_total, stderr_total=self.stderr_total)
         info.update(
             seq=self.seq,
             timeout=self.timeout,

@@ -30,6 +30,7 @@ the worker imports the server class by name, so it must be importable).
 from __future__ import annotations
 
 import keyword
+import math
 import logging
 import time
 from collections import deque
@@ -37,7 +38,7 @@ from typing import Any, Optional
 
 from traitlets import Float, Int, Unicode
 
-from ..protocol import is_execution_id, new_execution_id, send_frames
+from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .pool import LocalWorkerPool
 from .records import ExecutionRecord, RecordStore
@@ -132,12 +133,12 @@ class ExecutionServer(ZMQServer):
     def worker_event(self, frames: list[bytes]) -> None:
         """Forward a worker-signed event as is; the record parses it later.
 
-        Nothing is decoded here (the topic is the execution id): the raw
+        Nothing is decoded here (the topic starts with the execution id): the raw
         header/content pair is queued on the record and folded into its
         state when someone asks for it, which keeps the relay cheap under
         event floods.
         """
-        rec = self.records.get(frames[0].decode())
+        rec = self.records.get(frames[0][:EXECUTION_ID_LENGTH].decode())
         if rec is None or rec.final:
             return
         rec.queue_event(frames[2], frames[3])  # topic, signature, header, content
@@ -213,7 +214,7 @@ class ExecutionServer(ZMQServer):
             rec.absorb_events()
             rec.seq += 1
             seq = rec.seq
-        self.publish(rec.execution_id, "status", {
+        self.publish(event_topic(rec.execution_id, "status"), "status", {
             "execution_id": rec.execution_id, "seq": seq, "time": time.time(), "status": rec.status,
             "reason": rec.reason, "namespace_reset": rec.namespace_reset,
         })
@@ -230,7 +231,7 @@ class ExecutionServer(ZMQServer):
         rec.seq += 1
         # Small results ride along, so a waiting client needs no extra round trip.
         inline = rec.has_results and rec.result_nbytes <= self.inline_result_bytes
-        self.publish(rec.execution_id, "done", {
+        self.publish(event_topic(rec.execution_id, "done"), "done", {
             "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": status,
             "reason": reason, "error": error, "has_results": rec.has_results, "result_names": rec.result_names,
             "result_nbytes": rec.result_nbytes, "result_error": rec.result_error,
@@ -262,7 +263,8 @@ class ExecutionServer(ZMQServer):
         if not isinstance(name, str):
             raise RequestError("bad_request", f"'name' must be a string, got {type(name).__name__}")
         timeout = c.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
             raise RequestError("bad_request", f"'timeout' must be a positive number or null, got {timeout!r}")
         exec_id = c.get("execution_id")
         if exec_id is None:

@@ -39,7 +39,7 @@ import zmq
 
 from .. import reporting as progress_mod
 from .. import serialize
-from ..protocol import SNDMORE, Session, buffer_digest, pack_frames, send_frames
+from ..protocol import SNDMORE, Session, buffer_digest, event_topic, pack_frames, send_frames
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
@@ -132,7 +132,7 @@ class StreamCapture(io.TextIOBase):
 
 
 class Worker:
-    def __init__(self, url: str, key: str, worker_id: str, server_class: str):
+    def __init__(self, url: str, key: str, worker_id: str, server_class: str, parent_pid: int):
         self.session = Session(key)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -149,7 +149,7 @@ class Worker:
         self.stdout = StreamCapture(self, "stdout")
         self.stderr = StreamCapture(self, "stderr")
         self._stop = threading.Event()
-        self.parent_pid = os.getppid()
+        self.parent_pid = parent_pid
 
     # -- sending ------------------------------------------------------------
     def _send(self, frames: list[Any]) -> None:
@@ -173,7 +173,7 @@ class Worker:
             with self.lock:
                 self.seq += 1
                 content = {"execution_id": exec_id, "seq": self.seq, "time": time.time(), **data}
-                frames = self.session.serialize(event_type, content, topic=exec_id.encode())
+                frames = self.session.serialize(event_type, content, topic=event_topic(exec_id, event_type))
                 # One frame on the internal link; the server re-frames it for subscribers.
                 self.sock.send(KIND_EVENT, SNDMORE)
                 self.sock.send(pack_frames(frames))
@@ -321,12 +321,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="zmqruntime worker (started by the server)")
     parser.add_argument("--url", required=True)
     parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True, help="the server: exit when it is gone")
     parser.add_argument("--server-class", default="zmqruntime.execution.server:ExecutionServer")
     args = parser.parse_args(argv)
     key = os.environ.pop("ZMQRUNTIME_WORKER_KEY", "")
     if not key:
         parser.error("ZMQRUNTIME_WORKER_KEY is not set")
-    Worker(args.url, key, args.worker_id, args.server_class).run_forever()
+    if os.getppid() != args.parent_pid:  # the server died while we were starting
+        sys.exit(3)
+    Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid).run_forever()
 
 
 if __name__ == "__main__":
