@@ -9,9 +9,9 @@ killed, with its workers, if it does not go — at teardown.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
+import random
 import re
 import socket
 import threading
@@ -35,12 +35,16 @@ for i in progress(range({n}), desc="{desc}"):
 
 
 def free_port() -> int:
-    """A data port P with P and P + 1000 (the control port) both free; never 7777."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port == 7777 or port + 1000 > 65535:
+    """A data port P with P and P + 1000 (the control port) both free; never 7777.
+
+    Drawn below the kernel's ephemeral port range (32768+ on Linux), where
+    jupyter_client picks the kernels' own ports, so a kernel started later
+    cannot grab it between this check and the server's bind.
+    """
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, 31700)
+        if port == 7777:
             continue
         try:
             with socket.socket() as s1, socket.socket() as s2:
@@ -52,19 +56,30 @@ def free_port() -> int:
     raise RuntimeError("no free port pair found")
 
 
+def _processes_under(runtime_dir: Path) -> list[psutil.Process]:
+    """Every process started with ``ZMQRUNTIME_RUNTIME_DIR=runtime_dir`` (servers, workers, kernels)."""
+    target = str(runtime_dir)
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get("ZMQRUNTIME_RUNTIME_DIR") == target:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
-    """Shut down every zmqruntime server registered in ``runtime_dir``; kill stragglers."""
+    """Shut down every zmqruntime server of ``runtime_dir``; kill whatever is left.
+
+    Servers are found by their connection files *and* by environment (a
+    process whose ``ZMQRUNTIME_RUNTIME_DIR`` is this private directory is
+    ours by construction), so nothing outlives the test module.
+    """
     from zmqruntime.execution.client import ExecutionClient
 
-    procs: list[psutil.Process] = []
-    for path in sorted(Path(runtime_dir).glob("*.json")):
-        try:
-            pid = json.loads(path.read_text()).get("pid", 0)
-            proc = psutil.Process(pid)
-            procs.append(proc)
-            procs.extend(proc.children(recursive=True))
-        except (ValueError, OSError, psutil.Error):
-            continue
+    runtime_dir = Path(runtime_dir)
+    for path in sorted(runtime_dir.glob("server-*.json")):
         try:
             client = ExecutionClient(connection_file=str(path), timeout=2.0, auto_spawn=False)
             try:
@@ -73,13 +88,15 @@ def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
                 client.close()
         except Exception:
             pass
+    procs = _processes_under(runtime_dir)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive, timeout=timeout)
+    _, still = psutil.wait_procs(alive, timeout=timeout)
+    assert not still, f"processes survived SIGKILL: {still}"
 
 
 @dataclass
@@ -273,7 +290,21 @@ class KernelDriver:
 
     def restart(self) -> None:
         self.km.restart_kernel(now=True)
-        self.kc.wait_for_ready(timeout=60)
+        # Not kc.wait_for_ready(): it drains IOPub, which the collector thread owns.
+        # Ready means: a kernel_info reply on shell *and* its idle status on IOPub
+        # (the IOPub subscription reconnects on its own, a little later).
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg_id = self.kc.kernel_info()
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end:
+                try:
+                    self.kc.get_shell_msg(timeout=0.1)
+                except queue.Empty:
+                    pass
+                if self._idle(msg_id):
+                    return
+        raise TimeoutError("the kernel did not come back after restart")
 
     def close(self) -> None:
         self._stop.set()

@@ -121,6 +121,7 @@ def test_status_of_all_leaves_output_out(server):
     exec_id = client.execute("print('x' * 1000)")
     client.wait(exec_id, timeout=10)
     assert client.get_status(exec_id)["stdout"] == "x" * 1000 + "\n"
+    assert client.get_status(exec_id)["stdout_total"] == 1001
     everything = {s["execution_id"]: s for s in client.get_status()}
     assert "stdout" not in everything[exec_id] and everything[exec_id]["status"] == "complete"
 

@@ -138,6 +138,18 @@ def test_wrong_field_types_get_error_replies(server, raw, msg_type, content, cod
     assert_still_serving(server)
 
 
+@pytest.mark.parametrize("raw_timeout", [b"1e400", b"NaN", b"-Infinity"])
+def test_non_finite_timeout_is_refused_and_server_survives(server, raw, raw_timeout):
+    sock, session = raw
+    header = json.dumps(make_header("execute", session.session_id)).encode()
+    content = b'{"task":{"kind":"python","code":"1"},"timeout":' + raw_timeout + b"}"
+    sock.send_multipart([MARKER + compute_signature(session.key, b"", header, content, []), header, content])
+    reply = recv_reply(sock, session)
+    assert reply.content["error"]["code"] == "bad_request" and "timeout" in reply.content["error"]["message"]
+    assert_still_serving(server)
+    assert server.client.get_status() is not None  # every record still encodes
+
+
 def test_duplicate_execution_id_is_refused(server, raw):
     sock, session = raw
     content = {"task": {"kind": "python", "code": "'first'"}, "execution_id": "0123456789ab"}
@@ -205,7 +217,7 @@ def test_data_channel_events_are_signed(server):
         frames = sub.recv_multipart()
         good = Session(server.client.info.key)
         event = good.deserialize(frames, topic_frames=1)
-        assert frames[0] == event.content["execution_id"].encode()
+        assert frames[0] == f"{event.content['execution_id']}.{event.msg_type}".encode()  # topic = <id>.<type>
         with pytest.raises(SignatureError):
             Session("wrong").deserialize(frames, topic_frames=1)
         json.loads(frames[2])  # header is plain JSON

@@ -53,6 +53,9 @@ def test_result_over_the_byte_limit_is_never_announced(start_server):
     done = wait_until(lambda: [e for e in events if e.type == "done"] or None, 10)
     sub.close()
     assert done[0]["has_results"] is False
+    with pytest.raises(RemoteError) as info:  # run() does not pretend there was nothing
+        client.run("b'y' * 5000", timeout=20)
+    assert info.value.code == "results_expired"
 
 
 def test_release_frees_immediately(server):

@@ -243,6 +243,10 @@ def test_api_argument_errors(server):
         client.cancel(None)
     with pytest.raises(ValueError):
         client.wait("x", timeout=-2)
+    with pytest.raises(ValueError):
+        client.wait("x", timeout=float("inf"))
+    with pytest.raises(TypeError):
+        client.cancel("0123456789ab", reason=3)
     with pytest.raises(TypeError):
         client.subscribe("not callable")
     from zmqruntime import ExecutionTimeout

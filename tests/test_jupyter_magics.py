@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest_jupyter import LONG_JOB, CellResult, KernelDriver, PanelView, free_port, jkernel, jupyter_env  # noqa: F401
+from conftest_jupyter import LONG_JOB, CellResult, KernelDriver, PanelView, free_port, jkernel, jupyter_env  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -162,6 +162,9 @@ def test_options_push_out_quiet_timeout_progress_after(k: KernelDriver):
     p = PanelView(k, res)
     assert k.wait_for(lambda: "now holds" in p.status_text(), 20)
     assert k.ok("print(sq)").stdout == "[0, 1, 4, 9, 16]\n"
+    k.ok("import os\nfrom zmqruntime.spawn import connection_path\n"
+         "cfile = str(connection_path(int(os.environ['ZMQRUNTIME_PORT'])))")
+    assert k.ok("%%zmqexec --connection-file $cfile --block\n'via file'").result_text == "'via file'"
     res = k.run("%%zmqexec --block --timeout 0.5\nimport time\ntime.sleep(30)")
     assert not res.ok and "timeout after 0.5 s" in res.error_text
     # --progress-after: the panel stays out of the way until the job has run that long.
@@ -218,7 +221,8 @@ def test_bad_input_gives_clear_messages_and_the_next_cell_works(k: KernelDriver)
 def test_zmq_line_magic_tables(k: KernelDriver):
     res = k.ok("%%zmqexec --name table-me --block\nprint('line one')\n'value'")
     exec_id = k.ok("import zmqruntime_jupyter as z\n"
-                   "print([h.id for h in z.current_state().handles.values() if h.name == 'table-me'][-1])").stdout.strip()
+                   "print([h.id for h in z.current_state().handles.values() if h.name == 'table-me'][-1])"
+                   ).stdout.strip()
     status = k.ok("%zmq status").stdout
     for word in ("server", "workers", "running", "queued", "ID", "NAME", "STATUS", exec_id):
         assert word in status

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest_jupyter import LONG_JOB, KernelDriver, PanelView, jkernel, jupyter_env  # noqa: F401
+from conftest_jupyter import LONG_JOB, KernelDriver, PanelView, jkernel, jupyter_env  # noqa: F401 (fixtures)
 
 
 @pytest.mark.timeout(120)
