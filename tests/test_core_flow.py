@@ -89,6 +89,7 @@ def test_exception_returns_remote_traceback(server):
     status = client.wait(exec_id, timeout=10)
     assert status["status"] == "failed"
     assert status["error"]["ename"] == "ValueError"
+    assert status["reason"] == "ValueError: bad value 42"
     assert "bad value 42" in status["error"]["evalue"]
     tb = "".join(status["error"]["traceback"])
     assert "inner()" in tb and "raise ValueError" in tb  # source lines are shown

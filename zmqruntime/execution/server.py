@@ -156,8 +156,14 @@ class ExecutionServer(ZMQServer):
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
             status = msg["status"]
-            reason = (rec.reason or "interrupted") if status == "cancelled" else None
-            self._finish(rec, status, reason=reason, error=msg["error"])
+            error = msg["error"]
+            if status == "cancelled":
+                reason = rec.reason or "interrupted"
+            elif status == "failed" and error:
+                reason = f"{error['ename']}: {error['evalue']}"[:500]  # lists and tables say why at a glance
+            else:
+                reason = None
+            self._finish(rec, status, reason=reason, error=error)
         self._schedule()
 
     def worker_lost(self, execution_id: Optional[str], exit_code: int, escalated: bool) -> None:
