@@ -76,16 +76,7 @@ def measure() -> dict:
         peak = common.peak_rss_bytes()
         req.send(b"STOP")
         req.recv()
-        result = common.summarize(times, "ms", 1e3)
-        result.update(
-            gb_per_s=NBYTES / 1e9 / (result["median_ms"] / 1e3),
-            array_bytes=NBYTES,
-            rss_before_bytes=rss_before,
-            peak_rss_bytes=peak,
-            peak_rss_increase_ratio=(peak - rss_before) / NBYTES,
-            peak_rss_total_ratio=peak / NBYTES,
-        )
-        return result
+        return common.transfer_summary(times, NBYTES, rss_before, peak)
     finally:
         req.close()
         ctx.term()

@@ -304,3 +304,17 @@ def run_benchmark_module(module: str, timeout: float) -> dict:
             result.setdefault("_wall_s", round(elapsed, 2))
             return result
     return {"error": f"no result line (rc={proc.returncode}); stderr tail: {err[-1500:]}"}
+
+
+def transfer_summary(times: list, nbytes: int, rss_before: int, peak: int) -> dict:
+    """Bandwidth and receiver memory of a large transfer (same measure for baseline and zmqruntime)."""
+    result = summarize(times, "ms", 1e3)
+    result.update(
+        gb_per_s=nbytes / 1e9 / (result["median_ms"] / 1e3),
+        array_bytes=nbytes,
+        rss_before_bytes=rss_before,
+        peak_rss_bytes=peak,
+        peak_rss_increase_ratio=(peak - rss_before) / nbytes,
+        peak_rss_total_ratio=peak / nbytes,
+    )
+    return result

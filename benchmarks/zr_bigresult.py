@@ -41,16 +41,7 @@ def measure_big_result(client) -> dict:
     fetch_once()  # warmup, as in the baseline
     times = [fetch_once() for _ in range(common.scaled(5, minimum=2))]
     peak = common.peak_rss_bytes()
-    result = common.summarize(times, "ms", 1e3)
-    result.update(
-        gb_per_s=NBYTES / 1e9 / (result["median_ms"] / 1e3),
-        array_bytes=NBYTES,
-        rss_before_bytes=rss_before,
-        peak_rss_bytes=peak,
-        peak_rss_increase_ratio=(peak - rss_before) / NBYTES,
-        peak_rss_total_ratio=peak / NBYTES,
-    )
-    return result
+    return common.transfer_summary(times, NBYTES, rss_before, peak)
 
 
 def measure() -> dict:
