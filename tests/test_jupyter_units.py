@@ -180,3 +180,100 @@ def test_progress_text_and_panel_render():
     assert "failed" in panel.status_label.value and "E: v" in panel.status_label.value
     assert panel.cancel_button.disabled
     assert "Traceback" in panel.output.outputs[-1]["text"]
+
+
+# -- progress floods: superseded progress events are skipped, not gaps --------------------------------
+
+KEY = "k" * 64
+EID = "a1b2c3d4e5f6"
+
+
+def wire(kind: str, seq: int, key: str = KEY, **data: Any) -> list[bytes]:
+    """One data-channel message as subscribers receive it (content laid out as the worker does)."""
+    from zmqruntime.protocol import Session, event_topic
+
+    content = {"execution_id": EID, "seq": seq, "time": 1.0, **data}
+    return Session(key).serialize(kind, content, topic=event_topic(EID, kind))
+
+
+def prog(seq: int, key: str = KEY) -> list[bytes]:
+    return wire("progress", seq, key, done=seq, total=100, desc="flood", rate=1.0, elapsed=1.0)
+
+
+def out(seq: int, text: str) -> list[bytes]:
+    return wire("stream", seq, name="stdout", text=text)
+
+
+def flood_handle() -> tuple[ExecutionHandle, FakeConnection, Any]:
+    from zmqruntime.protocol import Session
+    from zmqruntime_jupyter.stream import EventBatches
+
+    conn = FakeConnection()
+    h = ExecutionHandle(EID, conn)  # type: ignore[arg-type]
+    conn.handles[EID] = h
+    h.recovered(status(2, execution_id=EID))  # queued (1), running (2) already known
+    batches = EventBatches(Session(KEY), lambda e: conn.handles[e.execution_id].on_event(e),
+                           lambda eid, seqs: conn.handles[eid].skipped_progress(seqs))
+    return h, conn, batches
+
+
+def test_flood_batch_applies_every_stream_event_and_only_the_newest_progress():
+    h, conn, batches = flood_handle()
+    applied: list[tuple[str, int]] = []
+    inner = batches.on_event
+    batches.on_event = lambda e: (applied.append((e.type, e.seq)), inner(e))
+    batches.handle_batch([prog(3), prog(4), out(5, "a\n"), prog(6), prog(7), prog(8), out(9, "b\n"),
+                          prog(10), prog(11)])
+    assert applied == [("stream", 5), ("stream", 9), ("progress", 11)]  # arrival order, newest progress only
+    assert (batches.received, batches.skipped, batches.applied, batches.dropped) == (9, 6, 3, 0)
+    assert h.output == "a\nb\n" and h.progress["done"] == 11 and h.seq == 11
+    assert conn.client.status_calls == 0 and h.gaps == 0  # no recovery
+    assert h._skipped == set()
+    # The next batch goes on from there; a stale repeat of an old seq changes nothing.
+    batches.handle_batch([prog(7), prog(12), out(13, "c\n"), prog(14), wire("status", 15, status="complete"),
+                          wire("done", 16, status="complete", has_results=False)])
+    assert h.final and h.output == "a\nb\nc\n" and h.progress["done"] == 14
+    assert conn.client.status_calls == 0 and h.gaps == 0
+
+
+def test_a_lost_stream_event_is_still_a_gap_among_skipped_progress():
+    h, conn, batches = flood_handle()
+    # stream 5 ("a\n") was lost on the way: 6-8 and 10 are skipped progress, but 5 is not.
+    conn.client.status = status(9, execution_id=EID, stdout="a\nb\n",
+                                progress={"done": 8, "total": 100, "desc": "flood", "rate": 1.0, "elapsed": 1.0})
+    batches.handle_batch([prog(3), prog(4), prog(6), prog(7), prog(8), out(9, "b\n"), prog(10), prog(11)])
+    assert h.gaps == 1 and conn.client.status_calls == 1  # one recovery
+    assert h.output == "a\nb\n"  # repaired from status, nothing twice
+    assert h.seq == 11 and h.progress["done"] == 11 and not h.recovering
+
+
+def test_an_unauthentic_superseded_progress_message_does_not_excuse_a_gap():
+    h, conn, batches = flood_handle()
+    conn.client.status = status(4, execution_id=EID)
+    batches.handle_batch([prog(3, key="x" * 64), prog(4)])  # 3 fails verification
+    assert batches.dropped == 1 and batches.skipped == 0
+    assert h.gaps == 1 and conn.client.status_calls == 1 and h.seq == 4
+
+
+def test_the_workers_own_wire_form_is_recognised_as_skippable():
+    """The fast path reads seq from the content bytes: check it against the real emitter."""
+    import threading
+
+    from zmqruntime.execution.worker import KIND_EVENT, InterruptGuard, Worker
+    from zmqruntime.protocol import Session, unpack_frames
+    from zmqruntime_jupyter.stream import skippable, triage
+
+    sent: list[bytes] = []
+
+    class Sock:
+        def send(self, data: Any, flags: int = 0) -> None:
+            sent.append(data)
+
+    w = Worker.__new__(Worker)
+    w.session, w.lock, w.guard, w.sock = Session(KEY), threading.Lock(), InterruptGuard(), Sock()
+    w.execution_id, w.seq = EID, 2
+    for i in range(3):
+        w._progress_sink(i, 3, "d", 1.0, 0.5)
+    batch = [unpack_frames(d) for d in sent if d != KIND_EVENT]
+    to_apply, superseded = triage(batch)
+    assert len(to_apply) == 1 and skippable(Session(KEY), superseded[EID.encode()]) == [3, 4]

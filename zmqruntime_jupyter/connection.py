@@ -62,7 +62,8 @@ class Connection:
         self.stream: Optional[EventStream] = None
         self._ticker: Optional[PeriodicCallback] = None
         if loop is not None:
-            self.stream = EventStream(client.info, client.session, loop, self._route)
+            self.stream = EventStream(client.info, client.session, loop, self._route,
+                                      on_skipped=self._route_skipped)
             self._ticker = PeriodicCallback(self._tick, TICK_MS)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqruntime-jupyter")
 
@@ -102,6 +103,11 @@ class Connection:
         handle = self.handles.get(event.execution_id)
         if handle is not None:
             handle.on_event(event)
+
+    def _route_skipped(self, execution_id: str, seqs: list[int]) -> None:
+        handle = self.handles.get(execution_id)
+        if handle is not None:
+            handle.skipped_progress(seqs)
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -3,7 +3,10 @@
 It is the notebook-side model of one remote execution: status, latest
 progress, output so far, error. Events come in from the IO-loop stream or a
 blocking pump and are applied strictly in sequence order; a gap (dropped
-events, late subscription) is repaired from ``get_status``, and a watchdog
+events, late subscription) is repaired from ``get_status``. Progress events
+the stream skipped on purpose (superseded by a newer one, authenticated,
+see :mod:`.stream`) are announced with :meth:`ExecutionHandle.skipped_progress`
+and are not gaps; any other missing seq is. A watchdog
 polls ``get_status`` when the stream is silent so a lost ``done`` can never
 leave a panel spinning. The widget panel only ever renders this model.
 
@@ -79,6 +82,9 @@ class ExecutionHandle:
         self.recovering = False
         self._recovery_inflight = False
         self._buffer: list[Event] = []
+        # seqs (> self.seq) of progress events the stream verified and skipped on purpose
+        self._skipped: set[int] = set()
+        self.gaps = 0  # sequence gaps seen (each one a status request)
         self._watch_delay = WATCH_FIRST
         self.next_watch = time.monotonic() + WATCH_FIRST
         self._pumping = 0
@@ -259,6 +265,26 @@ class ExecutionHandle:
         return f"<ExecutionHandle {self.id}{label} {st['status']}{extra}>"
 
     # -- event path (main thread) -------------------------------------------------
+    def skipped_progress(self, seqs: list[int]) -> None:
+        """The stream verified these progress events and skipped them on purpose.
+
+        They were superseded by a newer progress event of the same batch,
+        which is applied, so their seqs are not gaps. Only authenticated
+        progress events are announced here (``stream.skippable``), so a
+        missing ``stream``/``status``/``done`` event still shows as a gap.
+        """
+        if self.final:
+            return
+        if len(self._skipped) + len(seqs) > MAX_BUFFERED:
+            self._skipped.clear()  # nothing applied for that long: a gap, if any, recovers from status
+        floor = self.seq
+        self._skipped.update(s for s in seqs if s > floor)
+
+    def _contiguous(self, seq: int) -> bool:
+        """Is every seq between the last applied one and ``seq`` a skipped progress event?"""
+        skipped = self._skipped
+        return all(s in skipped for s in range(self.seq + 1, seq))
+
     def on_event(self, event: Event) -> None:
         """Apply one verified event in sequence order; repair gaps."""
         if self.final or event.seq <= self.seq:
@@ -267,14 +293,25 @@ class ExecutionHandle:
             if len(self._buffer) < MAX_BUFFERED:
                 self._buffer.append(event)
             return
-        if event.seq > self.seq + 1:
-            log.debug("execution %s: missed %d event(s); recovering from status", self.id, event.seq - self.seq - 1)
+        if event.seq > self.seq + 1 and not self._contiguous(event.seq):
+            log.debug("execution %s: missed event(s) before seq %d; recovering from status", self.id, event.seq)
+            self.gaps += 1
             self._buffer = [event]
             self._request_recovery()
             return
         self._apply(event)
 
+    def _forget_skipped(self, upto: int) -> None:
+        """Drop the skipped-progress notes at or below ``upto`` (now covered)."""
+        if self._skipped:
+            if upto - self.seq <= len(self._skipped):
+                for s in range(self.seq + 1, upto + 1):
+                    self._skipped.discard(s)
+            else:
+                self._skipped = {s for s in self._skipped if s > upto}
+
     def _apply(self, event: Event) -> None:
+        self._forget_skipped(event.seq)
         self.seq = event.seq
         self._last_update = time.monotonic()
         self.next_watch = time.monotonic() + WATCH_SILENCE
@@ -348,6 +385,7 @@ class ExecutionHandle:
             for name in ("stdout", "stderr"):
                 self._reconcile_output(name, status)
             self.state.update({k: status.get(k) for k in STATUS_FIELDS if k in status})
+            self._forget_skipped(status["seq"])
             self.seq = status["seq"]
         buffered, self._buffer = sorted(self._buffer, key=lambda e: e.seq), []
         for event in buffered:
@@ -410,6 +448,7 @@ class ExecutionHandle:
             return
         self._finalized = True
         self._buffer = []
+        self._skipped = set()
         self.recovering = False
         self._final.set()
         if self.panel is not None:
