@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import zmq
-from traitlets import Bool, CaselessStrEnum, Int, Unicode, validate
+from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
 from traitlets.config import Configurable
 
 from . import __version__
 from .errors import ServerStartError
+from .polling import spin_until_readable
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -84,6 +85,7 @@ class ZMQServer(Configurable):
     pub_hwm = Int(100_000, help="Data-channel send high-water mark (messages per subscriber).").tag(config=True)
     parent_pid = Int(0, help="Child mode: exit when this process dies (0 = persistent).").tag(config=True)
     allow_public_bind = Bool(False, help="Allow binding a non-loopback interface.").tag(config=True)
+    busy_poll = Float(0.002, help="Seconds to busy-poll after serving before sleeping (latency vs CPU; 0 = off).").tag(config=True)
 
     @validate("port")
     def _check_port(self, proposal: Any) -> int:
@@ -104,6 +106,7 @@ class ZMQServer(Configurable):
         self.pub: Optional[zmq.Socket] = None
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
+        self._sockets: list[zmq.Socket] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._soon: list[Callable[[], None]] = []
         self._timer_ids = itertools.count()
@@ -159,6 +162,7 @@ class ZMQServer(Configurable):
     def add_socket(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = handler
+        self._sockets = list(self._handlers)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current request has been answered."""
@@ -175,15 +179,18 @@ class ZMQServer(Configurable):
             self.call_later(0.5, self._watch_parent)
         self._install_signal_handlers()
         self.on_start()
+        served = False
         try:
             while self._running:
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
-                if self._soon:
+                if self._soon or (served and spin_until_readable(self._sockets, self.busy_poll)):
                     timeout = 0.0
+                served = False
                 for sock, _ in self.poller.poll(timeout):
                     self._handlers[sock]()
+                    served = True
                 self._run_soon()
                 self._run_timers()
         finally:

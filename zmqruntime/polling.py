@@ -1,0 +1,39 @@
+"""Busy-poll briefly before blocking: lower latency for a little CPU.
+
+A Python process that sleeps in ``epoll`` between messages wakes slowly on
+this class of machine: right after a wake-up the same request handling
+costs several times what it costs in a tight loop. So the server, once it
+has served something, checks its sockets in a tight loop for a short while
+(``ZMQServer.busy_poll``, default 2 ms) before it blocks again; an idle
+server spins once and then sleeps.
+
+Measured on the 2-core reference machine (medians, same runs): no-op
+``run()`` 1.21-1.23 ms without, 0.94-1.17 ms with the server spinning; ping
+382-430 µs without, 284-378 µs with. Spinning in the client and the worker
+as well made things *worse* (1.3-4.6 ms): on two cores a spinning process
+takes the CPU from the one that has the work. So only the server spins.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import zmq
+
+POLLIN = int(zmq.POLLIN)
+
+
+def spin_until_readable(socks: Sequence[zmq.Socket], spin: float) -> bool:
+    """True as soon as one of ``socks`` has a message, False after ``spin`` seconds."""
+    if spin <= 0:
+        return False
+    end = time.perf_counter() + spin
+    getters = [s.getsockopt for s in socks]
+    events = zmq.EVENTS
+    while True:
+        for get in getters:
+            if get(events) & POLLIN:
+                return True
+        if time.perf_counter() >= end:
+            return False
