@@ -89,31 +89,27 @@ def noop_latency_row(r: dict) -> Row:
                 "speedup_vs_ipyparallel": s_ipp, "speedup_vs_dask": s_dsk})
 
 
-def pipelined_row(r: dict) -> Row:
-    zr = get(r, "zr_roundtrip", "pipelined", "tasks_per_s")
+def _throughput_row(r: dict, key: str, what: str, judged: bool) -> Row:
+    """A zmqruntime tasks/s figure beside the ipyparallel and dask pipelined ones."""
+    zr = get(r, "zr_roundtrip", key, "tasks_per_s")
     ipp, dsk = get(r, "ipyparallel", "pipelined", "tasks_per_s"), get(r, "dask", "pipelined", "tasks_per_s")
     x_ipp = zr / ipp if zr and ipp else None
     x_dsk = zr / dsk if zr and dsk else None
     checks = [x >= 5 for x in (x_ipp, x_dsk) if x is not None] if zr else []
-    checks = checks or [None]  # no baseline measured: no verdict
-    return Row("no-op pipelined (async client)", fmt(zr, ".0f", " tasks/s"),
-               f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
-               f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}",
-               ">= 5x both", verdict(*checks), error_of(r, "zr_roundtrip", "pipelined"),
+    result = verdict(*(checks or [None])) if judged else "n/a"  # no baseline measured: no verdict
+    return Row(what, fmt(zr, ".0f", " tasks/s"), f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
+               f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}", ">= 5x both" if judged else "(for reference)",
+               result, error_of(r, "zr_roundtrip", key),
                {"zr_tasks_per_s": zr, "ipyparallel_tasks_per_s": ipp, "dask_tasks_per_s": dsk,
                 "ratio_vs_ipyparallel": x_ipp, "ratio_vs_dask": x_dsk})
 
 
+def pipelined_row(r: dict) -> Row:
+    return _throughput_row(r, "pipelined", "no-op pipelined (async client)", judged=True)
+
+
 def sync_batch_row(r: dict) -> Row:
-    zr = get(r, "zr_roundtrip", "sync_batch", "tasks_per_s")
-    ipp, dsk = get(r, "ipyparallel", "pipelined", "tasks_per_s"), get(r, "dask", "pipelined", "tasks_per_s")
-    x_ipp = zr / ipp if zr and ipp else None
-    x_dsk = zr / dsk if zr and dsk else None
-    return Row("no-op batch, blocking client", fmt(zr, ".0f", " tasks/s"),
-               f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
-               f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}", "(for reference)", "n/a",
-               error_of(r, "zr_roundtrip", "sync_batch"),
-               {"zr_tasks_per_s": zr, "ratio_vs_ipyparallel": x_ipp, "ratio_vs_dask": x_dsk})
+    return _throughput_row(r, "sync_batch", "no-op batch, blocking client", judged=False)
 
 
 def progress_rate_row(r: dict) -> Row:

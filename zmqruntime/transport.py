@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,14 +169,3 @@ def port_is_free(port: int, ip: str = DEFAULT_IP) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.005) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

@@ -64,8 +64,9 @@ class ExecutionServer(ZMQServer):
 
     def __init__(self, _worker_side: bool = False, **kwargs: Any):
         if _worker_side:
-            # In a worker only execute_task is used: no sockets, no key.
-            Configurable_init(self, **kwargs)
+            # In a worker only execute_task is used: skip ZMQServer's key and
+            # sockets, initialise just the traitlets Configurable underneath.
+            super(ZMQServer, self).__init__(**kwargs)
             return
         super().__init__(**kwargs)
         if self.concurrency < 1:
@@ -349,7 +350,3 @@ class ExecutionServer(ZMQServer):
             rec.results_expired = True
         return content, frames, digests
 
-
-def Configurable_init(obj: Any, **kwargs: Any) -> None:
-    """Initialise only the traitlets part (worker side has no sockets)."""
-    super(ZMQServer, obj).__init__(**kwargs)
