@@ -30,8 +30,10 @@ def wait_running(client, exec_id, timeout=20.0):
 def test_cancel_queued_execution_only_removes_it(server):
     client = server.client
     blocker = client.execute("import time\ntime.sleep(1.0)\n'blocker done'")
-    queued = client.execute("'never runs'")
+    wait_running(client, blocker)
+    queued = client.execute("ran_queued = True")  # a side effect that must never happen
     after = client.execute("'after'")
+    assert set(client.ping()["queued"]) == {queued, after}
     reply = client.cancel(queued)
     assert reply["cancelled"] is True
     status = client.get_status(queued)
@@ -42,6 +44,7 @@ def test_cancel_queued_execution_only_removes_it(server):
     assert client.wait(after, timeout=20)["status"] == "complete"
     with pytest.raises(ExecutionCancelled):
         client.get_results(queued)
+    assert client.run("'ran_queued' in globals()", timeout=20) == {"_": False}  # it never ran
 
 
 def test_cancel_running_interrupts_only_target(server):
@@ -107,6 +110,16 @@ def test_worker_crash_fails_execution_and_next_one_works(server):
     assert "exit code 7" in status["reason"] and "died" in status["reason"]
     assert client.ping()["pid"] == server.pid
     assert client.run("6 * 7", timeout=30) == {"_": 42}
+
+
+def test_task_waiting_behind_a_crash_still_runs(server):
+    client = server.client
+    crash = client.execute("import time, os\ntime.sleep(0.3)\nos._exit(9)")
+    behind = client.execute("import os\nos.getpid()")  # queued behind the crash
+    assert client.wait(crash, timeout=20)["status"] == "failed"
+    status = client.wait(behind, timeout=30)
+    assert status["status"] == "complete" and status["namespace_reset"]  # ran once, on the new worker
+    assert client.get_results(behind)["_"] != client.get_status(crash)["worker_pid"]
 
 
 def test_cancel_finished_and_unknown_executions(server):
