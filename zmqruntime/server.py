@@ -104,6 +104,7 @@ class ZMQServer(Configurable):
         self.context: Optional[zmq.Context] = None
         self.control: Optional[zmq.Socket] = None
         self.pub: Optional[zmq.Socket] = None
+        self._subscriptions: set[bytes] = set()
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self._sockets: list[zmq.Socket] = []
@@ -132,7 +133,10 @@ class ZMQServer(Configurable):
             raise ServerStartError(f"control port {self.control_port} (port + offset) is out of range")
         data_url, control_url = make_urls(self.transport, self.ip, self.port, self.control_port, self.name or None)
         self.context = zmq.Context()
-        self.pub = self.context.socket(zmq.PUB)
+        # XPUB, not PUB: the same data channel for subscribers, but the server
+        # sees the subscriptions, so an event nobody subscribed to is never
+        # built, signed or relayed (see ``wants``).
+        self.pub = self.context.socket(zmq.XPUB)
         self.pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
         self.pub.setsockopt(zmq.LINGER, 1000)
         self.control = self.context.socket(zmq.ROUTER)
@@ -149,6 +153,7 @@ class ZMQServer(Configurable):
                     "Another process holds it; choose another --port (zmqruntime never kills a process it did not start)."
                 ) from None
         self.add_socket(self.control, self._on_control)
+        self.add_socket(self.pub, self._read_subscriptions)
         self.info = ConnectionInfo(
             transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
             data_url=data_url, control_url=control_url, key=self.key, pid=os.getpid(),
@@ -317,8 +322,37 @@ class ZMQServer(Configurable):
 
     def publish(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
                 digests: Optional[list[bytes]] = None) -> None:
-        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic,
-                                                     buffers=buffers, digests=digests))
+        """Sign and send an event, unless no subscriber's prefix matches ``topic``."""
+        if self.wants(topic):
+            send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic,
+                                                         buffers=buffers, digests=digests))
+
+    # -- data channel subscriptions -------------------------------------------
+    def _read_subscriptions(self) -> None:
+        """Track the data channel's subscribed prefixes (XPUB reports each
+        prefix's first subscribe and last unsubscribe, across subscribers)."""
+        sock = self.pub
+        while sock.getsockopt(zmq.EVENTS) & POLLIN:
+            msg = sock.recv()
+            if msg[:1] == b"\x01":
+                self._subscriptions.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._subscriptions.discard(msg[1:])
+
+    def wants(self, topic: bytes) -> bool:
+        """Would any subscriber receive ``topic``?  (PUB/SUB matching is by prefix.)
+
+        Subscriptions that libzmq has applied but we have not read yet are
+        read first, so nothing a subscriber would get from a plain PUB is
+        held back.
+        """
+        self._read_subscriptions()
+        subs = self._subscriptions
+        if not subs:
+            return False
+        if b"" in subs:
+            return True
+        return any(topic[:i] in subs for i in range(1, len(topic) + 1))
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:

@@ -30,6 +30,11 @@ from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, Connec
 
 log = logging.getLogger("zmqruntime.client")
 
+# wait(): how often to ask ``status`` while waiting for the 'done' event --
+# fast when the event could have been missed, slowly otherwise.
+UNSURE_POLL_START, UNSURE_POLL_MAX = 0.002, 0.5
+TRUSTED_POLL_START, TRUSTED_POLL_MAX = 1.0, 2.0
+
 
 @dataclass
 class Event:
@@ -151,6 +156,7 @@ class DoneWaiter:
         self.poller.register(self.sock, zmq.POLLIN)
         self.topics: dict[str, int] = {}
         self.done: dict[str, Event] = {}
+        self.trusted: set[str] = set()  # ids whose 'done' the server said it will publish to us
 
     def subscribe(self, execution_id: str) -> None:
         if execution_id not in self.topics:
@@ -160,6 +166,7 @@ class DoneWaiter:
             oldest = next(iter(self.topics))
             self.topics.pop(oldest)
             self.done.pop(oldest, None)
+            self.trusted.discard(oldest)
             self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(oldest, "done"))
 
     def unsubscribe(self, execution_id: str) -> None:
@@ -170,6 +177,7 @@ class DoneWaiter:
         if self.topics.pop(execution_id, None) is not None:
             self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
         self.done.pop(execution_id, None)
+        self.trusted.discard(execution_id)
 
     def wait_done(self, execution_id: str, seconds: float) -> Optional[Event]:
         """Read events for up to ``seconds``; the 'done' event once it came."""
@@ -272,8 +280,12 @@ class ExecutionClient(ExecutionRequests):
         """Queue ``task``; return its execution id at once."""
         content, buffers = self._execute_request(task, name, timeout, results, push)
         # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
-        self._waiter().subscribe(content["execution_id"])
-        return self._client.call("execute", content, buffers=buffers)["execution_id"]
+        waiter = self._waiter()
+        waiter.subscribe(content["execution_id"])
+        reply = self._client.call("execute", content, buffers=buffers)
+        if reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
+            waiter.trusted.add(reply["execution_id"])
+        return reply["execution_id"]
 
     def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
@@ -332,12 +344,15 @@ class ExecutionClient(ExecutionRequests):
 
         Returns the final status (dict) when a poll saw it, or the 'done'
         Event when it arrived first (the caller fetches what it needs next).
+        The poll is fast only when the event could have gone by unseen (see
+        AsyncExecutionClient.wait); otherwise it is a slow safety net.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = self._waiter()
+        trusted = execution_id in waiter.trusted
         waiter.subscribe(execution_id)
         try:
-            backoff = 0.002
+            backoff, cap = (TRUSTED_POLL_START, TRUSTED_POLL_MAX) if trusted else (UNSURE_POLL_START, UNSURE_POLL_MAX)
             while True:
                 event = waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic()))
                 if event is not None:
@@ -347,7 +362,7 @@ class ExecutionClient(ExecutionRequests):
                     return status
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
-                backoff = min(backoff * 2, 0.5)
+                backoff = min(backoff * 2, cap)
         finally:
             waiter.unsubscribe(execution_id)
 
@@ -403,6 +418,7 @@ class AsyncExecutionClient(ExecutionRequests):
         self._sub: Optional["zmq.asyncio.Socket"] = None
         self._sub_reader: Optional[asyncio.Task] = None
         self._done: dict[str, "asyncio.Future[None]"] = {}
+        self._trusted: set[str] = set()  # ids whose 'done' the server said it will publish to us
 
     @classmethod
     async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
@@ -423,7 +439,10 @@ class AsyncExecutionClient(ExecutionRequests):
         """Queue ``task``; return its id. Concurrent calls are pipelined on one socket."""
         content, buffers = self._execute_request(task, name, timeout, results, push)
         self._done_future(content["execution_id"])  # subscribe before submitting
-        return (await self._client.call("execute", content, buffers=buffers))["execution_id"]
+        reply = await self._client.call("execute", content, buffers=buffers)
+        if reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
+            self._trusted.add(reply["execution_id"])
+        return reply["execution_id"]
 
     async def get_status(self, execution_id: Optional[str] = None) -> Any:
         if execution_id is None:
@@ -457,6 +476,8 @@ class AsyncExecutionClient(ExecutionRequests):
             self._sub.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         return fut
 
+
+
     async def _read_events(self, sub: "zmq.asyncio.Socket") -> None:
         while True:
             event = parse_event(self.session, await sub.recv_multipart())
@@ -466,26 +487,42 @@ class AsyncExecutionClient(ExecutionRequests):
                     fut.set_result(None)
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
-        """Wait for the 'done' event (polling ``status`` with backoff meanwhile);
-        ExecutionTimeout past ``timeout``. Many waits can run concurrently."""
+        """Wait for the 'done' event, then return the final status;
+        ExecutionTimeout past ``timeout``. Many waits can run concurrently.
+
+        The data channel does the waiting.  ``status`` is asked at the start
+        and polled with a short backoff only when the 'done' event could have
+        gone by unseen (the wait subscribed late, or the execute reply said
+        the server had not yet seen our subscription: ``done_subscribed``).
+        Otherwise it is a slow safety net for a lost event: polling fast would
+        cost every pending wait a request per interval, which is what limited
+        pipelined throughput.
+        """
         _check_id(execution_id)
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        trusted = execution_id in self._trusted
         done = self._done_future(execution_id)
-        backoff = 0.005
+        backoff, cap = (TRUSTED_POLL_START, TRUSTED_POLL_MAX) if trusted else (UNSURE_POLL_START, UNSURE_POLL_MAX)
+        status: Optional[dict[str, Any]] = None
         try:
+            check = not trusted
             while True:
-                status = await self.get_status(execution_id)
-                if status["status"] in FINAL_STATES:
-                    return status
+                if check or done.done():
+                    status = await self.get_status(execution_id)
+                    if status["status"] in FINAL_STATES:
+                        return status
+                check = True
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
+                    state = status["status"] if status else "not done"
+                    raise ExecutionTimeout(f"execution {execution_id} still {state} after {timeout:g} s")
                 try:
                     await asyncio.wait_for(asyncio.shield(done), backoff if remaining is None else min(backoff, remaining))
                 except asyncio.TimeoutError:
-                    backoff = min(backoff * 2, 0.5)
+                    backoff = min(backoff * 2, cap)
         finally:
+            self._trusted.discard(execution_id)
             if self._done.pop(execution_id, None) is not None and self._sub is not None:
                 self._sub.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
 

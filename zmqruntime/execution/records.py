@@ -168,8 +168,14 @@ class RecordStore:
         excess = len(self.records) - self.max_records
         if excess <= 0:
             return
-        for rec in [r for r in self.records.values() if r.final][:excess]:
-            del self.records[rec.execution_id]
+        doomed = []
+        for rec in self.records.values():  # oldest first; stop as soon as enough are found
+            if rec.final:
+                doomed.append(rec.execution_id)
+                if len(doomed) == excess:
+                    break
+        for exec_id in doomed:
+            del self.records[exec_id]
 
     def enforce(self, now: Optional[float] = None) -> list[str]:
         """Evict results past the limits; return the ids evicted."""

@@ -143,7 +143,8 @@ class ExecutionServer(ZMQServer):
         if rec is None or rec.final:
             return
         rec.queue_event(frames[2], frames[3])  # topic, signature, header, content
-        send_frames(self.pub, frames)
+        if self.wants(frames[0]):
+            send_frames(self.pub, frames)
 
     def worker_finished(self, msg: dict[str, Any], buffers: list[Any]) -> None:
         rec = self.records.get(msg["execution_id"])
@@ -284,7 +285,10 @@ class ExecutionServer(ZMQServer):
         self.records.add(rec)
         self.queue.append(exec_id)
         self.call_soon(lambda: self._submitted(rec))  # reply first, dispatch right after
-        return {"execution_id": exec_id, "status": rec.status}, [], None
+        # Whether the '<id>.done' event will reach a subscriber: the client that
+        # subscribed before submitting can then wait on the event alone.
+        done_subscribed = self.wants(event_topic(exec_id, "done"))
+        return {"execution_id": exec_id, "status": rec.status, "done_subscribed": done_subscribed}, [], None
 
     def _submitted(self, rec: ExecutionRecord) -> None:
         if rec.status == "queued" and rec.seq == 0:
