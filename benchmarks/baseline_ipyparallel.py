@@ -1,12 +1,14 @@
-"""Baseline: ipyparallel with one local engine -- latency and pipelined throughput.
+"""Baseline: ipyparallel with two local engines -- latency and pipelined throughput.
 
 Why: ipyparallel is the established "run Python remotely over ZeroMQ" tool, so
 it is the bar for zmqruntime's no-op execute latency and throughput (target:
 >= 5x better).  Same machine, same run, same no-op.
 
-Measured:
+Measured on a load-balanced view of a 2-engine cluster (as zmqruntime runs
+with two workers in its throughput rows):
   * ``view.apply_sync(noop)`` one at a time -> median latency.
   * 500 ``view.apply_async(noop)`` then wait for all results -> tasks/s.
+  * ``view.map_async(noop, range(500))`` then wait -> tasks/s (its batch API).
 
 The cluster lives under a throw-away IPYTHONDIR (nothing written to ~/.ipython),
 startup is bounded, and the cluster is stopped in ``finally``.  If it cannot
@@ -24,7 +26,10 @@ from benchmarks import common
 STARTUP_TIMEOUT = 60
 
 
-def noop():
+ENGINES = 2
+
+
+def noop(_=None):
     return None
 
 
@@ -33,15 +38,18 @@ def measure() -> dict:
     os.environ["IPYTHONDIR"] = ipython_dir  # before ipyparallel reads it
     cluster = client = None
     try:
-        import ipyparallel as ipp
+        try:
+            import ipyparallel as ipp
+        except ImportError as exc:
+            return common.not_installed("ipyparallel", exc)
 
-        cluster = ipp.Cluster(n=1, controller_ip=common.LOOPBACK, log_level=40)
+        cluster = ipp.Cluster(n=ENGINES, controller_ip=common.LOOPBACK, log_level=40)
         common.call_with_timeout(cluster.start_cluster_sync, STARTUP_TIMEOUT,
                                  "ipyparallel cluster start")
         client = common.call_with_timeout(cluster.connect_client_sync, STARTUP_TIMEOUT,
                                           "ipyparallel client connect")
-        client.wait_for_engines(1, timeout=STARTUP_TIMEOUT)
-        view = client[0]
+        client.wait_for_engines(ENGINES, timeout=STARTUP_TIMEOUT)
+        view = client.load_balanced_view()
 
         latency = common.summarize(
             common.time_each(lambda: view.apply_sync(noop), n=common.scaled(300), warmup=30),
@@ -52,8 +60,11 @@ def measure() -> dict:
             for ar in results:
                 ar.get(timeout=60)
 
-        pipelined = common.throughput(batch, common.scaled(500), reps=3)
-        return {"version": ipp.__version__, "latency": latency, "pipelined": pipelined}
+        pipelined = common.throughput(batch, common.batch_size(), reps=3)
+        mapped = common.throughput(lambda n: view.map_async(noop, range(n)).get(timeout=60),
+                                   common.batch_size(), reps=3)
+        return {"version": ipp.__version__, "engines": ENGINES, "latency": latency,
+                "pipelined": pipelined, "map": mapped}
     finally:
         if client is not None:
             client.close()

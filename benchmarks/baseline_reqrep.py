@@ -1,12 +1,15 @@
-"""Baseline: raw pyzmq REQ/REP round trip of a small message.
+"""Baseline: raw pyzmq round trips of a small message -- REQ/REP and DEALER/ROUTER.
 
 Why: this is the floor for any request/reply over ZeroMQ on this machine in this
 run.  zmqruntime's ``ping`` (signed, framed, dispatched) is judged as a ratio to
-it (target <= 2x), so both must be measured side by side, not against a number
-from another day.
+REQ/REP (target <= 2x), so both must be measured side by side, not against a
+number from another day.  DEALER/ROUTER is the socket pair zmqruntime really
+uses (an identity frame on the server side, no lock-step envelope), shown beside
+it so the cost of the pattern itself is visible.
 
-The echo server is a separate process (as zmqruntime's server is), bound to a
-random free loopback port that it reports back on stdout.
+Each echo server is a separate process (as zmqruntime's server is), bound to a
+random free loopback port that it reports back on stdout.  The two patterns are
+measured in alternating blocks, so drift on a noisy machine hits both alike.
 """
 
 from __future__ import annotations
@@ -18,55 +21,83 @@ import zmq
 from benchmarks import common
 
 PAYLOAD = b'{"type": "ping", "id": "0123456789abcdef"}'  # ~ a small control message
+BLOCKS = 5
 
 
-def serve() -> None:
-    """Echo server (child process): REP socket, reply with what arrives."""
+def serve(kind: str) -> None:
+    """Echo server (child process): REP, or ROUTER echoing [identity, payload]."""
     ctx = zmq.Context()
-    rep = ctx.socket(zmq.REP)
-    rep.linger = 0
-    port = rep.bind_to_random_port(f"tcp://{common.LOOPBACK}")
+    sock = ctx.socket(zmq.REP if kind == "reqrep" else zmq.ROUTER)
+    sock.linger = 0
+    port = sock.bind_to_random_port(f"tcp://{common.LOOPBACK}")
     print(f"READY {port}", flush=True)
     try:
         while True:
-            msg = rep.recv()
-            if msg == b"STOP":
-                rep.send(b"bye")
+            frames = sock.recv_multipart()
+            sock.send_multipart(frames)
+            if frames[-1] == b"STOP":
                 return
-            rep.send(msg)
     finally:
-        rep.close()
+        sock.close()
         ctx.term()
+
+
+class EchoPeer:
+    """Client side of one echo server: one round trip per call."""
+
+    def __init__(self, ctx: zmq.Context, kind: str) -> None:
+        self.kind = kind
+        self.proc = common.spawn_python(["-m", "benchmarks.baseline_reqrep", "--serve", kind])
+        self.sock = ctx.socket(zmq.REQ if kind == "reqrep" else zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.rcvtimeo = self.sock.sndtimeo = 5000  # bounded: a dead server raises zmq.Again
+        try:
+            port = int(common.read_line(self.proc, 15, "READY "))
+        except BaseException:
+            self.sock.close()
+            common.reap(self.proc)
+            raise
+        self.sock.connect(f"tcp://{common.LOOPBACK}:{port}")
+
+    def round_trip(self) -> None:
+        self.sock.send(PAYLOAD)
+        self.sock.recv()
+
+    def close(self) -> None:
+        try:
+            self.sock.send(b"STOP")
+            self.sock.recv()
+        except zmq.ZMQError:
+            pass
+        self.sock.close()
+        common.reap(self.proc)
 
 
 def measure() -> dict:
-    proc = common.spawn_python(["-m", "benchmarks.baseline_reqrep", "--serve"])
     ctx = zmq.Context()
-    req = ctx.socket(zmq.REQ)
-    req.linger = 0
-    req.rcvtimeo = req.sndtimeo = 5000  # bounded: a dead server raises zmq.Again
+    peers: list[EchoPeer] = []
     try:
-        port = int(common.read_line(proc, 15, "READY "))
-        req.connect(f"tcp://{common.LOOPBACK}:{port}")
-
-        def round_trip() -> None:
-            req.send(PAYLOAD)
-            req.recv()
-
-        samples = common.time_each(round_trip, n=common.scaled(5000), warmup=500)
-        result = common.summarize(samples, "us", 1e6)
+        peers = [EchoPeer(ctx, "reqrep"), EchoPeer(ctx, "routerdealer")]
+        samples: dict[str, list[float]] = {p.kind: [] for p in peers}
+        per_block = max(1, common.scaled(5000, minimum=50) // BLOCKS)
+        for peer in peers:  # warm both up before any timing
+            common.time_each(peer.round_trip, n=0, warmup=200)
+        for block in range(BLOCKS):
+            order = peers if block % 2 == 0 else peers[::-1]
+            for peer in order:
+                samples[peer.kind] += common.time_each(peer.round_trip, n=per_block, warmup=10)
+        result = common.summarize(samples["reqrep"], "us", 1e6)  # the judged baseline
         result["payload_bytes"] = len(PAYLOAD)
-        req.send(b"STOP")
-        req.recv()
+        result["router_dealer"] = common.summarize(samples["routerdealer"], "us", 1e6)
         return result
     finally:
-        req.close()
+        for peer in peers:
+            peer.close()
         ctx.term()
-        common.reap(proc)
 
 
 if __name__ == "__main__":
     if "--serve" in sys.argv:
-        serve()
+        serve(sys.argv[sys.argv.index("--serve") + 1])
     else:
         common.child_main(measure)

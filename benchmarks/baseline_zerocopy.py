@@ -23,7 +23,7 @@ import zmq
 
 from benchmarks import common
 
-NBYTES = 256 * 2**20
+NBYTES = common.sized(256 * 2**20, 8 * 2**20)
 FILL = 1.5
 
 

@@ -32,14 +32,34 @@ LOOPBACK = "127.0.0.1"
 RESULT_MARKER = "@@BENCH-RESULT@@"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 QUICK = os.environ.get("BENCHMARKS_QUICK") == "1"
+SMOKE = os.environ.get("BENCHMARKS_SMOKE") == "1"
+# run.py splits each benchmark's samples over this many interleaved rounds.
+ROUNDS = max(1, int(os.environ.get("BENCHMARKS_ROUNDS", "1") or 1))
 
 
 # --------------------------------------------------------------------- sizes
 
 
 def scaled(n: int, minimum: int = 1) -> int:
-    """Sample count, cut to a fifth with --quick (for smoke runs only)."""
-    return max(minimum, n // 5) if QUICK else n
+    """Sample count for one round: ``n`` over all rounds, a fifth with --quick.
+
+    --smoke (the test suite's run) takes ``minimum``: it checks that every
+    benchmark still runs end to end, and its figures mean nothing.
+    """
+    if SMOKE:
+        return minimum
+    n = n // 5 if QUICK else n
+    return max(minimum, n // ROUNDS)
+
+
+def batch_size(full: int = 500) -> int:
+    """Tasks per throughput batch: the same in every round (fill level matters)."""
+    return sized(full // 5 if QUICK else full, 20)
+
+
+def sized(full: int, smoke: int) -> int:
+    """A problem size (bytes, iterations): the real one, or a tiny one under --smoke."""
+    return smoke if SMOKE else full
 
 
 # --------------------------------------------------------------- statistics
@@ -79,7 +99,7 @@ def time_each(fn: Callable[[], object], n: int, warmup: int) -> list[float]:
 def throughput(batch: Callable[[int], object], n_tasks: int, reps: int,
                warmup_tasks: int = 50) -> dict:
     """Median tasks/s of ``batch(n_tasks)`` (submit all, then wait all)."""
-    batch(warmup_tasks)
+    batch(min(warmup_tasks, n_tasks))
     rates = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -266,6 +286,12 @@ def peak_rss_bytes() -> int:
 def error_entry(exc: BaseException, prefix: str = "error") -> dict:
     return {"error": f"{prefix}: {type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(limit=8)}
+
+
+def not_installed(what: str, exc: BaseException) -> dict:
+    """The entry of an optional peer that is not installed: said plainly, not a crash."""
+    return {"error": f"not installed: {what} ({exc}); pip install -e '.[bench]' adds it",
+            "unavailable": True}
 
 
 def guarded(fn: Callable[..., dict], *args, **kwargs) -> dict:

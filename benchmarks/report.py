@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,9 +33,7 @@ class Row:
     numbers: dict = field(default_factory=dict)
 
 
-def get(results: dict, *path):
-    """``results[a][b][c]`` or None if any step is missing or is an error entry."""
-    node = results
+def _walk(node, path):
     for key in path:
         if not isinstance(node, dict) or "error" in node or key not in node:
             return None
@@ -42,15 +41,41 @@ def get(results: dict, *path):
     return node
 
 
-def error_of(results: dict, *path) -> str:
-    """The first error message found along ``path`` (for the ``note`` column)."""
-    node = results
-    for key in [*path, None]:
-        if not isinstance(node, dict):
-            return ""
-        if "error" in node:
-            return str(node["error"]).splitlines()[0][:160]
-        node = node.get(key) if key is not None else None
+def values(results: dict, key: str, *path) -> list:
+    """The value at ``path`` in every round of benchmark ``key`` (missing ones left out)."""
+    rounds = results.get(key)
+    rounds = rounds if isinstance(rounds, list) else [rounds]
+    found = [_walk(rnd, path) for rnd in rounds]
+    return [v for v in found if v is not None]
+
+
+def get(results: dict, key: str, *path):
+    """The figure at ``results[key][round][path...]``: the median over rounds, or None."""
+    found = values(results, key, *path)
+    numbers = [v for v in found if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers:
+        return statistics.median(numbers)
+    return found[0] if found else None
+
+
+def span(results: dict, spec: str, key: str, *path) -> str:
+    """`` [min-max]`` of a figure over the rounds, or "" with fewer than two rounds."""
+    numbers = [v for v in values(results, key, *path) if isinstance(v, (int, float))]
+    if len(numbers) < 2:
+        return ""
+    return f" [{min(numbers):{spec}}-{max(numbers):{spec}}]"
+
+
+def error_of(results: dict, key: str, *path) -> str:
+    """The first error message found along ``path`` in any round (for the ``note`` column)."""
+    rounds = results.get(key)
+    for node in (rounds if isinstance(rounds, list) else [rounds]):
+        for step in [*path, None]:
+            if not isinstance(node, dict):
+                break
+            if "error" in node:
+                return str(node["error"]).splitlines()[0][:160]
+            node = node.get(step) if step is not None else None
     return ""
 
 
@@ -66,12 +91,16 @@ def verdict(*checks) -> str:
 
 def ping_row(r: dict) -> Row:
     zr, raw = get(r, "zr_roundtrip", "ping", "median_us"), get(r, "raw_reqrep", "median_us")
+    rd = get(r, "raw_reqrep", "router_dealer", "median_us")
     ratio = zr / raw if zr and raw else None
-    return Row("ping round trip (median)", fmt(zr, ".0f", " us"), fmt(raw, ".0f", " us raw REQ/REP"),
-               fmt(ratio, ".2f", "x raw"), "<= 2x raw",
+    return Row("ping round trip (median)",
+               fmt(zr, ".0f", " us") + span(r, ".0f", "zr_roundtrip", "ping", "median_us"),
+               f"REQ/REP {fmt(raw, '.0f', ' us')}{span(r, '.0f', 'raw_reqrep', 'median_us')}; "
+               f"DEALER/ROUTER {fmt(rd, '.0f', ' us')}",
+               fmt(ratio, ".2f", "x REQ/REP"), "<= 2x raw",
                verdict(ratio <= 2 if ratio else None),
                error_of(r, "zr_roundtrip", "ping") or error_of(r, "raw_reqrep"),
-               {"zr_us": zr, "raw_us": raw, "ratio": ratio})
+               {"zr_us": zr, "raw_us": raw, "raw_router_dealer_us": rd, "ratio": ratio})
 
 
 def noop_latency_row(r: dict) -> Row:
@@ -80,26 +109,37 @@ def noop_latency_row(r: dict) -> Row:
     s_ipp = ipp / zr if zr and ipp else None
     s_dsk = dsk / zr if zr and dsk else None
     checks = [zr <= 1.0 if zr else None] + [s >= 5 for s in (s_ipp, s_dsk) if s is not None]
-    return Row("no-op execute->result (median)", fmt(zr, ".3f", " ms"),
-               f"ipp {fmt(ipp, '.2f', ' ms')}, dask {fmt(dsk, '.2f', ' ms')}",
+    return Row("no-op execute->result (median)",
+               fmt(zr, ".3f", " ms") + span(r, ".2f", "zr_roundtrip", "noop_latency", "median_ms"),
+               f"ipp {fmt(ipp, '.2f', ' ms')}{span(r, '.1f', 'ipyparallel', 'latency', 'median_ms')}, "
+               f"dask {fmt(dsk, '.2f', ' ms')}{span(r, '.1f', 'dask', 'latency', 'median_ms')}",
                f"{fmt(s_ipp, '.1f', 'x')} / {fmt(s_dsk, '.1f', 'x')} faster",
                "<= 1 ms; >= 5x faster", verdict(*checks),
-               error_of(r, "zr_roundtrip", "noop_latency"),
+               error_of(r, "zr_roundtrip", "noop_latency") or peer_note(r),
                {"zr_ms": zr, "ipyparallel_ms": ipp, "dask_ms": dsk,
                 "speedup_vs_ipyparallel": s_ipp, "speedup_vs_dask": s_dsk})
 
 
-def _throughput_row(r: dict, key: str, what: str, judged: bool) -> Row:
-    """A zmqruntime tasks/s figure beside the ipyparallel and dask pipelined ones."""
+def peer_note(r: dict) -> str:
+    """Say plainly which optional peers are missing (their rows then judge zmqruntime alone)."""
+    missing = [k for k in ("ipyparallel", "dask") if any(
+        isinstance(e, dict) and e.get("unavailable") for e in (r.get(k) or []))]
+    return f"not installed: {', '.join(missing)}" if missing else ""
+
+
+def _throughput_row(r: dict, key: str, what: str, judged: bool, peer_key: str = "pipelined") -> Row:
+    """A zmqruntime tasks/s figure beside the ipyparallel and dask ones (``peer_key``: pipelined or map)."""
     zr = get(r, "zr_roundtrip", key, "tasks_per_s")
-    ipp, dsk = get(r, "ipyparallel", "pipelined", "tasks_per_s"), get(r, "dask", "pipelined", "tasks_per_s")
+    ipp, dsk = get(r, "ipyparallel", peer_key, "tasks_per_s"), get(r, "dask", peer_key, "tasks_per_s")
     x_ipp = zr / ipp if zr and ipp else None
     x_dsk = zr / dsk if zr and dsk else None
     checks = [x >= 5 for x in (x_ipp, x_dsk) if x is not None] if zr else []
     result = verdict(*(checks or [None])) if judged else "n/a"  # no baseline measured: no verdict
-    return Row(what, fmt(zr, ".0f", " tasks/s"), f"ipp {fmt(ipp, '.0f')}, dask {fmt(dsk, '.0f')} tasks/s",
+    return Row(what, fmt(zr, ".0f", " tasks/s") + span(r, ".0f", "zr_roundtrip", key, "tasks_per_s"),
+               f"ipp {fmt(ipp, '.0f')}{span(r, '.0f', 'ipyparallel', peer_key, 'tasks_per_s')}, "
+               f"dask {fmt(dsk, '.0f')}{span(r, '.0f', 'dask', peer_key, 'tasks_per_s')} tasks/s",
                f"{fmt(x_ipp, '.1f', 'x')} / {fmt(x_dsk, '.1f', 'x')}", ">= 5x both" if judged else "(for reference)",
-               result, error_of(r, "zr_roundtrip", key),
+               result, error_of(r, "zr_roundtrip", key) or peer_note(r),
                {"zr_tasks_per_s": zr, "ipyparallel_tasks_per_s": ipp, "dask_tasks_per_s": dsk,
                 "ratio_vs_ipyparallel": x_ipp, "ratio_vs_dask": x_dsk})
 
@@ -110,6 +150,11 @@ def pipelined_row(r: dict) -> Row:
 
 def sync_batch_row(r: dict) -> Row:
     return _throughput_row(r, "sync_batch", "no-op batch, blocking client", judged=False)
+
+
+def map_row(r: dict) -> Row:
+    """The peers' batch APIs (ipyparallel map_async, dask map) against the same zmqruntime pipelined run."""
+    return _throughput_row(r, "pipelined", "no-op pipelined vs peers' map", judged=True, peer_key="map")
 
 
 def progress_rate_row(r: dict) -> Row:
@@ -142,7 +187,8 @@ def big_result_rows(r: dict) -> list[Row]:
     raw_rss = get(r, "raw_zerocopy", "peak_rss_increase_ratio")
     note = error_of(r, "zr_bigresult", "big_result") or error_of(r, "raw_zerocopy")
     return [
-        Row("256 MiB result bandwidth", fmt(zr_bw, ".2f", " GB/s"), fmt(raw_bw, ".2f", " GB/s raw zero-copy"),
+        Row("256 MiB result bandwidth", fmt(zr_bw, ".2f", " GB/s") + span(r, ".2f", "zr_bigresult", "big_result", "gb_per_s"),
+            fmt(raw_bw, ".2f", " GB/s raw zero-copy") + span(r, ".2f", "raw_zerocopy", "gb_per_s"),
             fmt(frac and frac * 100, ".0f", "% of raw"), ">= 60% of raw",
             verdict(frac >= 0.6 if frac else None), note,
             {"zr_gb_per_s": zr_bw, "raw_gb_per_s": raw_bw, "fraction_of_raw": frac}),
@@ -153,11 +199,14 @@ def big_result_rows(r: dict) -> list[Row]:
     ]
 
 
-def cancel_row(r: dict) -> Row:
-    ms = get(r, "zr_cancel", "cancel", "median_ms")
-    return Row("cancel running Python loop", fmt(ms, ".1f", " ms"), "-", "-", "<= 200 ms",
-               verdict(ms <= 200 if ms is not None else None), error_of(r, "zr_cancel", "cancel"),
-               {"median_ms": ms})
+def cancel_rows(r: dict) -> list[Row]:
+    rows = []
+    for key, what in (("cancel", "cancel running Python loop"), ("cancel_blocked", "cancel task blocked in C (sleep)")):
+        ms = get(r, "zr_cancel", key, "median_ms")
+        rows.append(Row(what, fmt(ms, ".1f", " ms"), "-", "-", "<= 200 ms",
+                        verdict(ms <= 200 if ms is not None else None), error_of(r, "zr_cancel", key),
+                        {"median_ms": ms, "max_ms": get(r, "zr_cancel", key, "p90_ms")}))
+    return rows
 
 
 def cold_start_row(r: dict) -> Row:
@@ -207,9 +256,9 @@ def kernel_widget_row(r: dict) -> Row:
 
 
 def comparisons(results: dict) -> list[Row]:
-    return [ping_row(results), noop_latency_row(results), pipelined_row(results), sync_batch_row(results),
+    return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
-            *big_result_rows(results), cancel_row(results), cold_start_row(results),
+            *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results)]
 
 
@@ -224,11 +273,15 @@ def baseline_lines(r: dict) -> list[str]:
         line("raw zero-copy 256 MiB", f"{fmt(get(r, 'raw_zerocopy', 'gb_per_s'), '.2f', ' GB/s')}, "
              f"receiver peak RSS +{fmt(get(r, 'raw_zerocopy', 'peak_rss_increase_ratio'), '.2f', 'x')} array",
              "raw_zerocopy"),
-        line("ipyparallel (1 engine)", f"apply_sync {fmt(get(r, 'ipyparallel', 'latency', 'median_ms'), '.2f', ' ms')}, "
-             f"pipelined {fmt(get(r, 'ipyparallel', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}",
+        line("raw pyzmq DEALER/ROUTER", f"{fmt(get(r, 'raw_reqrep', 'router_dealer', 'median_us'), '.0f', ' us')} median",
+             "raw_reqrep", "router_dealer"),
+        line("ipyparallel (2 engines)", f"apply_sync {fmt(get(r, 'ipyparallel', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"apply_async {fmt(get(r, 'ipyparallel', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"map_async {fmt(get(r, 'ipyparallel', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}",
              "ipyparallel"),
-        line("dask.distributed (1 worker)", f"submit().result() {fmt(get(r, 'dask', 'latency', 'median_ms'), '.2f', ' ms')}, "
-             f"pipelined {fmt(get(r, 'dask', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}",
+        line("dask.distributed (2 workers)", f"submit().result() {fmt(get(r, 'dask', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"submit+gather {fmt(get(r, 'dask', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"map+gather {fmt(get(r, 'dask', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}",
              "dask"),
     ]
 

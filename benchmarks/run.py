@@ -2,16 +2,25 @@
 
 Usage (from the repo root):
 
-    python -m benchmarks.run                     # everything, ~3-5 minutes
-    python -m benchmarks.run --only raw_reqrep,zr_roundtrip
-    python -m benchmarks.run --quick             # fewer samples: smoke test only
+    python -m benchmarks                         # everything, 3 interleaved rounds
+    python -m benchmarks --quick                 # a fifth of the samples, 2 rounds
+    python -m benchmarks --only raw_reqrep,zr_roundtrip
+    python -m benchmarks --smoke                 # tiny sizes, 1 round: "does it still run"
 
 Why this shape: each benchmark runs in its own fresh Python process, one after
 another (never in parallel: 2 noisy cores), under a hard timeout that kills
 its whole process group.  So one benchmark hanging, crashing or leaking memory
-cannot spoil the others, and peak-RSS figures are per benchmark.  A total time
-budget keeps the run bounded: a benchmark that would start after the budget is
-spent is recorded as skipped instead.
+cannot spoil the others, and peak-RSS figures are per benchmark.
+
+A/B interleaving: a comparison (zmqruntime and the baselines it is judged
+against) is a *group*.  Each group runs ``--rounds`` times, alternating the
+order (A B, then B A, ...), with the samples split over the rounds; a slow
+minute on the machine then hits both sides of a ratio instead of one.  The
+report takes the median over the rounds and shows their min-max.  Benchmarks
+with no baseline (cancel, cold start, the kernel) run once.
+
+A total time budget keeps the run bounded: a benchmark that would start after
+the budget is spent is recorded as skipped instead.
 """
 
 from __future__ import annotations
@@ -24,61 +33,94 @@ from pathlib import Path
 
 from benchmarks import common, report
 
-# (result key, module in benchmarks/, hard timeout in seconds).  Baselines first.
-BENCHMARKS = [
-    ("raw_reqrep", "baseline_reqrep", 60),
-    ("raw_zerocopy", "baseline_zerocopy", 90),
-    ("ipyparallel", "baseline_ipyparallel", 120),
-    ("dask", "baseline_dask", 120),
-    ("zr_roundtrip", "zr_roundtrip", 90),
-    ("zr_progress", "zr_progress", 120),
-    ("zr_bigresult", "zr_bigresult", 120),
-    ("zr_cancel", "zr_cancel", 90),
-    ("zr_coldstart", "zr_coldstart", 60),
-    ("zr_kernel", "zr_kernel", 180),
+# (result key, module in benchmarks/, hard timeout in seconds per run).
+MODULES = {
+    "raw_reqrep": ("baseline_reqrep", 60),
+    "raw_zerocopy": ("baseline_zerocopy", 90),
+    "ipyparallel": ("baseline_ipyparallel", 150),
+    "dask": ("baseline_dask", 150),
+    "zr_roundtrip": ("zr_roundtrip", 120),
+    "zr_progress": ("zr_progress", 120),
+    "zr_bigresult": ("zr_bigresult", 120),
+    "zr_cancel": ("zr_cancel", 90),
+    "zr_coldstart": ("zr_coldstart", 60),
+    "zr_kernel": ("zr_kernel", 180),
+}
+# Groups run in this order; the bool says whether the group is interleaved over rounds.
+GROUPS = [
+    (("raw_reqrep", "zr_roundtrip", "ipyparallel", "dask"), True),
+    (("raw_zerocopy", "zr_bigresult"), True),
+    (("zr_progress",), False),
+    (("zr_cancel",), False),
+    (("zr_coldstart",), False),
+    (("zr_kernel",), False),
 ]
 MIN_SLOT = 15  # seconds: don't start a benchmark with less budget than this
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", help="comma-separated result keys: " + ", ".join(k for k, _, _ in BENCHMARKS))
-    p.add_argument("--budget", type=float, default=300.0, help="total seconds (default 300)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="comma-separated result keys: " + ", ".join(MODULES))
+    p.add_argument("--rounds", type=int, help="interleaved A/B rounds (default 3; 2 with --quick; 1 with --smoke)")
+    p.add_argument("--budget", type=float, help="total seconds (default 900; 400 with --quick)")
     p.add_argument("--quick", action="store_true", help="a fifth of the samples (not for real figures)")
+    p.add_argument("--smoke", action="store_true", help="smallest sizes, one round: checks it runs, figures meaningless")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.smoke else 2 if args.quick else 3
+    if args.budget is None:
+        args.budget = 400.0 if (args.quick or args.smoke) else 900.0
+    if args.rounds < 1 or args.budget <= 0:
+        p.error("--rounds must be >= 1 and --budget > 0")
+    return args
+
+
+def plan(selected: set | None, rounds: int) -> list[tuple[int, str]]:
+    """The run order: ``(round, key)`` pairs, alternating A/B order per round."""
+    order = []
+    for keys, interleaved in GROUPS:
+        keys = [k for k in keys if not selected or k in selected]
+        for r in range(rounds if interleaved else 1):
+            order += [(r, k) for k in (keys if r % 2 == 0 else keys[::-1])]
+    return order
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    os.environ["BENCHMARKS_ROUNDS"] = str(args.rounds)  # inherited by every benchmark process
     if args.quick:
-        os.environ["BENCHMARKS_QUICK"] = "1"  # inherited by every benchmark process
+        os.environ["BENCHMARKS_QUICK"] = "1"
+    if args.smoke:
+        os.environ["BENCHMARKS_SMOKE"] = "1"
     selected = set(args.only.split(",")) if args.only else None
-    unknown = (selected or set()) - {k for k, _, _ in BENCHMARKS}
+    unknown = (selected or set()) - set(MODULES)
     if unknown:
         print(f"unknown benchmark(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
 
-    results: dict = {}
+    results: dict = {}  # key -> list of round results
     start = time.monotonic()
-    for key, module, cap in BENCHMARKS:
-        if selected and key not in selected:
-            continue
+    for rnd, key in plan(selected, args.rounds):
+        module, cap = MODULES[key]
         left = args.budget - (time.monotonic() - start)
+        label = f"{key} r{rnd + 1}"
         if left < MIN_SLOT:
-            results[key] = {"error": f"skipped: time budget of {args.budget:.0f}s spent"}
-            print(f"[bench] {key:<14} skipped (budget)", flush=True)
+            results.setdefault(key, []).append({"error": f"skipped: time budget of {args.budget:.0f}s spent"})
+            print(f"[bench] {label:<18} skipped (budget)", flush=True)
             continue
-        print(f"[bench] {key:<14} ...", end=" ", flush=True)
+        print(f"[bench] {label:<18} ...", end=" ", flush=True)
         t0 = time.monotonic()
-        results[key] = common.run_benchmark_module(module, timeout=min(cap, left))
-        status = "error" if _has_error(results[key]) else "ok"
+        entry = common.run_benchmark_module(module, timeout=min(cap, left))
+        results.setdefault(key, []).append(entry)
+        status = "unavailable" if entry.get("unavailable") else "error" if _has_error(entry) else "ok"
         print(f"{status} ({time.monotonic() - t0:.1f}s)", flush=True)
 
     rows = report.comparisons(results)
     print(report.render(results, rows))
     report.write_json(args.out, results, rows,
-                      {"quick": args.quick, "total_s": round(time.monotonic() - start, 1)})
+                      {"quick": args.quick, "smoke": args.smoke, "rounds": args.rounds,
+                       "total_s": round(time.monotonic() - start, 1)})
     print(f"\nwrote {args.out} (total {time.monotonic() - start:.0f}s)")
     return 0
 

@@ -1,15 +1,22 @@
-"""zmqruntime: cancel latency of a running pure-Python loop.
+"""zmqruntime: cancel latency of a running task -- a Python loop, and a C call.
 
-Why: "Cancel" must stop a runaway cell promptly and only that cell.  A pure-
-Python busy loop is the common case (no C call to wait out).  One sample:
+Why: "Cancel" must stop a runaway cell promptly and only that cell.  Two cases:
+
+  * ``cancel``: a pure-Python busy loop, the common case (the SIGINT lands
+    between bytecodes, KeyboardInterrupt unwinds at once);
+  * ``cancel_blocked``: a task blocked in C (``time.sleep(30)``): CPython
+    checks signals when the sleep's system call is interrupted, so this shows
+    whether the interrupt really reaches a task that is not running bytecode.
+
+One sample:
 
   1. execute the loop; poll ``get_status`` until it reports ``running``;
   2. clock starts just before ``client.cancel(eid)``;
   3. clock stops when the subscriber callback receives an event for that
      execution whose status is ``cancelled``.
 
-Target: <= 200 ms (median).  The loop gives up by itself after 30 s so a broken
-cancel cannot wedge the server past the benchmark's own timeouts.
+Target: <= 200 ms (median).  Both tasks give up by themselves after 30 s so a
+broken cancel cannot wedge the server past the benchmark's own timeouts.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ _i = 0
 while time.monotonic() < _deadline:
     _i += 1
 """
+BLOCKED_IN_C = "import time\ntime.sleep(30)\n"
 RUNNING_TIMEOUT = 10.0
 CANCELLED_TIMEOUT = 10.0
 
@@ -65,7 +73,7 @@ def wait_running(client, eid) -> None:
         time.sleep(0.002)
 
 
-def measure_cancel(client) -> dict:
+def measure_cancel(client, code: str = BUSY_LOOP) -> dict:
     watcher = CancelWatcher()
     sub = client.subscribe(watcher, execution_id=None)
     latencies, call_times = [], []
@@ -76,7 +84,7 @@ def measure_cancel(client) -> dict:
             raise TimeoutError("subscription delivered no event within "
                                f"{RUNNING_TIMEOUT}s of a completed execution")
         for _ in range(common.scaled(5, minimum=2)):
-            eid = client.execute(BUSY_LOOP)
+            eid = client.execute(code)
             wait_running(client, eid)
             time.sleep(0.05)  # let the loop be well under way, not just starting
             t0 = time.perf_counter()
@@ -92,7 +100,10 @@ def measure_cancel(client) -> dict:
 
 
 def measure() -> dict:
-    return zr_server.measure_all({"cancel": measure_cancel})
+    return zr_server.measure_all({
+        "cancel": measure_cancel,
+        "cancel_blocked": lambda client: measure_cancel(client, BLOCKED_IN_C),
+    })
 
 
 if __name__ == "__main__":

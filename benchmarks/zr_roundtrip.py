@@ -10,7 +10,8 @@ measured in the same run:
                     results (as dask ``gather`` / ipyparallel ``get`` do)
                     vs ipyparallel / dask           (target >= 5x throughput)
 
-All three share one server started in a child process (see zr_server.py).
+All share one server started in a child process (see zr_server.py) with two
+worker processes, as the ipyparallel and dask baselines have two engines/workers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from benchmarks import common, zr_server
 
 NOOP = "None"
+WORKERS = 2
 
 
 def measure_ping(client) -> dict:
@@ -47,7 +49,7 @@ def measure_pipelined(client) -> dict:
         finally:
             aclient.close()
 
-    return common.throughput(lambda n: asyncio.run(batch_async(n)), common.scaled(500), reps=3)
+    return common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(), reps=3)
 
 
 def measure_sequential_batch(client) -> dict:
@@ -59,7 +61,7 @@ def measure_sequential_batch(client) -> dict:
         for eid in ids:
             client.get_results(eid)
 
-    return common.throughput(batch, common.scaled(500), reps=3)
+    return common.throughput(batch, common.batch_size(), reps=3)
 
 
 def measure() -> dict:
@@ -68,7 +70,7 @@ def measure() -> dict:
         "noop_latency": measure_noop_latency,
         "pipelined": measure_pipelined,
         "sync_batch": measure_sequential_batch,
-    })
+    }, server_args=(f"--ExecutionServer.concurrency={WORKERS}",))
 
 
 if __name__ == "__main__":

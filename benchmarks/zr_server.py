@@ -49,14 +49,14 @@ def unavailable_or_error(exc: BaseException) -> dict:
     return common.error_entry(exc)
 
 
-def measure_all(measurements: dict) -> dict:
+def measure_all(measurements: dict, server_args: tuple[str, ...] = ()) -> dict:
     """Run each ``name -> fn(client)`` against one server; one failure stays local."""
     try:
         import_api()
     except NotAvailable as exc:
         return {name: unavailable_or_error(exc) for name in measurements}
     try:
-        with running_server() as (client, _port):
+        with running_server(server_args) as (client, _port):
             return {name: common.guarded(fn, client) for name, fn in measurements.items()}
     except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
         entry = common.error_entry(exc, "server")
@@ -136,8 +136,12 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_server():
-    """Yield ``(client, port)`` for a server started as a child process."""
+def running_server(server_args: tuple[str, ...] = ()):
+    """Yield ``(client, port)`` for a server started as a child process.
+
+    ``server_args`` go to ``zmqruntime serve`` (e.g. a trait such as
+    ``--ExecutionServer.concurrency=2``).
+    """
     ExecutionClient, _ = import_api()
     with private_runtime_dir() as rdir:
         port = common.free_port_pair(CONTROL_OFFSET)
@@ -145,7 +149,7 @@ def running_server():
         proc = client = None
         try:
             proc = common.spawn_python(
-                ["-m", "zmqruntime", "serve", "--port", str(port)],
+                ["-m", "zmqruntime", "serve", "--port", str(port), *server_args],
                 env=common.python_env({"ZMQRUNTIME_RUNTIME_DIR": str(rdir)}),
                 stdout=log, stderr=subprocess.STDOUT)
             try:
