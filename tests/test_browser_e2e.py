@@ -53,7 +53,7 @@ from zmqruntime import progress
 import time
 for step in progress(range(1200), desc="e2e-steps"):   # a minute unless cancelled
     time.sleep(0.05)
-    if step % 10 == 0:
+    if step % 20 == 0:
         print(f"remote step {step}")""",
     'print("local result", 6 * 7)',
     """%%zmqexec --name e2e-after
@@ -285,6 +285,7 @@ def _screenshot(target: Any, name: str) -> Path:
 
 def test_zmqexec_progress_output_and_cancel_in_jupyterlab(page: Any, lab: Lab) -> None:
     nb = Notebook(page)
+    (artifacts_dir() / "failure.png").unlink(missing_ok=True)  # only this run's failure, if any
     try:
         _flow(nb, page)
     except BaseException:
@@ -314,7 +315,7 @@ def _flow(nb: Notebook, page: Any) -> None:
     _screenshot(nb.cells.nth(LONG_JOB), "widget-panel.png")
 
     # 3. Remote output streams into this cell's own output widget.
-    poll(job.output_text, lambda t: "remote step 0" in t and "remote step 10" in t, 60,
+    poll(job.output_text, lambda t: "remote step 0" in t and "remote step 20" in t, 60,
          "remote stdout never appeared in the job's cell")
 
     # 4. The kernel is free: a plain cell runs and shows its result while the job goes on.
