@@ -188,17 +188,25 @@ def _stop_lab(server: Lab) -> None:
 
 
 @pytest.fixture
-def page(lab: Lab, tmp_path: Path) -> Iterator[Any]:
-    """A Chromium page on the test notebook (a fresh, empty profile)."""
-    executable = chromium_path()
+def chromium() -> str:
+    """Checked before JupyterLab starts, so a missing browser fails at once."""
+    path = chromium_path()
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.fail('Python playwright is required: pip install -e ".[test]" (no `playwright install` needed: '
                     "the test uses Debian's chromium)", pytrace=False)
+    return path
+
+
+@pytest.fixture
+def page(chromium: str, lab: Lab, tmp_path: Path) -> Iterator[Any]:
+    """A Chromium page on the test notebook (a fresh, empty profile)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
+            str(tmp_path / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 1000})
         try:
             pg = context.pages[0] if context.pages else context.new_page()
