@@ -29,3 +29,18 @@ def test_readme_quickstart_runs(runtime_dir, port):
     lines = out.stdout.splitlines()
     assert lines[0] in ("queued", "running")
     assert "done crunching" in lines and "{'_': 190}" in lines and lines[-1] == "cancelled"
+
+
+def readme_test_command() -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text.split("## Set-up", 1)[1], re.S)
+    lines = [ln for block in blocks for ln in block.splitlines() if "pytest" in ln and not ln.startswith("#")]
+    assert len(lines) == 1, lines
+    return lines[0].strip()
+
+
+def test_ci_runs_the_readme_test_command():
+    """CI runs exactly what the README tells a user to run (plus the chromium system package)."""
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert readme_test_command() in [ln.strip() for ln in ci]
+    assert any("apt-get install -y chromium" in ln for ln in ci)
