@@ -170,6 +170,8 @@ def test_progress_text_and_panel_render():
     assert progress_text({"done": 50, "total": 100, "rate": 10.0, "elapsed": 5.0}) == \
         "50/100 · 10/s · elapsed 0:05 · ETA 0:05"
     assert progress_text({"done": 7, "total": None, "rate": 0, "elapsed": 1}).startswith("7 done")
+    # a cancelled (final) execution has no ETA, whatever its done/total
+    assert "ETA" not in progress_text({"done": 50, "total": 100, "rate": 10.0, "elapsed": 5.0}, final=True)
     panel = ExecutionPanel("abc", "job")
     panel.render({"status": "running", "progress": {"done": 3, "total": 4, "desc": "d", "rate": 1, "elapsed": 3}},
                  [("stdout", "a"), ("stdout", "b"), ("stderr", "c")], [], False)

@@ -50,6 +50,8 @@ STATUS_FIELDS = ("status", "progress", "reason", "error", "namespace_reset", "ha
                  "result_nbytes", "result_error", "created", "started", "finished", "name", "timeout",
                  "worker_pid", "results_expired")
 
+CANCEL_REQUESTED = "cancel requested…"
+
 
 class DetachedError(ZMQRuntimeError, RuntimeError):
     """The handle lost its connection (extension unloaded, server shut down)."""
@@ -204,7 +206,7 @@ class ExecutionHandle:
         self.cancel_origin = threading.current_thread().name
         reply = self._client().cancel(self.id, reason=reason or "cancelled from the notebook")
         if reply.get("cancelled"):
-            self._note("cancel", "cancel requested…")
+            self._note("cancel", CANCEL_REQUESTED)
         self._from_any_thread()
         return reply
 
@@ -501,6 +503,8 @@ class ExecutionHandle:
             return
         chunks, self._pending_out = self._pending_out, []
         with self._notes_lock:
+            if self.final and self._notes.get("cancel") == CANCEL_REQUESTED:
+                del self._notes["cancel"]  # answered: the final status says what happened
             notes = list(self._notes.values())
         self.panel.render(self._snapshot(), chunks, notes, self.final)
 

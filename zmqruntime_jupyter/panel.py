@@ -76,8 +76,8 @@ def _num(x: Any) -> str:
     return f"{x:g}" if isinstance(x, (int, float)) else str(x)
 
 
-def progress_text(p: Optional[dict[str, Any]]) -> str:
-    """``done/total · rate · elapsed · ETA`` for the info label."""
+def progress_text(p: Optional[dict[str, Any]], final: bool = False) -> str:
+    """``done/total · rate · elapsed · ETA`` for the info label (no ETA once final)."""
     if not p:
         return ""
     done, total = p.get("done") or 0, p.get("total")
@@ -85,7 +85,7 @@ def progress_text(p: Optional[dict[str, Any]]) -> str:
     parts = [f"{_num(done)}/{_num(total)}" if total else f"{_num(done)} done"]
     parts.append(f"{rate:.3g}/s" if rate else "–/s")
     parts.append(f"elapsed {_duration(elapsed)}")
-    if total and rate and done < total:
+    if total and rate and done < total and not final:
         parts.append(f"ETA {_duration((total - done) / rate)}")
     return " · ".join(parts)
 
@@ -167,7 +167,7 @@ class ExecutionPanel:
             if p and p.get("desc"):
                 self.bar.description = str(p["desc"])[:40]
             self.bar.bar_style = bar_style
-        self.info.value = html.escape(progress_text(p))
+        self.info.value = html.escape(progress_text(p, final))
         if info.get("namespace_reset"):
             notes = notes + ["the remote worker was restarted: variables from earlier cells are gone"]
         self.status_label.value = self._status_html(status, self._detail(info), notes)
