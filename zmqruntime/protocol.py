@@ -172,6 +172,7 @@ class Message:
     buffers: list[Any] = field(default_factory=list)
     prefix: list[bytes] = field(default_factory=list)
     topic: bytes = b""
+    signature: bytes = b""  # the verified hex HMAC (replay checks key on it)
 
     @property
     def msg_type(self) -> str:
@@ -319,4 +320,4 @@ class Session:
                 "unsupported_version",
                 f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})", msg_id,
             )
-        return Message(header, content, buffers, prefix, topic)
+        return Message(header, content, buffers, prefix, topic, sig)
