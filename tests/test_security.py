@@ -200,7 +200,7 @@ def test_skew_check_can_be_turned_off_and_replays_still_fail(start_server, ctx):
     assert raw.reply().content["error"]["code"] == "replayed_message"
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(skew=st.floats(-119.9, 119.9), sent=st.floats(0, 1000), traffic=st.integers(0, 50),
        later=st.lists(st.floats(0, 2000), min_size=1, max_size=5))
 def test_replay_guard_never_accepts_a_replay(skew, sent, traffic, later):

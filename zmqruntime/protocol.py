@@ -301,13 +301,13 @@ class Session:
         # From here on the message is authentic: errors are worth a reply.
         try:
             header = json.loads(header_b)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
             raise ProtocolError("bad_message", f"header is not JSON: {exc}") from None
         msg_id = header.get("msg_id") if isinstance(header, dict) else None
         msg_id = msg_id if isinstance(msg_id, str) else None  # lets the error reply name its request
         try:
             content = json.loads(content_b)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError("bad_message", f"content is not JSON: {exc}", msg_id) from None
         if not isinstance(header, dict) or not isinstance(content, dict):
             raise ProtocolError("bad_message", "header and content must be JSON objects", msg_id)
