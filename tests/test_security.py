@@ -13,9 +13,9 @@ under test matter.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
-import os
 import socket
 import stat
 import subprocess
@@ -30,7 +30,7 @@ import pytest
 import zmq
 from hypothesis import given, settings, strategies as st
 
-from zmqruntime import ExecutionClient, ServerUnavailable
+from zmqruntime import ExecutionClient
 from zmqruntime.protocol import MARKER, Session, make_header
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
@@ -423,3 +423,60 @@ def test_connection_file_is_private_and_never_seen_half_written(tmp_path):
 
 _INFO = ConnectionInfo(transport="tcp", ip="127.0.0.1", data_port=1, control_port=1001, data_url="tcp://127.0.0.1:1",
                        control_url="tcp://127.0.0.1:1001", key="0" * 64)
+
+
+def test_the_jupyter_stream_shows_no_forged_or_replayed_event(server, ctx, tmp_path):
+    """The kernel-side path: EventStream on a tornado loop, routed to an ExecutionHandle."""
+    from tornado.ioloop import IOLoop
+
+    from zmqruntime_jupyter.connection import Connection
+    from zmqruntime_jupyter.handle import ExecutionHandle
+
+    tap = ctx.socket(zmq.SUB)
+    tap.setsockopt(zmq.SUBSCRIBE, b"")
+    tap.connect(server.client.info.data_url)
+    time.sleep(0.3)
+    exec_id = server.client.execute("import time\nprint('real')\ntime.sleep(3)\n'x'")
+    captured: list[list[bytes]] = []
+    while not any(f[0].endswith(b".stream") for f in captured):  # queued, running, the 'real' line
+        assert tap.poll(10_000), "the execution's first events never came"
+        captured.append(tap.recv_multipart())
+    tap.close(0)
+
+    rogue = RoguePublisher(ctx)
+    path = victim_connection_file(server, tmp_path, rogue.url)
+    loop = IOLoop()
+    conn = Connection(path, ExecutionClient(connection_file=path), loop)
+    handle = ExecutionHandle(exec_id, conn)
+    try:
+        conn.follow(handle)  # subscribes, then takes the baseline from the real server
+        assert handle.output == "real\n" and handle.status_cached == "running"
+        topic = f"{exec_id}.stream".encode()
+        forged = [
+            Session("2" * 64).serialize("stream", {"execution_id": exec_id, "seq": handle.seq + 1,
+                                                   "name": "stdout", "text": "FORGED\n"}, topic=topic),
+            Session("2" * 64).serialize("done", {"execution_id": exec_id, "seq": handle.seq + 2, "status": "failed",
+                                                 "reason": "FORGED"}, topic=f"{exec_id}.done".encode()),
+            *forgeries(captured),
+        ]
+        sent = forged + captured + captured[::-1]  # forgeries, then genuine events replayed twice
+
+        async def attack() -> None:
+            deadline = time.monotonic() + 10
+            while not rogue.sock.poll(0):  # the stream's subscription reaches the rogue XPUB
+                assert time.monotonic() < deadline, "the stream never subscribed"
+                await asyncio.sleep(0.01)
+            for frames in sent:
+                rogue.publish(frames)
+            while conn.stream.received < len(sent):
+                assert time.monotonic() < deadline, (conn.stream.received, len(sent))
+                await asyncio.sleep(0.01)
+
+        loop.run_sync(attack, timeout=20)
+        assert conn.stream.dropped == len(forged)  # failed verification
+        assert conn.stream.applied == 2 * len(captured)  # authentic, handed on ... and ignored by seq
+        assert "FORGED" not in handle.output and handle.output == "real\n"
+        assert handle.status_cached in ("running", "complete") and handle.state.get("reason") != "FORGED"
+    finally:
+        conn.close("test over")
+        loop.close(all_fds=False)
