@@ -146,3 +146,38 @@ def test_bytes_on_the_wire_are_encrypted_only_with_curve(start_server, curve):
         assert SECRET.encode() not in wire and b"execute" not in wire and b"<ZMQR>" not in wire
     else:
         assert SECRET.encode() in wire and b"<ZMQR>" in wire  # the check above can fail
+
+
+def test_the_jupyter_event_stream_speaks_curve(start_server):
+    """The kernel-side SUB socket follows the connection file too."""
+    import asyncio
+
+    from tornado.ioloop import IOLoop
+
+    from zmqruntime.protocol import new_execution_id
+    from zmqruntime_jupyter.stream import EventStream
+
+    server = start_server("--curve")
+    events = []
+    loop = IOLoop()
+    stream = EventStream(server.client.info, server.client.session, loop, events.append)
+    exec_id = new_execution_id()
+    stream.subscribe(exec_id)
+
+    async def run() -> None:
+        await asyncio.sleep(0.3)  # let the subscription reach the server
+        reply = server.client._client.call("execute", {"task": {"kind": "python", "code": "print('via curve')"},
+                                                       "execution_id": exec_id})
+        assert reply["execution_id"] == exec_id
+        deadline = time.monotonic() + 20
+        while not any(e.type == "done" for e in events):
+            assert time.monotonic() < deadline, [e.type for e in events]
+            await asyncio.sleep(0.02)
+
+    try:
+        loop.run_sync(run, timeout=30)
+    finally:
+        stream.close()
+        loop.close(all_fds=False)
+    assert any(e.type == "stream" and e["text"] == "via curve\n" for e in events)
+    assert stream.dropped == 0

@@ -138,6 +138,7 @@ class ZMQServer(Configurable):
     def bind(self) -> ConnectionInfo:
         """Bind both channels and write the connection file."""
         self._check_public_bind()
+        curve_public, curve_secret = _curve.server_keypair() if self.curve else ("", "")  # fails before any socket
         if not 1 <= self.control_port <= 65535:
             raise ServerStartError(f"control port {self.control_port} (port + offset) is out of range")
         data_url, control_url = make_urls(self.transport, self.ip, self.port, self.control_port, self.name or None)
@@ -149,9 +150,7 @@ class ZMQServer(Configurable):
         self.control.setsockopt(zmq.LINGER, 1000)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes * 2, 1 << 20))
-        curve_public = ""
         if self.curve:
-            curve_public, curve_secret = _curve.server_keypair()
             for sock in (self.pub, self.control):
                 _curve.secure_server_socket(sock, curve_secret)
         for sock, url, what in ((self.pub, data_url, "data"), (self.control, control_url, "control")):
@@ -188,8 +187,6 @@ class ZMQServer(Configurable):
                 f"a public server needs a key of at least {MIN_PUBLIC_KEY_CHARS} characters "
                 "(leave the key unset to get a random 256-bit one)"
             )
-        if self.curve and not _curve.available():
-            _curve.server_keypair()  # raises the clear error
         if not self.curve:
             log.warning("binding %s without --curve: traffic is signed but NOT encrypted; "
                         "prefer an SSH tunnel or --curve", self.ip)
