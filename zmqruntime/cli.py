@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-port-offset", type=int, default=DEFAULT_CONTROL_OFFSET)
     p.add_argument("--ip", default=DEFAULT_IP, help="interface to bind (default 127.0.0.1)")
     p.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --ip")
+    p.add_argument("--curve", action="store_true",
+                   help="encrypt both channels with CurveZMQ (clients pick the key up from the connection file)")
     p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
     p.add_argument("--name", default="", help="IPC server name (default: the port)")
     p.add_argument("--concurrency", type=int, default=1, help="executions run at once (default 1)")
@@ -182,7 +184,7 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         config=config,
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
-        parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind,
+        parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind, curve=args.curve,
     )
     if args.server_class:
         kwargs["worker_server_class"] = args.server_class

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import zmq
 import zmq.asyncio
 
+from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
 from .protocol import Message, ProtocolError, Session, send_frames
 from .transport import ConnectionInfo
@@ -81,6 +82,7 @@ class ZMQClient(_BaseClient):
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            secure_client_socket(sock, self.info)
             sock.connect(self.info.control_url)
             self._local.sock = sock
             self._local.poller = zmq.Poller()
@@ -148,6 +150,7 @@ class AsyncZMQClient(_BaseClient):
         if self._sock is None:
             self._sock = self.context.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
+            secure_client_socket(self._sock, self.info)
             self._sock.connect(self.info.control_url)
             self._reader = asyncio.ensure_future(self._read_replies(self._sock))
         return self._sock

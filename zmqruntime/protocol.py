@@ -172,6 +172,7 @@ class Message:
     buffers: list[Any] = field(default_factory=list)
     prefix: list[bytes] = field(default_factory=list)
     topic: bytes = b""
+    signature: bytes = b""  # the verified hex HMAC (replay checks key on it)
 
     @property
     def msg_type(self) -> str:
@@ -300,13 +301,13 @@ class Session:
         # From here on the message is authentic: errors are worth a reply.
         try:
             header = json.loads(header_b)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
             raise ProtocolError("bad_message", f"header is not JSON: {exc}") from None
         msg_id = header.get("msg_id") if isinstance(header, dict) else None
         msg_id = msg_id if isinstance(msg_id, str) else None  # lets the error reply name its request
         try:
             content = json.loads(content_b)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise ProtocolError("bad_message", f"content is not JSON: {exc}", msg_id) from None
         if not isinstance(header, dict) or not isinstance(content, dict):
             raise ProtocolError("bad_message", "header and content must be JSON objects", msg_id)
@@ -319,4 +320,4 @@ class Session:
                 "unsupported_version",
                 f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})", msg_id,
             )
-        return Message(header, content, buffers, prefix, topic)
+        return Message(header, content, buffers, prefix, topic, sig)

@@ -10,7 +10,9 @@ Requests are dispatched to ``handle_<type>`` methods, which return the reply
 content (and optionally buffers). :class:`RequestError` becomes an error
 reply with its code; any other exception becomes an ``internal`` error reply
 and is logged — the server goes on serving either way. Messages that fail
-signature checks are dropped and logged, never answered.
+signature checks are dropped and logged, never answered. A correctly signed
+request seen before, or dated too far from the server's clock, is refused
+with an error reply and never dispatched (:mod:`.replay`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
 from traitlets.config import Configurable
 
 from . import __version__
+from . import curve as _curve
 from .errors import ServerStartError
 from .polling import spin_until_readable
+from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -57,6 +61,9 @@ from .transport import (
 
 log = logging.getLogger("zmqruntime.server")
 POLLIN = int(zmq.POLLIN)
+
+#: Shortest signing key accepted on a non-loopback interface (a generated key has 64).
+MIN_PUBLIC_KEY_CHARS = 32
 
 Reply = tuple[dict[str, Any], list[Any], Optional[list[bytes]]]
 
@@ -85,6 +92,11 @@ class ZMQServer(Configurable):
     pub_hwm = Int(100_000, help="Data-channel send high-water mark (messages per subscriber).").tag(config=True)
     parent_pid = Int(0, help="Child mode: exit when this process dies (0 = persistent).").tag(config=True)
     allow_public_bind = Bool(False, help="Allow binding a non-loopback interface.").tag(config=True)
+    curve = Bool(False, help="Encrypt both channels with CurveZMQ (for use across a network).").tag(config=True)
+    max_clock_skew = Float(DEFAULT_MAX_CLOCK_SKEW, help="Requests dated further than this (seconds) from the "
+                           "server's clock are refused (replay protection; 0 = no date check).").tag(config=True)
+    replay_history = Int(DEFAULT_MAX_ENTRIES, help="Signatures of seen requests remembered at most "
+                         "(replay protection).").tag(config=True)
     busy_poll = Float(0.002, help="Seconds to busy-poll after serving before sleeping (latency vs CPU; 0 = off).").tag(config=True)
 
     @validate("port")
@@ -98,6 +110,7 @@ class ZMQServer(Configurable):
         super().__init__(**kwargs)
         self.session = Session(self.key or new_key())
         self.key = self.session.key.decode()
+        self.replay = ReplayGuard(self.max_clock_skew, self.replay_history)
         self.server_id = new_id()[:12]
         self.start_time = time.time()
         self._start_monotonic = time.monotonic()
@@ -125,10 +138,8 @@ class ZMQServer(Configurable):
 
     def bind(self) -> ConnectionInfo:
         """Bind both channels and write the connection file."""
-        if self.transport == "tcp" and not self.allow_public_bind and not _is_loopback(self.ip):
-            raise ServerStartError(
-                f"refusing to bind non-loopback address {self.ip!r}; pass --allow-public-bind to do so on purpose"
-            )
+        self._check_public_bind()
+        curve_public, curve_secret = _curve.server_keypair() if self.curve else ("", "")  # fails before any socket
         if not 1 <= self.control_port <= 65535:
             raise ServerStartError(f"control port {self.control_port} (port + offset) is out of range")
         data_url, control_url = make_urls(self.transport, self.ip, self.port, self.control_port, self.name or None)
@@ -143,6 +154,9 @@ class ZMQServer(Configurable):
         self.control.setsockopt(zmq.LINGER, 1000)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes * 2, 1 << 20))
+        if self.curve:
+            for sock in (self.pub, self.control):
+                _curve.secure_server_socket(sock, curve_secret)
         for sock, url, what in ((self.pub, data_url, "data"), (self.control, control_url, "control")):
             try:
                 sock.bind(url)
@@ -157,12 +171,30 @@ class ZMQServer(Configurable):
         self.info = ConnectionInfo(
             transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
             data_url=data_url, control_url=control_url, key=self.key, pid=os.getpid(),
-            start_time=self.start_time, name=self.name,
+            start_time=self.start_time, name=self.name, curve_server_key=curve_public,
         )
         self.connection_path = Path(self.connection_file) if self.connection_file else self._default_connection_path()
         write_connection_file(self.connection_path, self.info)
         log.info("serving on %s (control) and %s (data); connection file %s", control_url, data_url, self.connection_path)
         return self.info
+
+    def _check_public_bind(self) -> None:
+        """Refuse, before any socket exists, a non-loopback bind that was not asked for or is unsafe."""
+        if self.transport != "tcp" or _is_loopback(self.ip):
+            return
+        if not self.allow_public_bind:
+            raise ServerStartError(
+                f"refusing to bind non-loopback address {self.ip!r}; pass --allow-public-bind to do so on purpose"
+            )
+        if len(self.key) < MIN_PUBLIC_KEY_CHARS:
+            raise ServerStartError(
+                f"refusing to bind non-loopback address {self.ip!r} with a {len(self.key)}-character signing key: "
+                f"a public server needs a key of at least {MIN_PUBLIC_KEY_CHARS} characters "
+                "(leave the key unset to get a random 256-bit one)"
+            )
+        if not self.curve:
+            log.warning("binding %s without --curve: traffic is signed but NOT encrypted; "
+                        "prefer an SSH tunnel or --curve", self.ip)
 
     def add_socket(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
         self.poller.register(sock, zmq.POLLIN)
@@ -287,6 +319,12 @@ class ZMQServer(Configurable):
             if exc.code != "malformed":  # signed, so worth an answer
                 ident, _ = self.session.split(frames)
                 self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message))
+            return
+        try:
+            self.replay.check(msg.signature, msg.header)
+        except ProtocolError as exc:
+            log.warning("refused a control message (%s): %s", exc.code, exc.message)
+            self._reply(msg.prefix, "error_reply", exc.msg_id, _error(exc.code, exc.message))
             return
         msg_type = msg.msg_type
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"

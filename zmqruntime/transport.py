@@ -79,6 +79,7 @@ class ConnectionInfo:
     start_time: float = 0.0
     name: str = ""
     version: str = "1.0"
+    curve_server_key: str = ""  # Z85 public key when the server encrypts with CurveZMQ, else ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.errors import ExecutionTimeout
 from zmqruntime.execution.client import Event, parse_event
 from zmqruntime.protocol import MARKER, SIGNATURE_FRAME_LEN, Session, compute_signature
@@ -134,11 +135,12 @@ class Coalescer:
         self._timer = None
 
 
-def _sub_socket(context: zmq.Context, url: str, hwm: int = RCV_HWM) -> zmq.Socket:
+def _sub_socket(context: zmq.Context, info: ConnectionInfo, hwm: int = RCV_HWM) -> zmq.Socket:
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.connect(url)
+    secure_client_socket(sock, info)  # CurveZMQ when the server encrypts
+    sock.connect(info.data_url)
     return sock
 
 
@@ -298,7 +300,7 @@ class EventStream(EventBatches):
                  on_skipped: Optional[Callable[[str, list[int]], None]] = None):
         super().__init__(session, on_event, on_skipped)
         self.topics: set[str] = set()
-        self._sock = _sub_socket(context or zmq.Context.instance(), info.data_url)
+        self._sock = _sub_socket(context or zmq.Context.instance(), info)
         self.stream = ZMQStream(self._sock, io_loop=loop)
         self.stream.on_recv(self._on_recv, copy=True)
 
@@ -345,7 +347,7 @@ def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Op
     conn = handle.connection
     client = conn.client
     deadline = None if timeout is None else time.monotonic() + timeout
-    sock = _sub_socket(context or zmq.Context.instance(), client.info.data_url)
+    sock = _sub_socket(context or zmq.Context.instance(), client.info)
     sock.setsockopt(zmq.SUBSCRIBE, handle.id.encode())
     own_id = handle.id
 

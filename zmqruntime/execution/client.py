@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from .. import serialize
+from ..curve import secure_client_socket
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
 from ..errors import ExecutionTimeout
 from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id
@@ -70,17 +71,31 @@ def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
 
 
 class SequenceTracker:
-    """Per-execution last seen seq → how many events were missed."""
+    """Per-execution last seen seq → how many events were missed, and which are old news.
+
+    An event whose ``seq`` is not above the last one seen for its execution
+    is a duplicate or a replay (a captured event sent again): ``observe``
+    returns False and the subscriber drops it, so a user callback sees each
+    event of an execution at most once, in increasing ``seq`` order.
+    """
+
+    MAX_EXECUTIONS = 100_000
 
     def __init__(self) -> None:
         self.last: dict[str, int] = {}
+        self.dropped = 0
 
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event) -> bool:
         prev = self.last.get(event.execution_id)
+        if prev is not None and event.seq <= prev:
+            self.dropped += 1
+            return False
         if prev is not None and event.seq > prev + 1:
             event.missed = event.seq - prev - 1
-        if prev is None or event.seq > prev:
-            self.last[event.execution_id] = event.seq
+        self.last[event.execution_id] = event.seq
+        if len(self.last) > self.MAX_EXECUTIONS:  # bounded: forget the execution first heard of
+            del self.last[next(iter(self.last))]
+        return True
 
 
 class Subscription:
@@ -94,6 +109,7 @@ class Subscription:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, (execution_id or "").encode())
+        secure_client_socket(self._sock, info)
         self._sock.connect(info.data_url)
         self._session = session
         self._stop = threading.Event()
@@ -113,9 +129,8 @@ class Subscription:
                     except zmq.Again:
                         break
                     event = parse_event(self._session, frames)
-                    if event is None:
-                        continue
-                    self.tracker.observe(event)
+                    if event is None or not self.tracker.observe(event):
+                        continue  # forged, or a duplicate / replayed event
                     try:
                         self.callback(event)
                     except Exception:
@@ -146,12 +161,13 @@ class DoneWaiter:
 
     MAX_TOPICS = 4096
 
-    def __init__(self, context: zmq.Context, url: str, session: Session):
+    def __init__(self, context: zmq.Context, info: ConnectionInfo, session: Session):
         self.session = session
         self.sock = context.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 10_000)  # 'done' events only; overflow costs a status poll
-        self.sock.connect(url)
+        secure_client_socket(self.sock, info)
+        self.sock.connect(info.data_url)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.topics: dict[str, int] = {}
@@ -322,7 +338,7 @@ class ExecutionClient(ExecutionRequests):
     def _waiter(self) -> "DoneWaiter":
         waiter = getattr(self._local, "waiter", None)
         if waiter is None:
-            waiter = DoneWaiter(self._client.context, self.info.data_url, self.session)
+            waiter = DoneWaiter(self._client.context, self.info, self.session)
             self._local.waiter = waiter
             with self._client._lock:
                 self._client._sockets.add(waiter.sock)
@@ -468,6 +484,7 @@ class AsyncExecutionClient(ExecutionRequests):
             self._sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
             self._sub.setsockopt(zmq.RCVHWM, 10_000)
+            secure_client_socket(self._sub, self.info)
             self._sub.connect(self.info.data_url)
             self._sub_reader = asyncio.ensure_future(self._read_events(self._sub))
         fut = self._done.get(execution_id)
