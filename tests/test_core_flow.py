@@ -272,3 +272,78 @@ def test_subscribe_to_one_execution_only(server):
     sub.close()
     assert {e.execution_id for e in seen} == {target}
     assert all(e["status"] in FINAL_STATES for e in seen if e.type == "done")
+
+
+FLOOD_TASK = """
+from zmqruntime import progress
+for i in progress(range(20000), desc="flood", min_interval=0):
+    pass
+"""
+
+
+def test_progress_flood_arrives_batched_and_complete(server):
+    """Fast progress goes as progress_batch messages; expanded, every event is there, in order."""
+    import zmq
+
+    from zmqruntime.execution.client import parse_events
+    from zmqruntime.protocol import Session
+
+    client = server.client
+    session = Session(client.info.key)
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(client.info.data_url)
+    try:
+        from conftest import wait_until
+
+        def probe_seen() -> bool:  # the subscription is live once a probe's 'done' arrives
+            client.wait(client.execute("None"), timeout=10)
+            return bool(sub.poll(200))
+
+        wait_until(probe_seen, timeout=10)
+        while sub.poll(100):
+            sub.recv_multipart()
+        exec_id = client.execute(FLOOD_TASK)
+        assert client.wait(exec_id, timeout=30)["status"] == "complete"
+        kinds, events = [], []
+        while True:
+            if not sub.poll(5000):
+                raise AssertionError("no 'done' event within 5 s")
+            frames = sub.recv_multipart()
+            if not frames[0].startswith(exec_id.encode()):
+                continue
+            kinds.append(frames[0].decode().split(".", 1)[1])
+            events += parse_events(session, frames)
+            if events and events[-1].type == "done":
+                break
+    finally:
+        sub.close()
+    progress = [e for e in events if e.type == "progress"]
+    assert "progress.batch" in kinds  # batching really happened...
+    assert len(kinds) < len(progress) / 10  # ...and saved most messages
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # nothing lost, in order
+    done = [e["done"] for e in progress]
+    assert done == sorted(done) and set(range(20001)) <= set(done)  # one event per item (min_interval=0)
+    assert progress[-1]["done"] == 20000 and progress[-1]["desc"] == "flood"
+    assert all(e.execution_id == exec_id and isinstance(e["time"], float) for e in progress)
+    assert client.get_status(exec_id)["progress"]["done"] == 20000
+
+
+def test_malformed_progress_batch_is_dropped_not_raised():
+    """A signed but malformed progress_batch yields no events (and no exception)."""
+    from zmqruntime.execution.client import parse_events
+    from zmqruntime.protocol import PROGRESS_FIELDS, Session, event_topic
+
+    session = Session("k" * 64)
+    topic = event_topic("a1b2c3d4e5f6", "progress.batch")
+    good = {"execution_id": "a1b2c3d4e5f6", "seq": 2, "fields": list(PROGRESS_FIELDS),
+            "events": [[1, 1.0, 1, 2, "d", 1.0, 1.0], [2, 1.0, 2, 2, "d", 1.0, 1.0]]}
+    assert [e.seq for e in parse_events(session, session.serialize("progress_batch", good, topic=topic))] == [1, 2]
+    for bad in ({**good, "events": [[1, 1.0]]}, {**good, "fields": "seq"}, {**good, "events": "x"},
+                {**good, "events": [["one", 1.0, 1, 2, "d", 1.0, 1.0]]}, {k: v for k, v in good.items() if k != "fields"}):
+        assert parse_events(session, session.serialize("progress_batch", bad, topic=topic)) == []
+    # and a forged one (wrong key) never parses
+    assert parse_events(session, Session("x" * 64).serialize("progress_batch", good, topic=topic)) == []

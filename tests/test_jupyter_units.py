@@ -259,13 +259,26 @@ def test_an_unauthentic_superseded_progress_message_does_not_excuse_a_gap():
 
 def test_the_workers_own_wire_form_is_recognised_as_skippable():
     """The fast path reads seq from the content bytes: check it against the real emitter."""
-    import threading
-
-    from zmqruntime.execution.worker import KIND_EVENT, InterruptGuard, Worker
+    from zmqruntime.execution.worker import KIND_EVENT
     from zmqruntime.protocol import Session, unpack_frames
     from zmqruntime_jupyter.stream import skippable, triage
 
     sent: list[bytes] = []
+    w = emitter(sent)
+    for i in range(3):
+        w._progress_sent = -1.0  # as if the last progress send was long ago: each goes alone
+        w._progress_sink(i, 3, "d", 1.0, 0.5)
+    batch = [unpack_frames(d) for d in sent if d != KIND_EVENT]
+    to_apply, superseded = triage(batch)
+    assert len(to_apply) == 1 and skippable(Session(KEY), superseded[EID.encode()]) == [3, 4]
+
+
+def emitter(sent: list) -> Any:
+    """A Worker with only its event-sending parts, writing to ``sent``."""
+    import threading
+
+    from zmqruntime.execution.worker import InterruptGuard, Worker
+    from zmqruntime.protocol import Session
 
     class Sock:
         def send(self, data: Any, flags: int = 0) -> None:
@@ -274,8 +287,30 @@ def test_the_workers_own_wire_form_is_recognised_as_skippable():
     w = Worker.__new__(Worker)
     w.session, w.lock, w.guard, w.sock = Session(KEY), threading.Lock(), InterruptGuard(), Sock()
     w.execution_id, w.seq = EID, 2
-    for i in range(3):
-        w._progress_sink(i, 3, "d", 1.0, 0.5)
-    batch = [unpack_frames(d) for d in sent if d != KIND_EVENT]
-    to_apply, superseded = triage(batch)
-    assert len(to_apply) == 1 and skippable(Session(KEY), superseded[EID.encode()]) == [3, 4]
+    w._progress_rows, w._progress_sent = [], -1.0
+    return w
+
+
+def test_a_progress_batch_applies_its_newest_event_and_skips_the_rest(monkeypatch):
+    """Fast progress leaves the worker as one progress_batch; the kernel applies only its newest row."""
+    from zmqruntime.execution import worker
+    from zmqruntime.execution.worker import KIND_EVENT
+    from zmqruntime.protocol import unpack_frames
+
+    monkeypatch.setattr(worker, "PROGRESS_BATCH_WINDOW", 600.0)  # "back to back", however loaded the machine
+    sent: list[bytes] = []
+    w = emitter(sent)
+    for i in range(1, 6):  # back to back: the first goes alone, the other four wait for a flush
+        w._progress_sink(i, 100, "flood", 1.0, 0.5)
+    w.flush_progress()
+    w.emit("stream", {"name": "stdout", "text": "x\n"})
+    msgs = [unpack_frames(d) for d in sent if d != KIND_EVENT]
+    assert [m[0].decode().split(".", 1)[1] for m in msgs] == ["progress", "progress.batch", "stream"]
+    h, conn, batches = flood_handle()
+    applied: list[tuple[str, int]] = []
+    inner = batches.on_event
+    batches.on_event = lambda e: (applied.append((e.type, e.seq)), inner(e))
+    batches.handle_batch(msgs)
+    assert applied == [("progress", 3), ("progress", 7), ("stream", 8)]
+    assert batches.skipped == 3 and h.gaps == 0 and conn.client.status_calls == 0
+    assert h.progress["done"] == 5 and h.output == "x\n" and h.seq == 8

@@ -47,6 +47,11 @@ SIGNATURE_SCHEME = "hmac-sha256"
 REQUEST_TYPES = ("ping", "execute", "status", "cancel", "results", "list", "shutdown")
 #: Data-channel event types.
 EVENT_TYPES = ("status", "progress", "stream", "done")
+#: A ``progress_batch`` message carries several progress events (one row each,
+#: these fields in this order) on topic ``<execution_id>.progress.batch``, so a
+#: subscription to ``<execution_id>.progress`` receives both forms.
+PROGRESS_FIELDS = ("seq", "time", "done", "total", "desc", "rate", "elapsed")
+PROGRESS_BATCH_TOPIC = "progress.batch"
 #: Execution states; the last three are final.
 STATES = ("queued", "running", "complete", "failed", "cancelled")
 FINAL_STATES = frozenset(("complete", "failed", "cancelled"))

@@ -47,7 +47,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.errors import ExecutionTimeout
-from zmqruntime.execution.client import Event, parse_event
+from zmqruntime.execution.client import Event, expand_progress_batch, parse_event
 from zmqruntime.protocol import MARKER, SIGNATURE_FRAME_LEN, Session, compute_signature
 from zmqruntime.transport import ConnectionInfo
 
@@ -279,11 +279,40 @@ class EventBatches:
         if event is None:
             self.dropped += 1
             return
+        if event.type == "progress_batch":
+            event = self._newest_of_batch(event)
+            if event is None:
+                return
         self.applied += 1
         try:
             self.on_event(event)
         except Exception:
             log.exception("zmqruntime: handling event %s of %s failed", event.type, event.execution_id)
+
+
+    def _newest_of_batch(self, batch: Event) -> Optional[Event]:
+        """A verified ``progress_batch``: its newest event is applied, the
+        older ones are superseded (their seqs told to ``on_skipped``; only
+        the newest row becomes an Event, so a flood costs one parse per batch)."""
+        try:
+            fields, rows = batch["fields"], batch["events"]
+            at = fields.index("seq")
+            seqs = [row[at] for row in rows[:-1]]
+            newest = expand_progress_batch(Event(batch.type, batch.execution_id, batch.seq,
+                                                 {**batch.content, "events": rows[-1:]}))
+            if not all(type(s) is int for s in seqs):
+                raise ValueError("seq must be an integer")
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            self.dropped += 1
+            log.warning("dropped a malformed progress_batch: %s", exc)
+            return None
+        self.skipped += len(seqs)
+        if seqs and self.on_skipped is not None:
+            try:
+                self.on_skipped(batch.execution_id, seqs)
+            except Exception:
+                log.exception("zmqruntime: noting skipped progress events failed")
+        return newest[-1] if newest else None
 
 
 class EventStream(EventBatches):

@@ -61,6 +61,7 @@ class Event:
 
 
 def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
+    """One verified data-channel message as an Event (a ``progress_batch`` stays whole)."""
     try:
         msg = session.deserialize(frames, topic_frames=1)
     except ProtocolError:
@@ -68,6 +69,40 @@ def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
         return None
     c = msg.content
     return Event(msg.msg_type, c.get("execution_id", ""), int(c.get("seq", 0)), c, buffers=msg.buffers)
+
+
+def parse_events(session: Session, frames: Sequence[Any]) -> list[Event]:
+    """The events of one verified data-channel message: a ``progress_batch``
+    becomes its progress events, in order; anything else is one event."""
+    event = parse_event(session, frames)
+    if event is None:
+        return []
+    if event.type != "progress_batch":
+        return [event]
+    try:
+        return expand_progress_batch(event)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("dropped a malformed progress_batch of %s: %s", event.execution_id, exc)
+        return []
+
+
+def expand_progress_batch(batch: Event) -> list[Event]:
+    """``progress_batch`` content -> one ``progress`` Event per row (docs/protocol.md)."""
+    fields, rows, exec_id = batch["fields"], batch["events"], batch.execution_id
+    if not isinstance(fields, list) or "seq" not in fields or not isinstance(rows, list):
+        raise ValueError("'fields' must be a list naming 'seq' and 'events' a list")
+    events = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(fields):
+            raise ValueError(f"a row of {len(row) if isinstance(row, list) else type(row).__name__} "
+                             f"values for {len(fields)} fields")
+        content = dict(zip(fields, row))
+        content["execution_id"] = exec_id
+        seq = content["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"seq must be an integer, got {seq!r}")
+        events.append(Event("progress", exec_id, seq, content))
+    return events
 
 
 class SequenceTracker:
@@ -128,13 +163,13 @@ class Subscription:
                         frames = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    event = parse_event(self._session, frames)
-                    if event is None or not self.tracker.observe(event):
-                        continue  # forged, or a duplicate / replayed event
-                    try:
-                        self.callback(event)
-                    except Exception:
-                        log.exception("subscriber callback raised (event %s %s)", event.type, event.execution_id)
+                    for event in parse_events(self._session, frames):
+                        if not self.tracker.observe(event):
+                            continue  # a duplicate / replayed event (forged ones never parse)
+                        try:
+                            self.callback(event)
+                        except Exception:
+                            log.exception("subscriber callback raised (event %s %s)", event.type, event.execution_id)
         finally:
             sock.close(linger=0)
 

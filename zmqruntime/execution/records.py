@@ -83,6 +83,9 @@ class ExecutionRecord:
             self.seq = max(self.seq, content["seq"])
             if msg_type == "progress":
                 self.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+            elif msg_type == "progress_batch":  # only the newest row matters to the record
+                latest = dict(zip(content["fields"], content["events"][-1]))
+                self.progress = {k: latest[k] for k in ("done", "total", "desc", "rate", "elapsed")}
             elif msg_type == "stream":
                 self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
 

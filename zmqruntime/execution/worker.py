@@ -39,11 +39,17 @@ import zmq
 
 from .. import reporting as progress_mod
 from .. import serialize
-from ..protocol import SNDMORE, Session, buffer_digest, event_topic, pack_frames, send_frames
+from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, buffer_digest, event_topic,
+                        pack_frames, send_frames)
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
 STREAM_FLUSH_INTERVAL = 0.05
+#: Progress events closer together than this are sent as one ``progress_batch``
+#: message (docs/protocol.md): under a flood, signing and sending each event
+#: alone costs more than the task itself; a lone event still goes at once.
+PROGRESS_BATCH_WINDOW = 0.005
+PROGRESS_BATCH_MAX = 1024
 STREAM_FLUSH_BYTES = 64 * 1024
 
 
@@ -150,6 +156,8 @@ class Worker:
         self.stderr = StreamCapture(self, "stderr")
         self._stop = threading.Event()
         self.parent_pid = parent_pid
+        self._progress_rows: list[list[Any]] = []  # progress events waiting to go as one batch
+        self._progress_sent = -1.0  # monotonic time of the last progress send
 
     # -- sending ------------------------------------------------------------
     def _send(self, frames: list[Any]) -> None:
@@ -171,20 +179,60 @@ class Worker:
         self.guard.critical += 1
         try:
             with self.lock:
+                self._flush_progress_locked()  # keep events in seq order
                 self.seq += 1
-                content = {"execution_id": exec_id, "seq": self.seq, "time": time.time(), **data}
-                frames = self.session.serialize(event_type, content, topic=event_topic(exec_id, event_type))
-                # One frame on the internal link; the server re-frames it for subscribers.
-                self.sock.send(KIND_EVENT, SNDMORE)
-                self.sock.send(pack_frames(frames))
+                self._send_event_locked(exec_id, event_type, {"execution_id": exec_id, "seq": self.seq,
+                                                              "time": time.time(), **data})
         finally:
             self.guard.leave_critical()
 
+    def _send_event_locked(self, exec_id: str, event_type: str, content: dict[str, Any], topic_type: str = "") -> None:
+        frames = self.session.serialize(event_type, content, topic=event_topic(exec_id, topic_type or event_type))
+        # One frame on the internal link; the server re-frames it for subscribers.
+        self.sock.send(KIND_EVENT, SNDMORE)
+        self.sock.send(pack_frames(frames))
+
     def _progress_sink(self, done: float, total: Optional[float], desc: str, rate: float, elapsed: float) -> None:
-        self.emit("progress", {"done": _finite(done), "total": _finite(total), "desc": desc,
-                               "rate": _finite(rate), "elapsed": elapsed})
+        """A progress event: sent at once when alone, batched when they come fast."""
+        exec_id = self.execution_id
+        if exec_id is None:
+            return
+        self.guard.critical += 1
+        try:
+            with self.lock:
+                self.seq += 1
+                self._progress_rows.append([self.seq, time.time(), _finite(done), _finite(total), desc,
+                                            _finite(rate), elapsed])
+                now = time.monotonic()
+                if (now - self._progress_sent >= PROGRESS_BATCH_WINDOW
+                        or len(self._progress_rows) >= PROGRESS_BATCH_MAX):
+                    self._flush_progress_locked()
+        finally:
+            self.guard.leave_critical()
+
+    def _flush_progress_locked(self) -> None:
+        rows, exec_id = self._progress_rows, self.execution_id
+        if not rows or exec_id is None:
+            return
+        self._progress_rows = []
+        self._progress_sent = time.monotonic()
+        if len(rows) == 1:
+            self._send_event_locked(exec_id, "progress", {"execution_id": exec_id, **dict(zip(PROGRESS_FIELDS, rows[0]))})
+        else:
+            self._send_event_locked(exec_id, "progress_batch", {
+                "execution_id": exec_id, "seq": rows[-1][0], "fields": list(PROGRESS_FIELDS), "events": rows,
+            }, topic_type=PROGRESS_BATCH_TOPIC)
+
+    def flush_progress(self) -> None:
+        self.guard.critical += 1
+        try:
+            with self.lock:
+                self._flush_progress_locked()
+        finally:
+            self.guard.leave_critical()
 
     def _flush_streams(self) -> None:
+        self.flush_progress()
         self.stdout.flush()
         self.stderr.flush()
 
