@@ -372,8 +372,7 @@ class ExecutionClient(ExecutionRequests):
         if waiter is None:
             waiter = DoneWaiter(self._client.context, self.info.data_url, self.session)
             self._local.waiter = waiter
-            with self._client._lock:
-                self._client._sockets.add(waiter.sock)
+            self._client.adopt(waiter.sock)
         return waiter
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
