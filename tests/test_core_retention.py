@@ -69,7 +69,7 @@ def test_release_frees_immediately(server):
 def test_age_limit_and_record_cap_unit():
     store = RecordStore(max_records=3, max_results=10, max_result_bytes=10**9, max_result_age=60)
     for i in range(5):
-        rec = ExecutionRecord(f"id{i}", {"kind": "python"}, status="complete", finished=1000.0 + i)
+        rec = ExecutionRecord(f"id{i}", {"kind": "python"}, status="complete", finished_clock=1000.0 + i)
         rec.result_frames, rec.result_nbytes = [b"x"], 1
         store.add(rec)
     assert [r.execution_id for r in store] == ["id2", "id3", "id4"]  # oldest finished records forgotten

@@ -10,7 +10,10 @@ binds the port.
 The sync client keeps one socket per thread (zmq sockets are not
 thread-safe), so several threads can use one client at once — for example
 the notebook's main thread waiting while a widget callback cancels on
-another thread. The asyncio client multiplexes coroutines on one socket.
+another thread. Sockets of threads that have ended are closed when the next
+thread opens one, so a long-lived client used from many short-lived threads
+holds sockets (and file descriptors) for live threads only. The asyncio
+client multiplexes coroutines on one socket.
 """
 
 from __future__ import annotations
@@ -70,9 +73,18 @@ class ZMQClient(_BaseClient):
         super().__init__(info, timeout)
         self.context = context or zmq.Context.instance()
         self._local = threading.local()
-        self._sockets: set[zmq.Socket] = set()
+        self._sockets: dict[zmq.Socket, threading.Thread] = {}  # socket -> the thread that uses it
         self._lock = threading.Lock()
         self.closed = False
+
+    def adopt(self, sock: zmq.Socket) -> None:
+        """Track a socket of the calling thread (closed by close(), or once the thread has ended)."""
+        with self._lock:
+            dead = [s for s, owner in self._sockets.items() if not owner.is_alive()]
+            for s in dead:
+                del self._sockets[s]
+                s.close(linger=0)
+            self._sockets[sock] = threading.current_thread()
 
     def _socket(self) -> zmq.Socket:
         if self.closed:
@@ -87,15 +99,14 @@ class ZMQClient(_BaseClient):
             self._local.sock = sock
             self._local.poller = zmq.Poller()
             self._local.poller.register(sock, zmq.POLLIN)
-            with self._lock:
-                self._sockets.add(sock)
+            self.adopt(sock)
         return sock
 
     def _discard_socket(self) -> None:
         sock = getattr(self._local, "sock", None)
         if sock is not None:
             with self._lock:
-                self._sockets.discard(sock)
+                self._sockets.pop(sock, None)
             sock.close(linger=0)
             self._local.sock = None
 

@@ -164,7 +164,11 @@ def remove_if_stale(path: Path) -> bool:
 
 
 def port_is_free(port: int, ip: str = DEFAULT_IP) -> bool:
+    """Could a server listen on ``port``? As libzmq binds: with SO_REUSEADDR, so
+    connections of a crashed server lingering in TIME_WAIT do not count, while a
+    process listening there does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((ip, port))
         except OSError:

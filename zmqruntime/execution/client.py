@@ -7,6 +7,15 @@ kinds (the matching server subclass runs them in ``execute_task``).
 ``wait`` listens on the data channel for the execution's ``done`` event and
 also polls ``status`` with a backoff, so it neither misses an event sent
 before its subscription took effect nor depends on events at all.
+
+``execute`` is idempotent: each call carries a fresh ``request_id`` and, when
+no reply comes in time, the very same request is sent again (up to
+``EXECUTE_ATTEMPTS`` tries within the client's timeout, ZeroMQ's "Lazy
+Pirate" pattern). The server answers a repeated ``request_id`` with the
+execution it already accepted, so a lost request or a lost reply neither
+loses nor duplicates the execution. If every attempt fails, the error names
+the ``request_id``: passing it to ``execute(..., request_id=...)`` later
+resubmits without risk of running the task twice.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ import zmq.asyncio
 from .. import serialize
 from ..curve import secure_client_socket
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
-from ..errors import ExecutionTimeout
-from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id
+from ..errors import ExecutionTimeout, ServerUnavailable
+from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id, new_id
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 
@@ -35,6 +44,9 @@ log = logging.getLogger("zmqruntime.client")
 # fast when the event could have been missed, slowly otherwise.
 UNSURE_POLL_START, UNSURE_POLL_MAX = 0.002, 0.5
 TRUSTED_POLL_START, TRUSTED_POLL_MAX = 1.0, 2.0
+
+#: Tries of one ``execute`` request (same request_id) within the client's timeout.
+EXECUTE_ATTEMPTS = 3
 
 
 @dataclass
@@ -268,17 +280,36 @@ class ExecutionRequests:
         raise TypeError(f"task must be Python source (str) or a dict with a 'kind', got {type(task).__name__}")
 
     def _execute_request(self, task: Any, name: Optional[str], timeout: Optional[float],
-                         results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]]) -> tuple[dict, list]:
+                         results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]],
+                         request_id: Optional[str] = None) -> tuple[dict, list]:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
+        if request_id is not None and (not isinstance(request_id, str) or not request_id):
+            raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         content = {"task": self.serialize_task(task, results=results), "name": name or "",
-                   "timeout": check_timeout(timeout), "execution_id": new_execution_id()}
+                   "timeout": check_timeout(timeout), "execution_id": new_execution_id(),
+                   "request_id": request_id or new_id()}
         buffers: list = []
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
                 raise TypeError("push must be a mapping of variable names to values")
             buffers = serialize.dumps(dict(push))
         return content, buffers
+
+    @staticmethod
+    def _attempt_timeouts(total: float) -> Any:
+        """Per-attempt timeouts: the time left, shared by the attempts left."""
+        deadline = time.monotonic() + total
+        for attempt in range(EXECUTE_ATTEMPTS):
+            yield max(0.001, (deadline - time.monotonic()) / (EXECUTE_ATTEMPTS - attempt))
+
+    @staticmethod
+    def _execute_unavailable(info: ConnectionInfo, total: float, request_id: str) -> ServerUnavailable:
+        return ServerUnavailable(
+            f"no reply to 'execute' from the zmqruntime server at {info.control_url} within {total:g} s "
+            f"({EXECUTE_ATTEMPTS} attempts): is it running? The execution may or may not have been queued; "
+            f"execute(..., request_id={request_id!r}) submits it again without running it twice"
+        )
 
     @staticmethod
     def _decode_results(msg: Any) -> dict[str, Any]:
@@ -327,16 +358,43 @@ class ExecutionClient(ExecutionRequests):
         return self._client.call("ping", {}, timeout=timeout)
 
     def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
-                results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
-        """Queue ``task``; return its execution id at once."""
-        content, buffers = self._execute_request(task, name, timeout, results, push)
-        # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
+                results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
+                request_id: Optional[str] = None) -> str:
+        """Queue ``task``; return its execution id at once.
+
+        Retried with the same ``request_id`` when a reply is lost, so the task
+        is queued exactly once; pass ``request_id`` yourself to make a retry
+        across calls (after ServerUnavailable) safe as well.
+        """
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
+        proposed = content["execution_id"]
         waiter = self._waiter()
-        waiter.subscribe(content["execution_id"])
-        reply = self._client.call("execute", content, buffers=buffers)
-        if reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
-            waiter.trusted.add(reply["execution_id"])
-        return reply["execution_id"]
+        # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
+        waiter.subscribe(proposed)
+        try:
+            reply = self._call_idempotent(content, buffers)
+        except BaseException:
+            waiter.unsubscribe(proposed)
+            raise
+        exec_id = reply["execution_id"]
+        if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
+            waiter.subscribe(exec_id)
+            waiter.unsubscribe(proposed)
+        elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
+            waiter.trusted.add(exec_id)
+        return exec_id
+
+    def _call_idempotent(self, content: dict[str, Any], buffers: list) -> dict[str, Any]:
+        total = self._client.timeout
+        for attempt_timeout in self._attempt_timeouts(total):
+            try:
+                return self._client.call("execute", content, buffers=buffers, timeout=attempt_timeout)
+            except ServerUnavailable:
+                if self._client.closed:
+                    raise
+                log.info("no reply to execute (request_id %s) within %.3g s; retrying", content["request_id"],
+                         attempt_timeout)
+        raise self._execute_unavailable(self.info, total, content["request_id"])
 
     def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
@@ -375,8 +433,7 @@ class ExecutionClient(ExecutionRequests):
         if waiter is None:
             waiter = DoneWaiter(self._client.context, self.info, self.session)
             self._local.waiter = waiter
-            with self._client._lock:
-                self._client._sockets.add(waiter.sock)
+            self._client.adopt(waiter.sock)
         return waiter
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
@@ -486,14 +543,26 @@ class AsyncExecutionClient(ExecutionRequests):
         return await self._client.call("ping", {})
 
     async def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
-                      results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None) -> str:
-        """Queue ``task``; return its id. Concurrent calls are pipelined on one socket."""
-        content, buffers = self._execute_request(task, name, timeout, results, push)
+                      results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
+                      request_id: Optional[str] = None) -> str:
+        """Queue ``task``; return its id. Concurrent calls are pipelined on one socket.
+
+        Idempotent and retried like :meth:`ExecutionClient.execute`.
+        """
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
         self._done_future(content["execution_id"])  # subscribe before submitting
-        reply = await self._client.call("execute", content, buffers=buffers)
-        if reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
-            self._trusted.add(reply["execution_id"])
-        return reply["execution_id"]
+        total = self._client.timeout
+        for attempt_timeout in self._attempt_timeouts(total):
+            try:
+                reply = await self._client.call("execute", content, buffers=buffers, timeout=attempt_timeout)
+            except ServerUnavailable:
+                continue
+            if reply["execution_id"] != content["execution_id"]:
+                self._done_future(reply["execution_id"])
+            elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
+                self._trusted.add(reply["execution_id"])
+            return reply["execution_id"]
+        raise self._execute_unavailable(self.info, total, content["request_id"])
 
     async def get_status(self, execution_id: Optional[str] = None) -> Any:
         if execution_id is None:

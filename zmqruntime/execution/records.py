@@ -10,6 +10,15 @@ of executions, a total of result bytes and an age; when one is passed the
 oldest *fetched* results go first, then the oldest unfetched ones. Evicting
 a result keeps the record (status stays visible; ``results`` answers
 ``results_expired``). Records themselves are capped by count.
+
+Ages are measured on the monotonic clock (``created_clock`` /
+``finished_clock``), so a wall-clock jump (NTP, suspend, a user changing the
+time) neither drops results early nor keeps them forever; the epoch
+timestamps (``created``, ``finished``) are for display only.
+
+Idempotent submit: a record remembers the client's ``request_id`` and a
+fingerprint of the request, and the store indexes records by it, so the
+index lives and dies with the records (bounded by ``max_records``).
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ class ExecutionRecord:
     name: str = ""
     status: str = "queued"
     created: float = field(default_factory=time.time)
+    created_clock: float = field(default_factory=time.monotonic)
+    finished_clock: Optional[float] = None
     started: Optional[float] = None
     finished: Optional[float] = None
     timeout: Optional[float] = None
@@ -50,6 +61,9 @@ class ExecutionRecord:
     worker_pid: Optional[int] = None
     namespace_reset: bool = False
     push_frames: list[Any] = field(default_factory=list)
+    # idempotent submit: the client's key and what the request looked like
+    request_id: Optional[str] = None
+    request_fingerprint: dict[str, str] = field(default_factory=dict)
     # results
     result_names: list[str] = field(default_factory=list)
     result_frames: list[Any] = field(default_factory=list)
@@ -146,6 +160,7 @@ class RecordStore:
 
     def __init__(self, max_records: int, max_results: int, max_result_bytes: int, max_result_age: float):
         self.records: "OrderedDict[str, ExecutionRecord]" = OrderedDict()
+        self.by_request: dict[str, str] = {}  # request_id -> execution_id, for remembered records only
         self.max_records = max_records
         self.max_results = max_results
         self.max_result_bytes = max_result_bytes
@@ -163,8 +178,14 @@ class RecordStore:
     def get(self, exec_id: str) -> Optional[ExecutionRecord]:
         return self.records.get(exec_id)
 
+    def by_request_id(self, request_id: str) -> Optional[ExecutionRecord]:
+        exec_id = self.by_request.get(request_id)
+        return self.records.get(exec_id) if exec_id is not None else None
+
     def add(self, record: ExecutionRecord) -> None:
         self.records[record.execution_id] = record
+        if record.request_id is not None:
+            self.by_request[record.request_id] = record.execution_id
         self._trim_records()
 
     def _trim_records(self) -> None:
@@ -174,23 +195,28 @@ class RecordStore:
         doomed = []
         for rec in self.records.values():  # oldest first; stop as soon as enough are found
             if rec.final:
-                doomed.append(rec.execution_id)
+                doomed.append(rec)
                 if len(doomed) == excess:
                     break
-        for exec_id in doomed:
-            del self.records[exec_id]
+        for rec in doomed:
+            del self.records[rec.execution_id]
+            if rec.request_id is not None:
+                self.by_request.pop(rec.request_id, None)
 
     def enforce(self, now: Optional[float] = None) -> list[str]:
-        """Evict results past the limits; return the ids evicted."""
-        now = time.time() if now is None else now
+        """Evict results past the limits; return the ids evicted.
+
+        ``now`` is a ``time.monotonic()`` reading, like the records' clocks.
+        """
+        now = time.monotonic() if now is None else now
         held = [r for r in self.records.values() if r.has_results]
         # fetched first, then oldest first
-        held.sort(key=lambda r: (not r.results_fetched, r.finished or r.created))
+        held.sort(key=lambda r: (not r.results_fetched, r.finished_clock or r.created_clock))
         total = sum(r.result_nbytes for r in held)
         count = len(held)
         evicted = []
         for rec in held:
-            too_old = now - (rec.finished or rec.created) > self.max_result_age
+            too_old = now - (rec.finished_clock or rec.created_clock) > self.max_result_age
             if not (too_old or count > self.max_results or total > self.max_result_bytes):
                 continue
             total -= rec.result_nbytes

@@ -29,9 +29,12 @@ the worker imports the server class by name, so it must be importable).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import keyword
-import math
 import logging
+import math
+import signal
 import time
 from collections import deque
 from typing import Any, Optional
@@ -45,6 +48,50 @@ from .records import ExecutionRecord, RecordStore
 from .worker import TaskContext, run_python_source
 
 log = logging.getLogger("zmqruntime.execution")
+
+#: ``request_id``: what a client may use as an idempotency key (printable ASCII, no spaces).
+REQUEST_ID_MAX_LENGTH = 128
+
+
+def check_request_id(value: Any) -> Optional[str]:
+    """The validated ``request_id`` of an execute request (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError("bad_request", f"'request_id' must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= REQUEST_ID_MAX_LENGTH or not all("!" <= ch <= "~" for ch in value):
+        raise RequestError("bad_request", f"'request_id' must be 1 to {REQUEST_ID_MAX_LENGTH} printable ASCII "
+                                          f"characters without spaces, got {value[:40]!r}{'...' if len(value) > 40 else ''}")
+    return value
+
+
+def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: list[Any]) -> dict[str, str]:
+    """What must match for a repeated ``request_id`` to be the same request.
+
+    Pushed buffers are compared by count and sizes: hashing them again would
+    cost a pass over possibly gigabytes on the control loop, and a client
+    retrying sends the very same frames.
+    """
+    sizes = [len(b.buffer) if hasattr(b, "buffer") else len(b) for b in buffers]
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+    return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes)}
+
+
+def describe_exit(exit_code: int) -> str:
+    """'exit code 3' or 'killed by signal SIGSEGV (11)', from a Popen return code."""
+    if exit_code < 0:
+        return f"killed by signal {signal_name(-exit_code)} ({-exit_code})"
+    return f"exit code {exit_code}"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 
@@ -176,9 +223,12 @@ class ExecutionServer(ZMQServer):
                 self._finish(rec, "cancelled",
                              reason=f"{rec.reason}; worker terminated after the grace period (remote namespace reset)")
             else:
+                how = describe_exit(exit_code)
                 self._finish(rec, "failed",
-                             reason=f"worker process died unexpectedly (exit code {exit_code}); remote namespace reset",
-                             error={"ename": "WorkerDied", "evalue": f"worker exited with code {exit_code}", "traceback": []})
+                             reason=f"worker process died unexpectedly ({how}); remote namespace reset",
+                             error={"ename": "WorkerDied", "evalue": f"worker {how}", "traceback": [],
+                                    "exit_code": exit_code,
+                                    "signal": signal_name(-exit_code) if exit_code < 0 else None})
         self._schedule()
 
     def _schedule(self) -> None:
@@ -231,6 +281,7 @@ class ExecutionServer(ZMQServer):
                 error: Optional[dict[str, Any]] = None) -> None:
         rec.status = status
         rec.finished = time.time()
+        rec.finished_clock = time.monotonic()
         rec.reason = reason
         rec.error = error
         if rec.has_results:
@@ -275,20 +326,39 @@ class ExecutionServer(ZMQServer):
                                     or not math.isfinite(timeout) or timeout <= 0):
             raise RequestError("bad_request", f"'timeout' must be a positive number or null, got {timeout!r}")
         exec_id = c.get("execution_id")
+        if exec_id is not None and not is_execution_id(exec_id):
+            raise RequestError("bad_request", f"'execution_id' must be 12 lowercase hex digits, got {exec_id!r}")
+        request_id = check_request_id(c.get("request_id"))
+        fingerprint = request_fingerprint(task, name, timeout, msg.buffers) if request_id is not None else {}
+        if request_id is not None:
+            seen = self.records.by_request_id(request_id)
+            if seen is not None:  # a retry of a request already accepted: same execution, not run again
+                return self._repeated_execute(seen, request_id, fingerprint)
         if exec_id is None:
             exec_id = new_execution_id()
-        elif not is_execution_id(exec_id):
-            raise RequestError("bad_request", f"'execution_id' must be 12 lowercase hex digits, got {exec_id!r}")
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers))
+        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers),
+                              request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.queue.append(exec_id)
         self.call_soon(lambda: self._submitted(rec))  # reply first, dispatch right after
         # Whether the '<id>.done' event will reach a subscriber: the client that
         # subscribed before submitting can then wait on the event alone.
         done_subscribed = self.wants(event_topic(exec_id, "done"))
-        return {"execution_id": exec_id, "status": rec.status, "done_subscribed": done_subscribed}, [], None
+        return {"execution_id": exec_id, "status": rec.status, "duplicate": False,
+                "done_subscribed": done_subscribed}, [], None
+
+    def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> Reply:
+        """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
+        differs = sorted(k for k in fingerprint if fingerprint[k] != rec.request_fingerprint.get(k))
+        if differs:
+            raise RequestError(
+                "request_id_conflict",
+                f"request_id {request_id!r} was already used for execution {rec.execution_id} "
+                f"with a different {', '.join(differs)}; use a new request_id for a new execution",
+                execution_id=rec.execution_id, differs=differs)
+        return {"execution_id": rec.execution_id, "status": rec.status, "duplicate": True}, [], None
 
     def _submitted(self, rec: ExecutionRecord) -> None:
         if rec.status == "queued" and rec.seq == 0:
