@@ -247,6 +247,29 @@ def test_async_client_flow(server):
     assert len(listed) >= 3
 
 
+def test_async_results_ride_the_done_event_when_small(server):
+    """After wait(), small results come from the verified 'done' event (no results request:
+    the server still counts them unfetched); big ones and release=True are fetched."""
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        try:
+            small, nothing, big, released = [await client.execute(code) for code in (
+                "'small'", "None", "import numpy as np\nnp.arange(100_000)", "'gone'")]
+            for eid in (small, nothing, big, released):
+                assert (await client.wait(eid, timeout=20))["status"] == "complete"
+            got = [await client.get_results(small), await client.get_results(nothing),
+                   await client.get_results(big), await client.get_results(released, release=True)]
+            fetched = [(await client.get_status(e))["results_fetched"] for e in (small, big, released)]
+            return got, fetched
+        finally:
+            client.close()
+
+    got, fetched = asyncio.run(asyncio.wait_for(main(), 40))
+    assert got[0] == {"_": "small"} and got[1] == {} and got[3] == {"_": "gone"}
+    assert np.array_equal(got[2]["_"], np.arange(100_000))
+    assert fetched == [False, True, True]  # only the small one never needed a results request
+
+
 def test_async_connect_discovers_server(server, runtime_dir):
     async def main():
         client = await AsyncExecutionClient.connect(port=server.port, auto_spawn=False)

@@ -481,8 +481,11 @@ JUMPING_SERVER = textwrap.dedent("""
 def test_server_ages_and_timeouts_ignore_wall_clock_jumps(runtime_dir, port, tmp_path):
     flag = tmp_path / "jumped"
     log = open(tmp_path / "server.log", "wb")
+    # max_clock_skew=0: the replay guard's date check compares the client's and the server's wall
+    # clocks on purpose (docs/protocol.md 6.4); this test is about the server's own ages and timeouts.
     proc = subprocess.Popen([sys.executable, "-c", JUMPING_SERVER, str(flag), "serve", "--port", str(port),
-                             "--ExecutionServer.max_result_age=600"], stdout=log, stderr=log, env=server_env())
+                             "--ExecutionServer.max_result_age=600", "--ZMQServer.max_clock_skew=0"],
+                            stdout=log, stderr=log, env=server_env())
     client = None
     try:
         path = runtime_dir / connection_file_name("tcp", port)

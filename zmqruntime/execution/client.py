@@ -45,6 +45,8 @@ log = logging.getLogger("zmqruntime.client")
 UNSURE_POLL_START, UNSURE_POLL_MAX = 0.002, 0.5
 TRUSTED_POLL_START, TRUSTED_POLL_MAX = 1.0, 2.0
 
+#: 'done' events an async client keeps for get_results (inline results are <= 64 KiB each).
+MAX_KEPT_DONE_EVENTS = 1024
 #: Tries of one ``execute`` request (same request_id) within the client's timeout.
 EXECUTE_ATTEMPTS = 3
 
@@ -527,6 +529,7 @@ class AsyncExecutionClient(ExecutionRequests):
         self._sub_reader: Optional[asyncio.Task] = None
         self._done: dict[str, "asyncio.Future[None]"] = {}
         self._trusted: set[str] = set()  # ids whose 'done' the server said it will publish to us
+        self._done_events: dict[str, Event] = {}  # 'done' events of waited-for executions, for get_results
 
     @classmethod
     async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
@@ -579,7 +582,15 @@ class AsyncExecutionClient(ExecutionRequests):
         return await self._client.call("cancel", content)
 
     async def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
-        msg = await self._client.request("results", {"execution_id": _check_id(execution_id), "release": bool(release)})
+        """The results; taken from the verified 'done' event when they rode along
+        in it (small results, as ``ExecutionClient.run`` does), else fetched."""
+        done = self._done_events.pop(_check_id(execution_id), None)
+        if done is not None and not release:
+            if done.get("inline_results"):
+                return serialize.loads(done.buffers)
+            if not done.get("result_names"):
+                return {}  # nothing was returned (a dropped result still has names: the server explains)
+        msg = await self._client.request("results", {"execution_id": execution_id, "release": bool(release)})
         return self._decode_results(msg)
 
     def _done_future(self, execution_id: str) -> "asyncio.Future[None]":
@@ -606,6 +617,14 @@ class AsyncExecutionClient(ExecutionRequests):
                 fut = self._done.get(event.execution_id)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+                    if event.get("status") == "complete":
+                        self._keep_done_event(event)
+
+    def _keep_done_event(self, event: Event) -> None:
+        """Remember a waited-for 'done' event for ``get_results`` (bounded: oldest go first)."""
+        self._done_events[event.execution_id] = event
+        while len(self._done_events) > MAX_KEPT_DONE_EVENTS:
+            self._done_events.pop(next(iter(self._done_events)))
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the 'done' event, then return the final status;
