@@ -85,7 +85,7 @@ for i in progress(range(10**9), desc="flood", min_interval=0):
 STATS_CELL = """import json as _j, resource as _r, time as _t, zmqruntime_jupyter as _z
 _st = _z.current_state()
 _s = [c.stream for c in _st.connections.values() if c.stream is not None]
-_n = {k: sum(getattr(s, k, 0) for s in _s) for k in ("received", "skipped", "applied", "dropped")}
+_n = {k: sum(getattr(s, k, 0) for s in _s) for k in ("received", "events", "skipped", "applied", "dropped")}
 _n["gaps"] = sum(getattr(h, "gaps", 0) for h in _st.handles.values())
 _u = _r.getrusage(_r.RUSAGE_SELF)
 _n["cpu_s"], _n["main_thread_cpu_s"] = _u.ru_utime + _u.ru_stime, _t.thread_time()
@@ -294,7 +294,7 @@ def with_job(kernel: Kernel, job_code: str, name: str) -> dict:
     prog = job.get("progress") or {}
     counters = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     span = t_after - t_start  # the stats cells bracket the sampling window
-    received = counters.get("received", 0)
+    received = counters.get("events", 0)  # events, not messages: a progress_batch holds many
     cells.update({
         "window_s": round(window, 3),
         "widget_updates": len(updates),

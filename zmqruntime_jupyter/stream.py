@@ -241,7 +241,7 @@ class EventBatches:
     the authentic superseded progress events, then verify, decode and pass
     every other message to ``on_event`` in arrival order.
 
-    Counters: ``received`` messages handled, ``applied`` events decoded and
+    Counters: ``received`` messages handled (``events`` in them), ``applied`` events decoded and
     passed on, ``skipped`` superseded progress events (verified, not
     decoded), ``dropped`` messages that failed verification.
     """
@@ -252,12 +252,14 @@ class EventBatches:
         self.on_event = on_event
         self.on_skipped = on_skipped
         self.received = 0
+        self.events = 0  # events in the messages received (a progress_batch holds many)
         self.applied = 0
         self.skipped = 0
         self.dropped = 0
 
     def handle_batch(self, batch: list[list[bytes]]) -> None:
         self.received += len(batch)
+        self.events += len(batch)
         to_apply, superseded = triage(batch)
         for execution_id, messages in superseded.items():
             seqs = skippable(self.session, messages)
@@ -307,6 +309,7 @@ class EventBatches:
             log.warning("dropped a malformed progress_batch: %s", exc)
             return None
         self.skipped += len(seqs)
+        self.events += len(seqs)
         if seqs and self.on_skipped is not None:
             try:
                 self.on_skipped(batch.execution_id, seqs)
