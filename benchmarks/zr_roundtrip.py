@@ -35,7 +35,7 @@ def measure_noop_latency(client) -> dict:
 
 
 def measure_pipelined(client) -> dict:
-    """AsyncExecutionClient: all executes in flight at once, then all waits, then all results."""
+    """AsyncExecutionClient: all executes in flight at once, then all results (wait included)."""
     import asyncio
 
     from zmqruntime import AsyncExecutionClient
@@ -44,8 +44,7 @@ def measure_pipelined(client) -> dict:
         aclient = AsyncExecutionClient(client.info)
         try:
             ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(n)))
-            await asyncio.gather(*(aclient.wait(eid, timeout=60) for eid in ids))
-            await asyncio.gather(*(aclient.get_results(eid) for eid in ids))
+            await asyncio.gather(*(aclient.result(eid, timeout=60) for eid in ids))
         finally:
             aclient.close()
 
@@ -53,13 +52,11 @@ def measure_pipelined(client) -> dict:
 
 
 def measure_sequential_batch(client) -> dict:
-    """The blocking client: submit a batch one request at a time, then wait and fetch each."""
+    """The blocking client: submit a batch one request at a time, then the result of each."""
     def batch(n: int) -> None:
         ids = [client.execute(NOOP) for _ in range(n)]
         for eid in ids:
-            client.wait(eid, timeout=60)
-        for eid in ids:
-            client.get_results(eid)
+            client.result(eid, timeout=60)
 
     return common.throughput(batch, common.batch_size(), reps=3)
 

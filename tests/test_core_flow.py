@@ -270,6 +270,36 @@ def test_async_results_ride_the_done_event_when_small(server):
     assert fetched == [False, True, True]  # only the small one never needed a results request
 
 
+def test_result_waits_and_returns_results_or_raises(server):
+    """result() = wait + get_results, for both clients; failures raise as get_results does."""
+    client = server.client
+    ok, bad = client.execute("import time\ntime.sleep(0.2)\n6 * 7"), client.execute("1 / 0")
+    assert client.result(ok, timeout=20) == {"_": 42}
+    with pytest.raises(ExecutionFailed, match="ZeroDivisionError"):
+        client.result(bad, timeout=20)
+    with pytest.raises(TypeError):
+        client.result(None)  # type: ignore[arg-type]
+
+    async def main():
+        aclient = AsyncExecutionClient(client.info)
+        try:
+            ids = [await aclient.execute(c) for c in ("'a'", "None", "import numpy as np\nnp.ones(100_000)", "1 / 0")]
+            got = [await aclient.result(i, timeout=20) for i in ids[:3]]
+            with pytest.raises(ExecutionFailed, match="ZeroDivisionError"):
+                await aclient.result(ids[3], timeout=20)
+            slow = await aclient.execute("import time\ntime.sleep(5)")
+            from zmqruntime.errors import ExecutionTimeout
+            with pytest.raises(ExecutionTimeout):
+                await aclient.result(slow, timeout=0.2)
+            await aclient.cancel(slow)
+            return got
+        finally:
+            aclient.close()
+
+    got = asyncio.run(asyncio.wait_for(main(), 40))
+    assert got[0] == {"_": "a"} and got[1] == {} and got[2]["_"].sum() == 100_000
+
+
 def test_async_connect_discovers_server(server, runtime_dir):
     async def main():
         client = await AsyncExecutionClient.connect(port=server.port, auto_spawn=False)

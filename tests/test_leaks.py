@@ -125,3 +125,21 @@ def test_client_descriptors_and_threads_return_after_many_calls_and_close(server
     gc.collect()
     closed = {"fds": me.num_fds(), "threads": me.num_threads()}
     assert closed["fds"] <= before["fds"] and closed["threads"] <= before["threads"]
+
+
+def test_worker_keeps_a_bounded_number_of_sources_for_tracebacks():
+    """Each execution's source goes to linecache (tracebacks show its lines); only the newest stay."""
+    import linecache
+
+    from zmqruntime.execution import worker
+    from zmqruntime.execution.worker import LINECACHE_KEEP, TaskContext, run_python_source
+
+    ns: dict = {}
+    before = len(linecache.cache)
+    for i in range(LINECACHE_KEEP + 50):
+        run_python_source({"kind": "python", "code": f"x = {i}"}, TaskContext(f"{i:012x}", ns, {}))
+    ours = [k for k in linecache.cache if str(k).startswith("<zmqexec-")]
+    assert len(ours) == LINECACHE_KEEP and len(linecache.cache) <= before + LINECACHE_KEEP
+    assert f"<zmqexec-{LINECACHE_KEEP + 49:012x}>" in linecache.cache  # the newest is kept
+    assert "<zmqexec-000000000000>" not in linecache.cache  # the oldest went
+    assert ns["x"] == LINECACHE_KEEP + 49 and len(worker._remembered_sources) == LINECACHE_KEEP

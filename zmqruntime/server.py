@@ -34,7 +34,7 @@ from traitlets.config import Configurable
 from . import __version__
 from . import curve as _curve
 from .errors import ServerStartError
-from .polling import spin_until_readable
+from .polling import EVENTS, POLLIN, spin_until_readable
 from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .protocol import (
     PROTOCOL_VERSION,
@@ -60,7 +60,6 @@ from .transport import (
 )
 
 log = logging.getLogger("zmqruntime.server")
-POLLIN = int(zmq.POLLIN)
 
 #: Shortest signing key accepted on a non-loopback interface (a generated key has 64).
 MIN_PUBLIC_KEY_CHARS = 32
@@ -304,7 +303,7 @@ class ZMQServer(Configurable):
     def _on_control(self) -> None:
         sock = self.control
         for _ in range(256):  # drain, but let other sockets and timers have a turn
-            if not sock.getsockopt(zmq.EVENTS) & POLLIN:  # cheaper than catching zmq.Again
+            if not sock.getsockopt(EVENTS) & POLLIN:  # cheaper than catching zmq.Again
                 return
             self._handle_request(sock.recv_multipart(copy=False))
 
@@ -370,7 +369,7 @@ class ZMQServer(Configurable):
         """Track the data channel's subscribed prefixes (XPUB reports each
         prefix's first subscribe and last unsubscribe, across subscribers)."""
         sock = self.pub
-        while sock.getsockopt(zmq.EVENTS) & POLLIN:
+        while sock.getsockopt(EVENTS) & POLLIN:
             msg = sock.recv()
             if msg[:1] == b"\x01":
                 self._subscriptions.add(msg[1:])

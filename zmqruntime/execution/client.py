@@ -32,6 +32,7 @@ import zmq.asyncio
 
 from .. import serialize
 from ..curve import secure_client_socket
+from ..polling import EVENTS, POLLIN
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
 from ..errors import ExecutionTimeout, ServerUnavailable
 from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id, new_id
@@ -251,7 +252,7 @@ class DoneWaiter:
             remaining = end - time.monotonic()
             if remaining <= 0 or not self.poller.poll(remaining * 1000):
                 return None
-            while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            while self.sock.getsockopt(EVENTS) & POLLIN:
                 frames = self.sock.recv_multipart(copy=False)
                 event = parse_event(self.session, frames)
                 if event is not None and event.type == "done" and event.execution_id in self.topics:
@@ -478,13 +479,19 @@ class ExecutionClient(ExecutionRequests):
 
     def run(self, task: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
         """execute + wait + get_results, for scripts (raises as get_results does)."""
-        exec_id = self.execute(task, **kwargs)
-        done = self._wait_final(exec_id, check_timeout(timeout))
-        if isinstance(done, Event) and done.get("inline_results") and done.get("status") == "complete":
-            return serialize.loads(done.buffers)  # verified with the event: no extra round trip
-        if isinstance(done, Event) and done.get("status") == "complete" and not done.get("result_names"):
-            return {}  # nothing was returned (a dropped result still has names: get_results explains)
-        return self.get_results(exec_id)
+        return self.result(self.execute(task, **kwargs), timeout=timeout)
+
+    def result(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Wait for the execution and return its results (``wait`` + ``get_results``,
+        raising as they do), in one step: when the 'done' event carries the
+        results or says there are none, no request is needed at all."""
+        done = self._wait_final(_check_id(execution_id), check_timeout(timeout))
+        if isinstance(done, Event) and done.get("status") == "complete":
+            if done.get("inline_results"):
+                return serialize.loads(done.buffers)  # verified with the event: no extra round trip
+            if not done.get("result_names"):
+                return {}  # nothing was returned (a dropped result still has names: get_results explains)
+        return self.get_results(execution_id)
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
         """Call ``callback(event)`` on a background thread for each event.
@@ -593,8 +600,8 @@ class AsyncExecutionClient(ExecutionRequests):
         msg = await self._client.request("results", {"execution_id": execution_id, "release": bool(release)})
         return self._decode_results(msg)
 
-    def _done_future(self, execution_id: str) -> "asyncio.Future[None]":
-        """A future resolved by the data-channel reader when ``execution_id`` is done."""
+    def _done_future(self, execution_id: str) -> "asyncio.Future[Event]":
+        """A future resolved (with the event) by the data-channel reader when ``execution_id`` is done."""
         if self._sub is None:
             self._sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
             self._sub.setsockopt(zmq.LINGER, 0)
@@ -608,17 +615,13 @@ class AsyncExecutionClient(ExecutionRequests):
             self._sub.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         return fut
 
-
-
     async def _read_events(self, sub: "zmq.asyncio.Socket") -> None:
         while True:
             event = parse_event(self.session, await sub.recv_multipart())
             if event is not None and event.type == "done":
                 fut = self._done.get(event.execution_id)
                 if fut is not None and not fut.done():
-                    fut.set_result(None)
-                    if event.get("status") == "complete":
-                        self._keep_done_event(event)
+                    fut.set_result(event)
 
     def _keep_done_event(self, event: Event) -> None:
         """Remember a waited-for 'done' event for ``get_results`` (bounded: oldest go first)."""
@@ -628,7 +631,28 @@ class AsyncExecutionClient(ExecutionRequests):
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the 'done' event, then return the final status;
-        ExecutionTimeout past ``timeout``. Many waits can run concurrently.
+        ExecutionTimeout past ``timeout``. Many waits can run concurrently."""
+        done = await self._wait_final(execution_id, timeout)
+        if isinstance(done, dict):
+            return done
+        if done.get("status") == "complete":
+            self._keep_done_event(done)  # get_results can then use its inline results
+        return await self.get_status(execution_id)
+
+    async def result(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Wait for the execution and return its results (``wait`` + ``get_results``,
+        raising as they do), in one step: when the 'done' event carries the
+        results or says there are none, no request is needed at all."""
+        done = await self._wait_final(execution_id, timeout)
+        if isinstance(done, Event) and done.get("status") == "complete":
+            if done.get("inline_results"):
+                return serialize.loads(done.buffers)
+            if not done.get("result_names"):
+                return {}
+        return await self.get_results(execution_id)
+
+    async def _wait_final(self, execution_id: str, timeout: Optional[float]) -> "Event | dict[str, Any]":
+        """The 'done' Event, or the final status when a ``status`` poll saw it first.
 
         The data channel does the waiting.  ``status`` is asked at the start
         and polled with a short backoff only when the 'done' event could have
@@ -648,7 +672,9 @@ class AsyncExecutionClient(ExecutionRequests):
         try:
             check = not trusted
             while True:
-                if check or done.done():
+                if done.done():
+                    return done.result()
+                if check:
                     status = await self.get_status(execution_id)
                     if status["status"] in FINAL_STATES:
                         return status

@@ -33,7 +33,7 @@ from .worker import KIND_CONTROL, KIND_EVENT
 
 log = logging.getLogger("zmqruntime.execution")
 
-POLLIN = int(zmq.POLLIN)
+from ..polling import EVENTS, POLLIN
 CHECK_INTERVAL = 0.05
 
 
@@ -189,7 +189,7 @@ class LocalWorkerPool:
     def _on_message(self) -> None:
         sock = self.sock
         for _ in range(1024):  # drain, but let the control channel have a turn
-            if not sock.getsockopt(zmq.EVENTS) & POLLIN:
+            if not sock.getsockopt(EVENTS) & POLLIN:
                 return
             worker_id = sock.recv().decode()
             kind = sock.recv()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import importlib
 import io
 import json
@@ -327,7 +328,7 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """
     code: str = task["code"]
     filename = f"<zmqexec-{ctx.execution_id}>"
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    _remember_source(filename, code)
     tree = ast.parse(code, filename=filename, mode="exec")
     last_expr = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
@@ -345,6 +346,20 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for name in task.get("results", []):
         results[name] = ns[name]
     return results
+
+
+#: Sources of this many recent executions stay in linecache, so tracebacks through
+#: functions they defined show their lines; older ones are dropped (a long-lived
+#: worker would otherwise keep every source it ever ran).
+LINECACHE_KEEP = 1000
+_remembered_sources: "collections.deque[str]" = collections.deque()
+
+
+def _remember_source(filename: str, code: str) -> None:
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    _remembered_sources.append(filename)
+    while len(_remembered_sources) > LINECACHE_KEEP:
+        linecache.cache.pop(_remembered_sources.popleft(), None)
 
 
 def _finite(x: Any) -> Any:
