@@ -517,3 +517,29 @@ def test_server_ages_and_timeouts_ignore_wall_clock_jumps(runtime_dir, port, tmp
             proc.wait(10)
         log.close()
 
+
+
+def test_async_timeout_of_one_request_spares_the_others_in_flight(server):
+    """One request timing out must not cost the replies of the others on the same socket."""
+    import asyncio
+
+    from zmqruntime import AsyncExecutionClient
+
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        try:
+            await client.ping()  # connected
+            os.kill(server.pid, signal.SIGSTOP)  # the server hears nothing for a while
+            try:
+                patient = asyncio.ensure_future(client._client.call("ping", {}, timeout=10))
+                hasty = asyncio.ensure_future(client._client.call("ping", {}, timeout=0.3))
+                with pytest.raises(ServerUnavailable):
+                    await hasty
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            return await patient  # answered once the server runs again
+        finally:
+            client.close()
+
+    reply = asyncio.run(asyncio.wait_for(main(), 30))
+    assert reply["pid"] == server.pid

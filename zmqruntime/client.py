@@ -195,7 +195,11 @@ class AsyncZMQClient(_BaseClient):
             await self._socket().send_multipart(frames, copy=not buffers)
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            self._reset()
+            self._pending.pop(msg_id, None)
+            # A fresh socket drops whatever is still queued for a server that may be gone, but
+            # it would also lose the replies of the other requests in flight: only when none are.
+            if not self._pending:
+                self._reset()
             raise self._unavailable(timeout, msg_type) from None
         finally:
             self._pending.pop(msg_id, None)
