@@ -314,3 +314,27 @@ def test_a_progress_batch_applies_its_newest_event_and_skips_the_rest(monkeypatc
     assert applied == [("progress", 3), ("progress", 7), ("stream", 8)]
     assert batches.skipped == 3 and h.gaps == 0 and conn.client.status_calls == 0
     assert h.progress["done"] == 5 and h.output == "x\n" and h.seq == 8
+
+
+def test_a_server_whose_pid_is_not_local_is_asked_before_it_is_called_gone(server):
+    """A connection file copied from another host (through an SSH tunnel) names a pid that is
+    not running here: the connection stays current while the server answers, and not after."""
+    import json
+    import os
+    import signal
+
+    from zmqruntime.execution.client import ExecutionClient
+    from zmqruntime_jupyter.connection import Connection
+
+    data = json.loads(server.connection_file.read_text())
+    data["pid"] = 4_000_000  # beyond any pid of this machine: as if it ran elsewhere
+    copied = server.connection_file.with_name("copied-from-remote.json")
+    copied.write_text(json.dumps(data))
+    conn = Connection(str(copied), ExecutionClient(connection_file=str(copied)), None)
+    try:
+        assert conn.still_current()  # not a local process, but it answers: current
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        assert not conn.still_current()  # no answer within the short timeout: gone
+    finally:
+        conn.client.close()

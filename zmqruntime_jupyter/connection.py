@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from tornado.ioloop import PeriodicCallback
 
-from zmqruntime.errors import ServerUnavailable
+from zmqruntime.errors import ServerUnavailable, ZMQRuntimeError
 from zmqruntime.execution.client import Event, ExecutionClient
 from zmqruntime.spawn import connection_path, find_server
 from zmqruntime.transport import DEFAULT_PORT, pid_alive, read_connection_file
@@ -38,6 +38,8 @@ log = logging.getLogger("zmqruntime.jupyter")
 PORT_ENV = "ZMQRUNTIME_PORT"
 REQUEST_TIMEOUT = 10.0
 TICK_MS = 50
+#: How long still_current waits for a ping from a server whose pid is not local.
+STALE_CHECK_TIMEOUT = 1.0
 MAX_HANDLES = 1000
 
 
@@ -72,13 +74,27 @@ class Connection:
         return self.client.info.data_port
 
     def still_current(self) -> bool:
-        """Does the connection file still describe the server we talk to?"""
+        """Does the connection file still describe the server we talk to?
+
+        The same key and pid as when we connected, and the server alive: a
+        local pid that is running says so at once. A pid that is not running
+        here may be a server on another host reached through a tunnel (its
+        connection file copied over), so then it is asked: a signed ping
+        reply with the same start time within a short timeout.
+        """
         try:
             info = read_connection_file(self.key)
         except (OSError, ValueError):
             return False
         mine = self.client.info
-        return info.key == mine.key and info.pid == mine.pid and pid_alive(info.pid)
+        if info.key != mine.key or info.pid != mine.pid:
+            return False
+        if pid_alive(info.pid):
+            return True
+        try:
+            return self.client.ping(timeout=STALE_CHECK_TIMEOUT).get("start_time") == info.start_time
+        except ZMQRuntimeError:
+            return False
 
     # -- following executions -------------------------------------------------
     def follow(self, handle: ExecutionHandle) -> None:
