@@ -300,6 +300,37 @@ def test_result_waits_and_returns_results_or_raises(server):
     assert got[0] == {"_": "a"} and got[1] == {} and got[2]["_"].sum() == 100_000
 
 
+def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
+    """gather(execute...) is one request; a bad task fails alone; a push goes as its own execute."""
+    sent: list[str] = []
+
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        real_call = client._client.call
+
+        async def counting_call(msg_type, content, **kwargs):
+            sent.append(msg_type)
+            return await real_call(msg_type, content, **kwargs)
+
+        client._client.call = counting_call
+        try:
+            codes = [f"{i} * 2" for i in range(40)]
+            outcome = await asyncio.gather(*(client.execute(c) for c in codes[:20]),
+                                           client.execute("1 +"),  # a syntax error, in the same batch
+                                           client.execute("x * 3", push={"x": 5}),
+                                           *(client.execute(c) for c in codes[20:]), return_exceptions=True)
+            ids = [o for o in outcome if isinstance(o, str)]
+            values = await asyncio.gather(*(client.result(i, timeout=30) for i in ids))
+            return outcome, values
+        finally:
+            client.close()
+
+    outcome, values = asyncio.run(asyncio.wait_for(main(), 60))
+    assert sorted(sent) == ["execute", "execute_many"]  # 41 items in one request, the push alone
+    assert isinstance(outcome[20], RemoteError) and outcome[20].code == "syntax_error"
+    assert [v["_"] for v in values] == [i * 2 for i in range(20)] + [15] + [i * 2 for i in range(20, 40)]
+
+
 def test_async_connect_discovers_server(server, runtime_dir):
     async def main():
         client = await AsyncExecutionClient.connect(port=server.port, auto_spawn=False)

@@ -224,3 +224,61 @@ def test_data_channel_events_are_signed(server):
     finally:
         sub.close(0)
         ctx.term()
+
+
+def _execute_many(sock, session, content, buffers=()):
+    frames, _ = session.serialize_request("execute_many", content, buffers)
+    sock.send_multipart(frames)
+    reply = recv_reply(sock, session)
+    assert reply is not None, "no reply to execute_many"
+    return reply.content
+
+
+def test_execute_many_answers_each_item_on_its_own(server, raw):
+    """One request, several executions: good ones queued, bad ones refused with execute's errors."""
+    sock, session = raw
+    before = len(server.client.list_executions())
+    items = [
+        {"task": {"kind": "python", "code": "6 * 7"}, "execution_id": "a1b2c3d4e5f6", "request_id": "r-1"},
+        {"task": {"kind": "python", "code": "6 *"}, "request_id": "r-2"},
+        {"task": {"kind": "nope"}},
+        "not an object",
+        {"task": {"kind": "python", "code": "'again'"}, "request_id": "r-1"},  # same key, other task
+        {"task": {"kind": "python", "code": "6 * 7"}, "execution_id": "a1b2c3d4e5f6", "request_id": "r-1"},
+        {"task": {"kind": "python", "code": "'last'"}, "timeout": -1},
+        {"task": {"kind": "python", "code": "'fine'"}},
+    ]
+    reply = _execute_many(sock, session, {"executions": items})
+    answers = reply["executions"]
+    assert reply["ok"] and len(answers) == len(items)
+    assert answers[0]["ok"] and answers[0]["execution_id"] == "a1b2c3d4e5f6" and not answers[0]["duplicate"]
+    codes = [a["error"]["code"] if not a["ok"] else None for a in answers]
+    assert codes == [None, "syntax_error", "unknown_task_kind", "bad_request", "request_id_conflict", None,
+                     "bad_request", None]
+    assert "executions[3]" in answers[3]["error"]["message"]
+    assert answers[5]["duplicate"] and answers[5]["execution_id"] == "a1b2c3d4e5f6"  # a retry: not queued again
+    assert server.client.result("a1b2c3d4e5f6", timeout=10) == {"_": 42}
+    assert server.client.result(answers[7]["execution_id"], timeout=10) == {"_": "fine"}
+    assert len(server.client.list_executions()) == before + 2  # exactly the two accepted ones
+
+
+@pytest.mark.parametrize("content, buffers, what", [
+    ({}, (), "non-empty list"),
+    ({"executions": []}, (), "non-empty list"),
+    ({"executions": {"task": 1}}, (), "non-empty list"),
+    ({"executions": [{"task": {"kind": "python", "code": "1"}}] * 3}, (), "max_batch=2"),
+    ({"executions": [{"task": {"kind": "python", "code": "1"}}]}, (b"x",), "no buffers"),
+])
+def test_execute_many_refuses_a_bad_request_whole(start_server, content, buffers, what):
+    server = start_server("--ExecutionServer.max_batch=2")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(server.client.info.control_url)
+    try:
+        reply = _execute_many(sock, Session(server.client.info.key), content, buffers)
+    finally:
+        sock.close()
+        ctx.term()
+    assert not reply["ok"] and reply["error"]["code"] == "bad_request" and what in reply["error"]["message"]
+    assert server.client.list_executions() == []  # nothing queued

@@ -45,7 +45,11 @@ def check_timeout(timeout: Any, name: str = "timeout", allow_none: bool = True) 
 
 def reply_content(msg: Message) -> dict[str, Any]:
     """The reply's content, or the matching RemoteError raised."""
-    content = msg.content
+    return ok_or_raise(msg.content)
+
+
+def ok_or_raise(content: dict[str, Any]) -> dict[str, Any]:
+    """``content`` when it says ``ok``, else its error raised as the matching RemoteError."""
     if content.get("ok"):
         return content
     error = content.get("error") or {}
@@ -214,4 +218,5 @@ class AsyncZMQClient(_BaseClient):
         self._pending.clear()
 
 
-__all__ = ["ZMQClient", "AsyncZMQClient", "RemoteError", "ServerUnavailable", "check_timeout", "reply_content"]
+__all__ = ["ZMQClient", "AsyncZMQClient", "RemoteError", "ServerUnavailable", "check_timeout", "ok_or_raise",
+           "reply_content"]

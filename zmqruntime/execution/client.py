@@ -33,8 +33,8 @@ import zmq.asyncio
 from .. import serialize
 from ..curve import secure_client_socket
 from ..polling import EVENTS, POLLIN
-from ..client import AsyncZMQClient, ZMQClient, check_timeout, reply_content
-from ..errors import ExecutionTimeout, ServerUnavailable
+from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, reply_content
+from ..errors import ExecutionTimeout, RemoteError, ServerUnavailable
 from ..protocol import FINAL_STATES, ProtocolError, Session, event_topic, new_execution_id, new_id
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
@@ -537,6 +537,8 @@ class AsyncExecutionClient(ExecutionRequests):
         self._done: dict[str, "asyncio.Future[None]"] = {}
         self._trusted: set[str] = set()  # ids whose 'done' the server said it will publish to us
         self._done_events: dict[str, Event] = {}  # 'done' events of waited-for executions, for get_results
+        self._outbox: list[tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]] = []  # executes of this turn
+        self._sending: set["asyncio.Task[None]"] = set()
 
     @classmethod
     async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
@@ -557,22 +559,81 @@ class AsyncExecutionClient(ExecutionRequests):
                       request_id: Optional[str] = None) -> str:
         """Queue ``task``; return its id. Concurrent calls are pipelined on one socket.
 
+        Calls made in the same turn of the event loop (``asyncio.gather`` of
+        many ``execute``) travel as one ``execute_many`` request, each
+        accepted or refused on its own; a call that pushes values goes alone.
         Idempotent and retried like :meth:`ExecutionClient.execute`.
         """
         content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
         self._done_future(content["execution_id"])  # subscribe before submitting
+        reply = await (self._submit_alone(content, buffers) if buffers else self._submit_batched(content))
+        exec_id = reply["execution_id"]
+        if exec_id != content["execution_id"]:  # a repeated request_id: the execution accepted earlier
+            self._done_future(exec_id)
+        elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
+            self._trusted.add(exec_id)
+        return exec_id
+
+    async def _submit_alone(self, content: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
         total = self._client.timeout
         for attempt_timeout in self._attempt_timeouts(total):
             try:
-                reply = await self._client.call("execute", content, buffers=buffers, timeout=attempt_timeout)
+                return await self._client.call("execute", content, buffers=buffers, timeout=attempt_timeout)
             except ServerUnavailable:
                 continue
-            if reply["execution_id"] != content["execution_id"]:
-                self._done_future(reply["execution_id"])
-            elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
-                self._trusted.add(reply["execution_id"])
-            return reply["execution_id"]
         raise self._execute_unavailable(self.info, total, content["request_id"])
+
+    def _submit_batched(self, content: dict[str, Any]) -> "asyncio.Future[dict[str, Any]]":
+        """Join this turn's outbox; the first call schedules sending it at the end of the turn."""
+        loop = asyncio.get_running_loop()
+        fut: "asyncio.Future[dict[str, Any]]" = loop.create_future()
+        if not self._outbox:
+            loop.call_soon(self._send_outbox)
+        self._outbox.append((content, fut))
+        return fut
+
+    def _send_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        task = asyncio.ensure_future(self._send_batch(batch))
+        self._sending.add(task)  # a strong reference until it is done
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, batch: list[tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]]) -> None:
+        try:
+            if len(batch) == 1:
+                answers = [await self._submit_alone(batch[0][0], [])]
+            else:
+                answers = await self._submit_many([content for content, _ in batch])
+        except BaseException as exc:  # no reply: every caller gets the error
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), answer in zip(batch, answers):
+            if fut.done():
+                continue
+            try:
+                fut.set_result(ok_or_raise(answer))
+            except RemoteError as exc:  # this one refused, the others queued
+                fut.set_exception(exc)
+
+    async def _submit_many(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        total = self._client.timeout
+        for attempt_timeout in self._attempt_timeouts(total):
+            try:
+                reply = await self._client.call("execute_many", {"executions": contents}, timeout=attempt_timeout)
+            except ServerUnavailable:
+                continue
+            answers = reply["executions"]
+            if len(answers) != len(contents):
+                raise RemoteError("bad_reply", f"execute_many answered {len(answers)} of {len(contents)} executions", {})
+            return answers
+        raise ServerUnavailable(
+            f"no reply to 'execute_many' ({len(contents)} executions) from the zmqruntime server at "
+            f"{self.info.control_url} within {total:g} s ({EXECUTE_ATTEMPTS} attempts): is it running? They may or "
+            "may not have been queued; submitting them again with the same request_ids runs none twice")
 
     async def get_status(self, execution_id: Optional[str] = None) -> Any:
         if execution_id is None:
@@ -696,6 +757,9 @@ class AsyncExecutionClient(ExecutionRequests):
         return await self._client.call("shutdown", {})
 
     def close(self) -> None:
+        for _, fut in self._outbox:  # not sent yet: they never will be
+            fut.cancel()
+        self._outbox = []
         if self._sub_reader is not None:
             self._sub_reader.cancel()
         if self._sub is not None:

@@ -100,6 +100,7 @@ class ExecutionServer(ZMQServer):
     cancel_grace_period = Float(2.0, help="Seconds after SIGINT before the worker is terminated.").tag(config=True)
     kill_grace_period = Float(1.0, help="Seconds after SIGTERM before the worker is killed.").tag(config=True)
     max_records = Int(1000, help="Executions remembered (oldest finished ones forgotten first).").tag(config=True)
+    max_batch = Int(10_000, help="Most executions one execute_many request may carry.").tag(config=True)
     max_results = Int(100, help="Results kept at most (count).").tag(config=True)
     max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
@@ -314,7 +315,30 @@ class ExecutionServer(ZMQServer):
 
     # -- handlers -----------------------------------------------------------
     def handle_execute(self, msg: Any) -> Reply:
-        c = msg.content
+        return self._accept_execute(msg.content, list(msg.buffers)), [], None
+
+    def handle_execute_many(self, msg: Any) -> Reply:
+        """Several ``execute`` contents in one request, each accepted or refused on its own."""
+        items = msg.content.get("executions")
+        if not isinstance(items, list) or not items:
+            raise RequestError("bad_request", "'executions' must be a non-empty list of execute request contents")
+        if len(items) > self.max_batch:
+            raise RequestError("bad_request", f"at most max_batch={self.max_batch} executions per execute_many, "
+                                              f"got {len(items)}")
+        if msg.buffers:
+            raise RequestError("bad_request", "execute_many carries no buffers: push values with execute")
+        answers = []
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise RequestError("bad_request", f"executions[{i}] must be an object, got {type(item).__name__}")
+                answers.append({"ok": True, **self._accept_execute(item, [])})
+            except RequestError as exc:
+                answers.append({"ok": False, "error": {"code": exc.code, "message": exc.message, **exc.extra}})
+        return {"executions": answers}, [], None
+
+    def _accept_execute(self, c: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
+        """Validate one execute content and queue it: the reply content, or RequestError."""
         task = self.validate_task(c.get("task"))
         name = c.get("name", "")
         if name is None:
@@ -329,7 +353,7 @@ class ExecutionServer(ZMQServer):
         if exec_id is not None and not is_execution_id(exec_id):
             raise RequestError("bad_request", f"'execution_id' must be 12 lowercase hex digits, got {exec_id!r}")
         request_id = check_request_id(c.get("request_id"))
-        fingerprint = request_fingerprint(task, name, timeout, msg.buffers) if request_id is not None else {}
+        fingerprint = request_fingerprint(task, name, timeout, buffers) if request_id is not None else {}
         if request_id is not None:
             seen = self.records.by_request_id(request_id)
             if seen is not None:  # a retry of a request already accepted: same execution, not run again
@@ -338,7 +362,7 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=list(msg.buffers),
+        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=buffers,
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.queue.append(exec_id)
@@ -346,10 +370,9 @@ class ExecutionServer(ZMQServer):
         # Whether the '<id>.done' event will reach a subscriber: the client that
         # subscribed before submitting can then wait on the event alone.
         done_subscribed = self.wants(event_topic(exec_id, "done"))
-        return {"execution_id": exec_id, "status": rec.status, "duplicate": False,
-                "done_subscribed": done_subscribed}, [], None
+        return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed}
 
-    def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> Reply:
+    def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
         differs = sorted(k for k in fingerprint if fingerprint[k] != rec.request_fingerprint.get(k))
         if differs:
@@ -358,7 +381,7 @@ class ExecutionServer(ZMQServer):
                 f"request_id {request_id!r} was already used for execution {rec.execution_id} "
                 f"with a different {', '.join(differs)}; use a new request_id for a new execution",
                 execution_id=rec.execution_id, differs=differs)
-        return {"execution_id": rec.execution_id, "status": rec.status, "duplicate": True}, [], None
+        return {"execution_id": rec.execution_id, "status": rec.status, "duplicate": True}
 
     def _submitted(self, rec: ExecutionRecord) -> None:
         if rec.status == "queued" and rec.seq == 0:
