@@ -321,6 +321,8 @@ def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
                                            *(client.execute(c) for c in codes[20:]), return_exceptions=True)
             ids = [o for o in outcome if isinstance(o, str)]
             values = await asyncio.gather(*(client.result(i, timeout=30) for i in ids))
+            await asyncio.sleep(0)  # the end of the turn: finished 'done' topics are unsubscribed together
+            assert not client._done and not client._to_unsubscribe and not client._outbox
             return outcome, values
         finally:
             client.close()
@@ -329,6 +331,23 @@ def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
     assert sorted(sent) == ["execute", "execute_many"]  # 41 items in one request, the push alone
     assert isinstance(outcome[20], RemoteError) and outcome[20].code == "syntax_error"
     assert [v["_"] for v in values] == [i * 2 for i in range(20)] + [15] + [i * 2 for i in range(20, 40)]
+
+
+def test_async_resubmit_with_the_same_request_id_follows_the_first_execution(server):
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        try:
+            first = await client.execute("6 * 7", request_id="same-key")
+            again = await client.execute("6 * 7", request_id="same-key")
+            value = await client.result(again, timeout=20)
+            await asyncio.sleep(0)
+            assert not client._done and not client._to_unsubscribe  # nothing left subscribed
+            return first, again, value
+        finally:
+            client.close()
+
+    first, again, value = asyncio.run(asyncio.wait_for(main(), 30))
+    assert first == again and value == {"_": 42}
 
 
 def test_async_connect_discovers_server(server, runtime_dir):

@@ -539,6 +539,7 @@ class AsyncExecutionClient(ExecutionRequests):
         self._done_events: dict[str, Event] = {}  # 'done' events of waited-for executions, for get_results
         self._outbox: list[tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]] = []  # executes of this turn
         self._sending: set["asyncio.Task[None]"] = set()
+        self._to_unsubscribe: set[str] = set()  # 'done' topics to drop at the end of this loop turn
 
     @classmethod
     async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
@@ -565,11 +566,19 @@ class AsyncExecutionClient(ExecutionRequests):
         Idempotent and retried like :meth:`ExecutionClient.execute`.
         """
         content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
-        self._done_future(content["execution_id"])  # subscribe before submitting
-        reply = await (self._submit_alone(content, buffers) if buffers else self._submit_batched(content))
+        proposed = content["execution_id"]
+        self._done_future(proposed)  # subscribe before submitting
+        try:
+            reply = await (self._submit_alone(content, buffers) if buffers else self._submit_batched(content))
+        except BaseException:  # refused or unanswered: nothing to wait for under this id
+            if self._done.pop(proposed, None) is not None and self._sub is not None:
+                self._unsubscribe_soon(proposed)
+            raise
         exec_id = reply["execution_id"]
-        if exec_id != content["execution_id"]:  # a repeated request_id: the execution accepted earlier
+        if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
             self._done_future(exec_id)
+            if self._done.pop(proposed, None) is not None:
+                self._unsubscribe_soon(proposed)
         elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
             self._trusted.add(exec_id)
         return exec_id
@@ -673,7 +682,10 @@ class AsyncExecutionClient(ExecutionRequests):
         fut = self._done.get(execution_id)
         if fut is None:
             fut = self._done[execution_id] = asyncio.get_running_loop().create_future()
-            self._sub.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
+            if execution_id in self._to_unsubscribe:  # still subscribed: keep it that way
+                self._to_unsubscribe.discard(execution_id)
+            else:
+                self._sub.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         return fut
 
     async def _read_events(self, sub: "zmq.asyncio.Socket") -> None:
@@ -751,6 +763,19 @@ class AsyncExecutionClient(ExecutionRequests):
         finally:
             self._trusted.discard(execution_id)
             if self._done.pop(execution_id, None) is not None and self._sub is not None:
+                self._unsubscribe_soon(execution_id)
+
+    def _unsubscribe_soon(self, execution_id: str) -> None:
+        """Unsubscribe at the end of this loop turn, together with the others finished in it:
+        each (un)subscribe may wake libzmq's I/O thread, and one wake-up serves a whole run."""
+        if not self._to_unsubscribe:
+            asyncio.get_running_loop().call_soon(self._flush_unsubscribes)
+        self._to_unsubscribe.add(execution_id)
+
+    def _flush_unsubscribes(self) -> None:
+        ids, self._to_unsubscribe = self._to_unsubscribe, set()
+        if self._sub is not None:
+            for execution_id in ids:
                 self._sub.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
 
     async def shutdown(self) -> dict[str, Any]:
