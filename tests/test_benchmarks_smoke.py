@@ -63,3 +63,18 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     # The cancel rows really cancelled: both a Python loop and a task blocked in C.
     for key in ("cancel", "cancel_blocked"):
         assert results["zr_cancel"][0][key]["n"] >= 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--budget", "-5"], "--budget > 0"),
+    (["--rounds", "many"], "invalid int value"),
+    (["--only", "zr_nothing"], "unknown benchmark(s): zr_nothing"),
+])
+def test_bad_flags_are_refused_before_anything_runs(tmp_path: Path, args: list, message: str) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not out.exists() and "[bench]" not in proc.stdout

@@ -91,6 +91,8 @@ def test_submit_from_stdin(server):
     (["submit", "x.py", "--exec-timeout", "-3"], "must be positive"),
     (["ping", "--bogus"], "unrecognized arguments"),
     (["serve", "--ExecutionServer.concurrency=many"], "expected an int"),
+    (["serve", "--ExecutionServer.concurrency=0"], "concurrency must be >= 1"),
+    (["serve", "--ExecutionServer.max_batch=0"], "max_batch must be >= 1"),
     (["serve", "--port", "65000"], "control port"),
 ])
 def test_bad_flags_give_clear_errors(runtime_dir, args, message):
@@ -104,3 +106,12 @@ def test_missing_file_and_missing_server(runtime_dir, port):
     assert out.returncode == 2 and "cannot read" in out.stderr
     out = zr("status", "--port", port, "--timeout", "1")
     assert out.returncode == 3 and "no zmqruntime server" in out.stderr
+
+
+def test_serve_takes_traits_from_the_command_line(start_server):
+    """--ExecutionServer.x=y is applied, not overridden by the default of a plain flag."""
+    server = start_server("--ExecutionServer.concurrency=2", "--ExecutionServer.max_batch=7")
+    info = server.client.ping()
+    assert info["concurrency"] == 2 and len(info["workers"]) == 2
+    explicit = start_server("--concurrency", "3")
+    assert explicit.client.ping()["concurrency"] == 3

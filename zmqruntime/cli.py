@@ -91,17 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="start a server in the foreground",
                        description="Start a server in the foreground. Any trait of ExecutionServer can also be set, "
                                    "e.g. --ExecutionServer.max_results=10 (see docs/protocol.md for retention).")
-    p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="data port (default 7777); control = port + offset")
-    p.add_argument("--control-port-offset", type=int, default=DEFAULT_CONTROL_OFFSET)
-    p.add_argument("--ip", default=DEFAULT_IP, help="interface to bind (default 127.0.0.1)")
-    p.add_argument("--allow-public-bind", action="store_true", help="allow a non-loopback --ip")
-    p.add_argument("--curve", action="store_true",
+    # These flags default to None: a flag not given leaves its trait alone, so
+    # --ExecutionServer.concurrency=2 (or a config value) is not overridden by a default here.
+    p.add_argument("--port", type=port_number, default=None, help="data port (default 7777); control = port + offset")
+    p.add_argument("--control-port-offset", type=int, default=None, help="default 1000")
+    p.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--allow-public-bind", action="store_true", default=None, help="allow a non-loopback --ip")
+    p.add_argument("--curve", action="store_true", default=None,
                    help="encrypt both channels with CurveZMQ (clients pick the key up from the connection file)")
-    p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
-    p.add_argument("--name", default="", help="IPC server name (default: the port)")
-    p.add_argument("--concurrency", type=int, default=1, help="executions run at once (default 1)")
-    p.add_argument("--connection-file", default="", help="where to write the connection file")
-    p.add_argument("--parent-pid", type=int, default=0, help="child mode: exit when this pid dies")
+    p.add_argument("--transport", choices=["tcp", "ipc"], default=None, help="default tcp")
+    p.add_argument("--name", default=None, help="IPC server name (default: the port)")
+    p.add_argument("--concurrency", type=int, default=None, help="executions run at once (default 1)")
+    p.add_argument("--connection-file", default=None, help="where to write the connection file")
+    p.add_argument("--parent-pid", type=int, default=None, help="child mode: exit when this pid dies")
     p.add_argument("--server-class", default="", help="module:Class, an ExecutionServer subclass")
     p.add_argument("--cancel-grace-period", type=positive_seconds, default=None)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -180,16 +182,14 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cls = _load_class(args.server_class) if args.server_class else ExecutionServer
-    kwargs: dict[str, Any] = dict(
-        config=config,
+    given = dict(
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
         parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind, curve=args.curve,
+        cancel_grace_period=args.cancel_grace_period,
+        worker_server_class=args.server_class or None,
     )
-    if args.server_class:
-        kwargs["worker_server_class"] = args.server_class
-    if args.cancel_grace_period is not None:
-        kwargs["cancel_grace_period"] = args.cancel_grace_period
+    kwargs: dict[str, Any] = {"config": config, **{k: v for k, v in given.items() if v is not None}}
     try:
         server = cls(**kwargs)
         info = server.bind()

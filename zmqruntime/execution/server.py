@@ -117,8 +117,9 @@ class ExecutionServer(ZMQServer):
             super(ZMQServer, self).__init__(**kwargs)
             return
         super().__init__(**kwargs)
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        for name in ("concurrency", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
         self.queue: deque[str] = deque()
         self.pool: Optional[LocalWorkerPool] = None
