@@ -450,3 +450,22 @@ def test_malformed_progress_batch_is_dropped_not_raised():
         assert parse_events(session, session.serialize("progress_batch", bad, topic=topic)) == []
     # and a forged one (wrong key) never parses
     assert parse_events(session, Session("x" * 64).serialize("progress_batch", good, topic=topic)) == []
+
+
+def test_a_finished_wait_leaves_no_done_subscription(server):
+    from zmqruntime.errors import ExecutionTimeout
+
+    client = server.new_client()
+    try:
+        ids = [client.execute(f"{i}") for i in range(5)]
+        assert all(client.wait(i, timeout=10)["status"] == "complete" for i in ids)
+        assert client._waiter().topics == {}  # nothing left subscribed once waited for
+        slow = client.execute("import time\ntime.sleep(5)")
+        with pytest.raises(ExecutionTimeout):
+            client.wait(slow, timeout=0.2)
+        assert slow in client._waiter().topics  # not over: execute's subscription stays for a later wait
+        client.cancel(slow)
+        assert client.wait(slow, timeout=10)["status"] == "cancelled"
+        assert client._waiter().topics == {}
+    finally:
+        client.close()

@@ -86,6 +86,18 @@ def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
     return Event(msg.msg_type, c.get("execution_id", ""), int(c.get("seq", 0)), c, buffers=msg.buffers)
 
 
+def results_in_done_event(done: Any) -> Optional[dict[str, Any]]:
+    """The results a verified 'done' Event of a complete execution carries (its inline
+    results, or ``{}`` when it returned nothing), else None: then ask the server.
+    A dropped result still has names, so the server's ``results_expired`` explains it."""
+    if isinstance(done, Event) and done.get("status") == "complete":
+        if done.get("inline_results"):
+            return serialize.loads(done.buffers)
+        if not done.get("result_names"):
+            return {}
+    return None
+
+
 def parse_events(session: Session, frames: Sequence[Any]) -> list[Event]:
     """The events of one verified data-channel message: a ``progress_batch``
     becomes its progress events, in order; anything else is one event."""
@@ -240,6 +252,10 @@ class DoneWaiter:
         if count > 0:
             self.topics[execution_id] = count
             return
+        self.forget(execution_id)
+
+    def forget(self, execution_id: str) -> None:
+        """Drop the subscription whoever asked for it: the execution is over."""
         if self.topics.pop(execution_id, None) is not None:
             self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
         self.done.pop(execution_id, None)
@@ -344,7 +360,6 @@ class ExecutionClient(ExecutionRequests):
                                  control_port_offset=control_port_offset, extra_args=tuple(server_args))
         else:
             from ..spawn import connection_path, find_server
-            from ..errors import ServerUnavailable
 
             found = find_server(connection_path(port, transport, name), timeout=timeout)
             if found is None:
@@ -465,17 +480,21 @@ class ExecutionClient(ExecutionRequests):
         try:
             backoff, cap = (TRUSTED_POLL_START, TRUSTED_POLL_MAX) if trusted else (UNSURE_POLL_START, UNSURE_POLL_MAX)
             while True:
-                event = waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic()))
-                if event is not None:
-                    return event
+                final = waiter.wait_done(execution_id, backoff if deadline is None else min(backoff, deadline - time.monotonic()))
+                if final is not None:
+                    break
                 status = self.get_status(execution_id)
                 if status["status"] in FINAL_STATES:
-                    return status
+                    final = status
+                    break
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
                 backoff = min(backoff * 2, cap)
-        finally:
-            waiter.unsubscribe(execution_id)
+        except BaseException:
+            waiter.unsubscribe(execution_id)  # not over yet: execute's own subscription stays
+            raise
+        waiter.forget(execution_id)  # over: its 'done' event will not come again
+        return final
 
     def run(self, task: Any, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
         """execute + wait + get_results, for scripts (raises as get_results does)."""
@@ -486,12 +505,8 @@ class ExecutionClient(ExecutionRequests):
         raising as they do), in one step: when the 'done' event carries the
         results or says there are none, no request is needed at all."""
         done = self._wait_final(_check_id(execution_id), check_timeout(timeout))
-        if isinstance(done, Event) and done.get("status") == "complete":
-            if done.get("inline_results"):
-                return serialize.loads(done.buffers)  # verified with the event: no extra round trip
-            if not done.get("result_names"):
-                return {}  # nothing was returned (a dropped result still has names: get_results explains)
-        return self.get_results(execution_id)
+        results = results_in_done_event(done)  # verified with the event: no extra round trip
+        return results if results is not None else self.get_results(execution_id)
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
         """Call ``callback(event)`` on a background thread for each event.
@@ -662,11 +677,9 @@ class AsyncExecutionClient(ExecutionRequests):
         """The results; taken from the verified 'done' event when they rode along
         in it (small results, as ``ExecutionClient.run`` does), else fetched."""
         done = self._done_events.pop(_check_id(execution_id), None)
-        if done is not None and not release:
-            if done.get("inline_results"):
-                return serialize.loads(done.buffers)
-            if not done.get("result_names"):
-                return {}  # nothing was returned (a dropped result still has names: the server explains)
+        results = None if release else results_in_done_event(done)
+        if results is not None:
+            return results
         msg = await self._client.request("results", {"execution_id": execution_id, "release": bool(release)})
         return self._decode_results(msg)
 
@@ -716,13 +729,8 @@ class AsyncExecutionClient(ExecutionRequests):
         """Wait for the execution and return its results (``wait`` + ``get_results``,
         raising as they do), in one step: when the 'done' event carries the
         results or says there are none, no request is needed at all."""
-        done = await self._wait_final(execution_id, timeout)
-        if isinstance(done, Event) and done.get("status") == "complete":
-            if done.get("inline_results"):
-                return serialize.loads(done.buffers)
-            if not done.get("result_names"):
-                return {}
-        return await self.get_results(execution_id)
+        results = results_in_done_event(await self._wait_final(execution_id, timeout))
+        return results if results is not None else await self.get_results(execution_id)
 
     async def _wait_final(self, execution_id: str, timeout: Optional[float]) -> "Event | dict[str, Any]":
         """The 'done' Event, or the final status when a ``status`` poll saw it first.
