@@ -144,3 +144,38 @@ def test_server_keeps_pinging_while_task_burns_cpu(server):
         assert client.ping()["running"] == [exec_id]
     client.cancel(exec_id)
     assert client.wait(exec_id, timeout=20)["status"] == "cancelled"
+
+
+def test_interrupt_guard_counts_only_the_main_threads_sections():
+    """The flusher thread's sends must neither hold back an interrupt nor raise it in the wrong thread."""
+    import threading
+
+    from zmqruntime.execution.worker import InterruptGuard
+
+    guard = InterruptGuard()
+    guard.armed = True
+    raised: list[BaseException] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def flusher() -> None:
+        try:
+            with guard:  # a send on another thread, while the interrupt arrives
+                entered.set()
+                release.wait(5)
+        except BaseException as exc:  # a KeyboardInterrupt here would kill the flusher
+            raised.append(exc)
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    assert entered.wait(5)
+    with pytest.raises(KeyboardInterrupt):  # not deferred: no main-thread section is open
+        guard.handler(2, None)
+    release.set()
+    t.join(5)
+    assert raised == [] and guard.critical == 0
+    # on the main thread a section does defer it, to the section's end
+    guard.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        with guard:
+            guard.handler(2, None)
+            assert guard.pending  # deferred, not raised mid-send

@@ -55,12 +55,28 @@ STREAM_FLUSH_BYTES = 64 * 1024
 
 
 class InterruptGuard:
-    """SIGINT → KeyboardInterrupt, but only in user code, never mid-send."""
+    """SIGINT → KeyboardInterrupt, but only in user code, never mid-send.
+
+    ``with guard:`` marks a critical section (a send). Only the main thread's
+    sections count: Python runs signal handlers on the main thread, so that
+    is the only thread an interrupt can land in; a section entered by the
+    flusher thread must neither delay the interrupt nor, on leaving, raise
+    it in the wrong thread.
+    """
 
     def __init__(self) -> None:
         self.armed = False
         self.critical = 0
         self.pending = False
+        self._main = threading.get_ident()
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == self._main:
+            self.critical += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if threading.get_ident() == self._main:
+            self.leave_critical()
 
     def handler(self, signum: int, frame: Any) -> None:
         if not self.armed:
@@ -162,12 +178,8 @@ class Worker:
 
     # -- sending ------------------------------------------------------------
     def _send(self, frames: list[Any]) -> None:
-        self.guard.critical += 1
-        try:
-            with self.lock:
-                send_frames(self.sock, frames)
-        finally:
-            self.guard.leave_critical()
+        with self.guard, self.lock:
+            send_frames(self.sock, frames)
 
     def _send_control(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
         self._send([KIND_CONTROL, json.dumps(content).encode(), *buffers])
@@ -177,15 +189,11 @@ class Worker:
         exec_id = self.execution_id
         if exec_id is None:
             return
-        self.guard.critical += 1
-        try:
-            with self.lock:
-                self._flush_progress_locked()  # keep events in seq order
-                self.seq += 1
-                self._send_event_locked(exec_id, event_type, {"execution_id": exec_id, "seq": self.seq,
-                                                              "time": time.time(), **data})
-        finally:
-            self.guard.leave_critical()
+        with self.guard, self.lock:
+            self._flush_progress_locked()  # keep events in seq order
+            self.seq += 1
+            self._send_event_locked(exec_id, event_type, {"execution_id": exec_id, "seq": self.seq,
+                                                          "time": time.time(), **data})
 
     def _send_event_locked(self, exec_id: str, event_type: str, content: dict[str, Any], topic_type: str = "") -> None:
         frames = self.session.serialize(event_type, content, topic=event_topic(exec_id, topic_type or event_type))
@@ -198,18 +206,14 @@ class Worker:
         exec_id = self.execution_id
         if exec_id is None:
             return
-        self.guard.critical += 1
-        try:
-            with self.lock:
-                self.seq += 1
-                self._progress_rows.append([self.seq, time.time(), _finite(done), _finite(total), desc,
-                                            _finite(rate), elapsed])
-                now = time.monotonic()
-                if (now - self._progress_sent >= PROGRESS_BATCH_WINDOW
-                        or len(self._progress_rows) >= PROGRESS_BATCH_MAX):
-                    self._flush_progress_locked()
-        finally:
-            self.guard.leave_critical()
+        with self.guard, self.lock:
+            self.seq += 1
+            self._progress_rows.append([self.seq, time.time(), _finite(done), _finite(total), desc,
+                                        _finite(rate), elapsed])
+            now = time.monotonic()
+            if (now - self._progress_sent >= PROGRESS_BATCH_WINDOW
+                    or len(self._progress_rows) >= PROGRESS_BATCH_MAX):
+                self._flush_progress_locked()
 
     def _flush_progress_locked(self) -> None:
         rows, exec_id = self._progress_rows, self.execution_id
@@ -225,12 +229,8 @@ class Worker:
             }, topic_type=PROGRESS_BATCH_TOPIC)
 
     def flush_progress(self) -> None:
-        self.guard.critical += 1
-        try:
-            with self.lock:
-                self._flush_progress_locked()
-        finally:
-            self.guard.leave_critical()
+        with self.guard, self.lock:
+            self._flush_progress_locked()
 
     def _flush_streams(self) -> None:
         self.flush_progress()
