@@ -793,6 +793,8 @@ class AsyncExecutionClient(ExecutionRequests):
         for _, fut in self._outbox:  # not sent yet: they never will be
             fut.cancel()
         self._outbox = []
+        for task in self._sending:  # and no batch in flight may open a socket after close
+            task.cancel()
         if self._sub_reader is not None:
             self._sub_reader.cancel()
         if self._sub is not None:
