@@ -543,3 +543,27 @@ def test_async_timeout_of_one_request_spares_the_others_in_flight(server):
 
     reply = asyncio.run(asyncio.wait_for(main(), 30))
     assert reply["pid"] == server.pid
+
+
+def test_unanswered_execute_many_fails_every_caller_clearly(server):
+    """A batch that gets no reply at all: each execute() of it raises, naming the batch and what is safe."""
+    import asyncio
+
+    from zmqruntime import AsyncExecutionClient
+
+    async def main():
+        client = AsyncExecutionClient(server.client.info, timeout=0.6)
+        try:
+            await client.ping()
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                return await asyncio.gather(*(client.execute(f"{i}") for i in range(3)), return_exceptions=True)
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+        finally:
+            client.close()
+
+    outcome = asyncio.run(asyncio.wait_for(main(), 30))
+    assert all(isinstance(o, ServerUnavailable) for o in outcome), outcome
+    assert "'execute_many'" in str(outcome[0]) and "3 executions" in str(outcome[0]) and "3 attempts" in str(outcome[0])
+    assert server.client.ping()["pid"] == server.pid

@@ -323,11 +323,18 @@ class ExecutionRequests:
             yield max(0.001, (deadline - time.monotonic()) / (EXECUTE_ATTEMPTS - attempt))
 
     @staticmethod
-    def _execute_unavailable(info: ConnectionInfo, total: float, request_id: str) -> ServerUnavailable:
+    def _execute_unavailable(info: ConnectionInfo, total: float, request_ids: Sequence[str],
+                             what: str = "execute") -> ServerUnavailable:
+        """No reply to an execute (or execute_many) after every attempt: say what is safe to do next."""
+        if len(request_ids) == 1:
+            queued = (f"The execution may or may not have been queued; execute(..., request_id={request_ids[0]!r}) "
+                      "submits it again without running it twice")
+        else:
+            queued = (f"The {len(request_ids)} executions may or may not have been queued; submitting them again "
+                      "with the same request_ids runs none twice")
         return ServerUnavailable(
-            f"no reply to 'execute' from the zmqruntime server at {info.control_url} within {total:g} s "
-            f"({EXECUTE_ATTEMPTS} attempts): is it running? The execution may or may not have been queued; "
-            f"execute(..., request_id={request_id!r}) submits it again without running it twice"
+            f"no reply to {what!r} from the zmqruntime server at {info.control_url} within {total:g} s "
+            f"({EXECUTE_ATTEMPTS} attempts): is it running? {queued}"
         )
 
     @staticmethod
@@ -412,7 +419,7 @@ class ExecutionClient(ExecutionRequests):
                     raise
                 log.info("no reply to execute (request_id %s) within %.3g s; retrying", content["request_id"],
                          attempt_timeout)
-        raise self._execute_unavailable(self.info, total, content["request_id"])
+        raise self._execute_unavailable(self.info, total, [content["request_id"]])
 
     def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
@@ -605,7 +612,7 @@ class AsyncExecutionClient(ExecutionRequests):
                 return await self._client.call("execute", content, buffers=buffers, timeout=attempt_timeout)
             except ServerUnavailable:
                 continue
-        raise self._execute_unavailable(self.info, total, content["request_id"])
+        raise self._execute_unavailable(self.info, total, [content["request_id"]])
 
     def _submit_batched(self, content: dict[str, Any]) -> "asyncio.Future[dict[str, Any]]":
         """Join this turn's outbox; the first call schedules sending it at the end of the turn."""
@@ -654,10 +661,7 @@ class AsyncExecutionClient(ExecutionRequests):
             if len(answers) != len(contents):
                 raise RemoteError("bad_reply", f"execute_many answered {len(answers)} of {len(contents)} executions", {})
             return answers
-        raise ServerUnavailable(
-            f"no reply to 'execute_many' ({len(contents)} executions) from the zmqruntime server at "
-            f"{self.info.control_url} within {total:g} s ({EXECUTE_ATTEMPTS} attempts): is it running? They may or "
-            "may not have been queued; submitting them again with the same request_ids runs none twice")
+        raise self._execute_unavailable(self.info, total, [c["request_id"] for c in contents], "execute_many")
 
     async def get_status(self, execution_id: Optional[str] = None) -> Any:
         if execution_id is None:
