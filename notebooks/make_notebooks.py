@@ -149,6 +149,22 @@ kernels: the server is persistent); `%zmq status` adds the server's health.
 """),
         code("%zmq list"),
         code("%zmq status"),
+        md("""
+## Summary
+
+What this notebook did, in a few lines. Written to file descriptor 1, so it shows
+here and, when the notebook runs headless (`jupyter execute`), on the terminal.
+"""),
+        code("""
+summary = "\\n".join([
+    "zmqruntime quickstart: every step ran on the server",
+    f"  squares     {job.status:<9} sum of squares = {job.result()}",
+    f"  weighted    complete  {weighted}",
+    f"  await       complete  mean = {mean}",
+    f"  oops        {failed.status:<9} {failed.error['ename']}: {failed.error['evalue']}",
+])
+os.write(1, (summary + "\\n").encode())
+"""),
     ]
     return _notebook(cells)
 

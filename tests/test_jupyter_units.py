@@ -266,7 +266,7 @@ def test_the_workers_own_wire_form_is_recognised_as_skippable():
     sent: list[bytes] = []
     w = emitter(sent)
     for i in range(3):
-        w._progress_sent = -1.0  # as if the last progress send was long ago: each goes alone
+        w._progress_sent = None  # as if no progress was ever sent: each goes alone
         w._progress_sink(i, 3, "d", 1.0, 0.5)
     batch = [unpack_frames(d) for d in sent if d != KIND_EVENT]
     to_apply, superseded = triage(batch)
@@ -287,8 +287,22 @@ def emitter(sent: list) -> Any:
     w = Worker.__new__(Worker)
     w.session, w.lock, w.guard, w.sock = Session(KEY), threading.Lock(), InterruptGuard(), Sock()
     w.execution_id, w.seq = EID, 2
-    w._progress_rows, w._progress_sent = [], -1.0
+    w._progress_rows, w._progress_sent = [], None
     return w
+
+
+def test_a_fresh_workers_first_progress_goes_at_once_whatever_the_uptime(monkeypatch):
+    """On a freshly booted machine the monotonic clock reads near zero: the first event must not wait."""
+    from zmqruntime.execution import worker
+    from zmqruntime.execution.worker import KIND_EVENT
+    from zmqruntime.protocol import unpack_frames
+
+    monkeypatch.setattr(worker.time, "monotonic", lambda: 0.001)  # seconds after boot
+    sent: list[bytes] = []
+    w = emitter(sent)
+    w._progress_sink(1, 10, "first", 1.0, 0.1)
+    msgs = [unpack_frames(d) for d in sent if d != KIND_EVENT]
+    assert [m[0].decode().split(".", 1)[1] for m in msgs] == ["progress"]
 
 
 def test_a_progress_batch_applies_its_newest_event_and_skips_the_rest(monkeypatch):

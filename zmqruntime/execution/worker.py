@@ -174,7 +174,7 @@ class Worker:
         self._stop = threading.Event()
         self.parent_pid = parent_pid
         self._progress_rows: list[list[Any]] = []  # progress events waiting to go as one batch
-        self._progress_sent = -1.0  # monotonic time of the last progress send
+        self._progress_sent: Optional[float] = None  # monotonic time of the last progress send; None: never
 
     # -- sending ------------------------------------------------------------
     def _send(self, frames: list[Any]) -> None:
@@ -210,8 +210,8 @@ class Worker:
             self.seq += 1
             self._progress_rows.append([self.seq, time.time(), _finite(done), _finite(total), desc,
                                         _finite(rate), elapsed])
-            now = time.monotonic()
-            if (now - self._progress_sent >= PROGRESS_BATCH_WINDOW
+            last = self._progress_sent
+            if (last is None or time.monotonic() - last >= PROGRESS_BATCH_WINDOW
                     or len(self._progress_rows) >= PROGRESS_BATCH_MAX):
                 self._flush_progress_locked()
 
