@@ -42,6 +42,7 @@ from .. import reporting as progress_mod
 from .. import serialize
 from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, buffer_digest, event_topic,
                         pack_frames, send_frames)
+from . import capture
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
@@ -282,6 +283,7 @@ class Worker:
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self.stdout, self.stderr
         progress_mod._set_sink(self._progress_sink)
+        rich = capture.install(self.emit)  # display(), figures, tqdm bars, no stdin
         try:
             pushed = serialize.loads(buffers) if buffers else {}
             ctx = TaskContext(exec_id, self.namespace, pushed)
@@ -290,6 +292,7 @@ class Worker:
             self.guard.armed = True
             try:
                 results = self.app.execute_task(msg["task"], ctx) or {}
+                rich.show_result(results)
             finally:
                 self.guard.armed = False
         except KeyboardInterrupt:
@@ -297,6 +300,7 @@ class Worker:
         except BaseException:  # SystemExit too: the task failed, the worker lives
             status, error = "failed", _format_error(*sys.exc_info())
         finally:
+            rich.uninstall()
             progress_mod._set_sink(None)
             sys.stdout, sys.stderr = old_out, old_err
         self._flush_streams()
