@@ -14,7 +14,8 @@ import pytest
 
 from zmqruntime.execution.client import Event
 from zmqruntime_jupyter.handle import ExecutionHandle
-from zmqruntime_jupyter.panel import TRIM_NOTE, ExecutionPanel, LiveOutput, progress_text
+from zmqruntime_jupyter.output_area import OutputArea
+from zmqruntime_jupyter.panel import ExecutionPanel, progress_text
 from zmqruntime_jupyter.stream import Coalescer
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,8 +124,7 @@ def test_lost_done_is_found_by_the_watchdog_status_poll():
     h.recovered(status(1, status="queued"))
     assert not h.final
     conn.client.status = status(4, status="complete", has_results=True)
-    h.watchdog_fired()
-    h._request_recovery()
+    h.tick(time.monotonic() + 60)  # the watchdog is due: it polls status
     assert h.final and h.state["has_results"]
 
 
@@ -138,7 +138,7 @@ def test_cancel_from_another_thread_only_marks_ui_dirty():
     t.join(5)
     assert conn.client.cancelled == [("abc", "cancelled with the Cancel button")]
     assert h.cancel_origin == "subshell-like"
-    assert h._cross_thread_dirty.is_set()
+    assert h.view.dirty_from_other_thread
 
 
 def test_coalescer_bounds_flush_rate():
@@ -154,16 +154,29 @@ def test_coalescer_bounds_flush_rate():
     assert all(g >= 0.099 for g in gaps)
 
 
-def test_live_output_merges_and_trims():
-    out = LiveOutput()
-    out.max_chars = 100
+def test_output_area_appends_in_segments_and_keeps_a_bounded_tail():
+    area = OutputArea(max_chars=100, segment_chars=30)
     for _ in range(30):
-        out.append_stdout("x" * 9 + "\n")
-    assert out.outputs[0]["text"] == TRIM_NOTE
-    assert len(out.outputs) == 2
-    assert len(out.outputs[1]["text"]) == 100
-    out.append_stderr("err\n")
-    assert out.outputs[-1] == {"output_type": "stream", "name": "stderr", "text": "err\n"}
+        area.apply([("stream", "stdout", "x" * 9 + "\n")])
+    assert sum(len(o["text"]) for o in area.outputs) <= 100
+    assert area.dropped_chars == 300 - sum(len(o["text"]) for o in area.outputs)
+    assert "trimmed" in area.box.children[0].value  # the note says so
+    area.apply([("stream", "stderr", "err\n")])
+    assert area.outputs[-1] == {"output_type": "stream", "name": "stderr", "text": "err\n"}
+
+
+def test_output_area_display_updates_replace_and_clear_waits_for_the_next_output():
+    area = OutputArea()
+    shown = {"output_type": "display_data", "data": {"text/plain": "one"}, "metadata": {},
+             "transient": {"display_id": "d1"}}
+    area.apply([("stream", "stdout", "a\n"), ("display", shown), ("stream", "stdout", "b\n")])
+    assert [o.get("text") or o["data"]["text/plain"] for o in area.outputs] == ["a\n", "one", "b\n"]
+    area.apply([("update", {**shown, "data": {"text/plain": "two"}})])
+    assert [o.get("text") or o["data"]["text/plain"] for o in area.outputs] == ["a\n", "two", "b\n"]
+    area.apply([("clear", True)])
+    assert len(area.outputs) == 3  # wait=True: cleared only when the next output comes
+    area.apply([("stream", "stdout", "c\n")])
+    assert area.outputs == [{"output_type": "stream", "name": "stdout", "text": "c\n"}]
 
 
 def test_progress_text_and_panel_render():
@@ -174,7 +187,7 @@ def test_progress_text_and_panel_render():
     assert "ETA" not in progress_text({"done": 50, "total": 100, "rate": 10.0, "elapsed": 5.0}, final=True)
     panel = ExecutionPanel("abc", "job")
     panel.render({"status": "running", "progress": {"done": 3, "total": 4, "desc": "d", "rate": 1, "elapsed": 3}},
-                 [("stdout", "a"), ("stdout", "b"), ("stderr", "c")], [], False)
+                 [("stream", "stdout", "a"), ("stream", "stdout", "b"), ("stream", "stderr", "c")], [], False)
     assert panel.bar.value == 3 and panel.bar.max == 4 and panel.bar.description == "d"
     assert [o["text"] for o in panel.output.outputs] == ["ab", "c"]
     panel.render({"status": "failed", "error": {"ename": "E", "evalue": "v", "traceback": ["Traceback\n", "E: v\n"]}},
@@ -230,7 +243,7 @@ def test_flood_batch_applies_every_stream_event_and_only_the_newest_progress():
     assert (batches.received, batches.skipped, batches.applied, batches.dropped) == (9, 6, 3, 0)
     assert h.output == "a\nb\n" and h.progress["done"] == 11 and h.seq == 11
     assert conn.client.status_calls == 0 and h.gaps == 0  # no recovery
-    assert h._skipped == set()
+    assert h.sequencer.skipped_pending == 0
     # The next batch goes on from there; a stale repeat of an old seq changes nothing.
     batches.handle_batch([prog(7), prog(12), out(13, "c\n"), prog(14), wire("status", 15, status="complete"),
                           wire("done", 16, status="complete", has_results=False)])

@@ -215,7 +215,7 @@ class ZMQMagics(Magics):
             from IPython.display import display
 
             display(panel)
-            handle._displayed_in = self.shell.execution_count
+            handle.displayed_in = self.shell.execution_count
         if block:
             return self._run_blocking(handle)
         try:
@@ -356,8 +356,7 @@ class ZMQMagics(Magics):
             rows.append((exec_id, text))
             handle = self.state.handles.get(exec_id)
             if handle is not None and reply.get("cancelled"):
-                handle._note("cancel", "cancel requested (%zmq cancel)…")
-                handle._from_any_thread()
+                handle.note("cancel", "cancel requested (%zmq cancel)…")
         print(_kv_table(rows, header=True))
 
     def _zmq_result(self, args: argparse.Namespace) -> Any:
@@ -371,7 +370,7 @@ class ZMQMagics(Magics):
         conn = self._existing(args)
         handle = self.state.handles.get(args.id)
         if handle is not None and handle.connection is conn:
-            handle._displayed_in = None
+            handle.displayed_in = None
             return handle
         status = conn.client.get_status(args.id)
         panel = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from ..protocol import FINAL_STATES
+from .displaylog import OUTPUT_EVENTS, DisplayLog
 
 #: Characters of each output stream kept per execution for late subscribers.
 OUTPUT_KEEP_CHARS = 1 << 20
@@ -72,6 +73,7 @@ class ExecutionRecord:
     result_error: Optional[str] = None
     results_fetched: bool = False
     results_expired: bool = False
+    displays: DisplayLog = field(default_factory=DisplayLog)  # display outputs and tqdm bars
     # worker events relayed but not yet folded into the fields above
     pending_events: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -102,6 +104,8 @@ class ExecutionRecord:
                 self.progress = {k: latest[k] for k in ("done", "total", "desc", "rate", "elapsed")}
             elif msg_type == "stream":
                 self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
+            elif msg_type in OUTPUT_EVENTS:
+                self.displays.apply(msg_type, content)
 
     def append_output(self, name: str, text: str, limit: int) -> None:
         """Keep the last ``limit`` characters of each stream."""
@@ -139,6 +143,7 @@ class ExecutionRecord:
         info = self.summary()
         if include_output:
             info.update(stdout=self.stdout, stderr=self.stderr)
+            info.update(self.displays.to_status())
         info.update(stdout_total=self.stdout_total, stderr_total=self.stderr_total)
         info.update(
             seq=self.seq,
