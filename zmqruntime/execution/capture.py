@@ -37,6 +37,7 @@ import importlib.abc
 import importlib.util
 import io
 import json
+import math
 import os
 import sys
 import threading
@@ -139,7 +140,7 @@ def _is_text(raw: bytes) -> bool:
     return True
 
 
-def bounded(data: dict[str, Any], limit: int, what: str) -> dict[str, Any]:
+def bounded(data: dict[str, Any], limit: int, what: str, hint: str = "") -> dict[str, Any]:
     """Drop each entry larger than ``limit`` and say so in a one-line text/plain note."""
     sizes = {m: len(v) if isinstance(v, str) else len(json.dumps(v)) for m, v in data.items()}
     big = {m: n for m, n in sizes.items() if n > limit}
@@ -147,7 +148,7 @@ def bounded(data: dict[str, Any], limit: int, what: str) -> dict[str, Any]:
         return data
     out = {m: v for m, v in data.items() if m not in big}
     sizes_text = ", ".join(f"{m} {n} bytes" for m, n in big.items())
-    note = f"[{what} too large to show here ({sizes_text})]"
+    note = f"[{what} too large to show here ({sizes_text})" + (f"; {hint}]" if hint else "]")
     out["text/plain"] = f"{out['text/plain']}\n{note}" if "text/plain" in out else note
     return out
 
@@ -174,9 +175,8 @@ class Capture:
 
     # display ------------------------------------------------------------------------
     def publish(self, data: dict[str, Any], metadata: Optional[dict[str, Any]] = None,
-                display_id: Optional[str] = None, update: bool = False, limit: int = DISPLAY_LIMIT,
-                what: str = "output") -> None:
-        content: dict[str, Any] = {"data": bounded(data, limit, what), "metadata": metadata or {}}
+                display_id: Optional[str] = None, update: bool = False) -> None:
+        content: dict[str, Any] = {"data": bounded(data, DISPLAY_LIMIT, "this output is"), "metadata": metadata or {}}
         if display_id is not None:
             content["transient"] = {"display_id": str(display_id)}
         self.send("update_display_data" if update else "display_data", content)
@@ -192,7 +192,7 @@ class Capture:
             data, metadata = format_bundle(results["_"])
         except Exception as exc:
             data, metadata = {"text/plain": f"[the result's repr failed: {type(exc).__name__}: {exc}]"}, {}
-        data = bounded(data, RESULT_REPR_LIMIT, "the result's repr is; handle.result() fetches the value")
+        data = bounded(data, RESULT_REPR_LIMIT, "the result's repr is", "handle.result() fetches the value")
         self.send("display_data", {"data": data, "metadata": metadata, "result": True})
 
     # tqdm ----------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def _num(x: Any) -> Any:
         x = float(x)
     except (TypeError, ValueError):
         return None
-    return x if x == x and x not in (float("inf"), float("-inf")) else None
+    return x if math.isfinite(x) else None
 
 
 _active: Optional[Capture] = None
