@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import reprlib
 import sys
 import threading
 import time
@@ -74,6 +75,8 @@ class NoStdinError(EOFError):
 # -- mime bundles -------------------------------------------------------------------------------
 def format_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(data, metadata)`` for ``obj``, as IPython's formatter would build it (JSON-ready)."""
+    if type(obj) in _PLAIN_TYPES:  # no _repr_*_ methods to look for
+        return {"text/plain": plain_repr(obj)}, {}
     data: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     method = _repr_method(obj, "_repr_mimebundle_")
@@ -96,12 +99,30 @@ def format_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[d
         if value is not None:
             data[mime] = value
     if "text/plain" not in data:
-        data["text/plain"] = repr(obj)
+        data["text/plain"] = plain_repr(obj)
     if include:
         data = {k: v for k, v in data.items() if k in include}
     if exclude:
         data = {k: v for k, v in data.items() if k not in exclude}
     return {k: _jsonable(k, v) for k, v in data.items()}, metadata
+
+
+_PLAIN_TYPES = {int, float, bool, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset, type(None)}
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 6, 2000, 2000
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxfrozenset = _SHORT.maxdict = _SHORT.maxdeque = 1000
+#: Containers longer than this, and strings/bytes longer than RESULT_REPR_LIMIT, get an abridged repr:
+#: a full ``repr`` of a huge value would cost more time and memory than the task.
+LONG_CONTAINER = 1000
+
+
+def plain_repr(obj: Any) -> str:
+    """``repr(obj)``, abridged (``...``) for huge strings, bytes and builtin containers."""
+    if isinstance(obj, (str, bytes, bytearray)) and len(obj) > RESULT_REPR_LIMIT:
+        return _SHORT.repr(obj) + f"  # {type(obj).__name__} of length {len(obj):,}"
+    if isinstance(obj, (list, tuple, dict, set, frozenset)) and len(obj) > LONG_CONTAINER:
+        return _SHORT.repr(obj) + f"  # {type(obj).__name__} of length {len(obj):,}"
+    return repr(obj)
 
 
 def _repr_method(obj: Any, name: str) -> Optional[Callable[..., Any]]:
@@ -159,10 +180,9 @@ class Capture:
 
     def __init__(self, emit: Emit):
         self.emit = emit
-        self._bars: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+        self._bars: Optional["weakref.WeakKeyDictionary[Any, dict[str, Any]]"] = None  # made at the first bar
         self._next_bar = 0
         self._lock = threading.Lock()
-        self._saved: dict[str, Any] = {}
 
     def send(self, event_type: str, content: dict[str, Any]) -> None:
         """Flush the text streams first, so the event lands after the text printed before it."""
@@ -186,13 +206,20 @@ class Capture:
 
     def show_result(self, results: dict[str, Any]) -> None:
         """The last expression's rich repr (bounded), as a cell shows ``Out[n]``."""
-        if "_" not in results or results["_"] is None:
+        value = results.get("_")
+        if value is None:
             return
-        try:
-            data, metadata = format_bundle(results["_"])
-        except Exception as exc:
-            data, metadata = {"text/plain": f"[the result's repr failed: {type(exc).__name__}: {exc}]"}, {}
-        data = bounded(data, RESULT_REPR_LIMIT, "the result's repr is", "handle.result() fetches the value")
+        if isinstance(value, (str, bytes, bytearray)) and len(value) > RESULT_REPR_LIMIT:
+            data: dict[str, Any] = {"text/plain": f"[the result's repr is too large to show here "
+                                                  f"({type(value).__name__} of length {len(value):,}); "
+                                                  f"handle.result() fetches the value]"}
+            metadata: dict[str, Any] = {}
+        else:
+            try:
+                data, metadata = format_bundle(value)
+            except Exception as exc:
+                data, metadata = {"text/plain": f"[the result's repr failed: {type(exc).__name__}: {exc}]"}, {}
+            data = bounded(data, RESULT_REPR_LIMIT, "the result's repr is", "handle.result() fetches the value")
         self.send("display_data", {"data": data, "metadata": metadata, "result": True})
 
     # tqdm ----------------------------------------------------------------------------
@@ -200,6 +227,8 @@ class Capture:
         """Report a tqdm bar's state: throttled, except the first and the final one."""
         now = time.monotonic()
         with self._lock:
+            if self._bars is None:
+                self._bars = weakref.WeakKeyDictionary()
             info = self._bars.get(bar)
             if info is None:
                 self._next_bar += 1
@@ -211,10 +240,12 @@ class Capture:
 
     def end_bars(self) -> None:
         """Bars still open when the task ends are reported closed (their final state)."""
+        if self._bars is None:
+            return
         for bar in list(self._bars.keys()):
             if not getattr(bar, "disable", True):
                 self.bar(bar, closed=True)
-        self._bars = weakref.WeakKeyDictionary()
+        self._bars = None
 
 
 def _bar_row(bar: Any, bar_id: int, closed: bool) -> dict[str, Any]:
@@ -361,6 +392,9 @@ class _NoStdin(io.TextIOBase):
         return False
 
 
+_NO_STDIN = _NoStdin()
+
+
 def _no_getpass(prompt: str = "Password: ", stream: Any = None) -> str:
     raise NoStdinError(NO_STDIN)
 
@@ -404,7 +438,7 @@ def install(emit: Emit) -> _TaskScope:
     _install_once()
     scope = _TaskScope(Capture(emit))
     _active = scope.capture
-    sys.stdin = _NoStdin()
+    sys.stdin = _NO_STDIN
     getpass.getpass = _no_getpass
     if scope.display_builtin is None:
         builtins.display = display  # type: ignore[attr-defined]  # as in a notebook
