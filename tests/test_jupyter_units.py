@@ -365,3 +365,50 @@ def test_a_server_whose_pid_is_not_local_is_asked_before_it_is_called_gone(serve
         assert not conn.still_current()  # no answer within the short timeout: gone
     finally:
         conn.client.close()
+
+
+# -- display outputs and tqdm rows in the handle and the panel ---------------------------------------
+
+def test_display_events_reach_the_panel_once_in_order_and_malformed_ones_are_ignored():
+    conn = FakeConnection()
+    panel = ExecutionPanel("abc", "job")
+    h = ExecutionHandle("abc", conn, panel=panel)  # type: ignore[arg-type]
+    h.recovered(status(2))
+    shown = {"data": {"text/html": "<b>x</b>", "text/plain": "x"}, "metadata": {}, "transient": {"display_id": "d"}}
+    for seq, (kind, content) in enumerate([
+        ("stream", {"name": "stdout", "text": "a\n"}),
+        ("display_data", shown),
+        ("display_data", {"data": ["not", "a", "bundle"]}),  # malformed: ignored
+        ("update_display_data", {"data": {"text/plain": "y"}}),  # no display_id: ignored
+        ("bar", {"bar": "one", "n": 1}),  # malformed: ignored
+        ("bar", {"bar": 1, "desc": "outer", "n": 2, "total": 4, "rate": 1.0, "elapsed": 2.0, "position": 0,
+                 "leave": True, "closed": False}),
+        ("update_display_data", {**shown, "data": {"text/plain": "y"}}),
+        ("stream", {"name": "stdout", "text": "b\n"}),
+    ], start=3):
+        h.on_event(ev(kind, seq, **content))
+    h.flush_ui()
+    assert h.gaps == 0 and h.seq == 10
+    outs = panel.output.outputs
+    assert [o.get("text") or o["data"] for o in outs] == ["a\n", {"text/plain": "y"}, "b\n"]
+    assert h.outputs == [{"output_type": "display_data", "data": {"text/plain": "y"}, "metadata": {},
+                          "transient": {"display_id": "d"}}]
+    assert [b["desc"] for b in h.bars] == ["outer"] and panel.bar.max == 4 and panel.bar.value == 2
+    h.flush_ui()  # nothing new: nothing re-sent
+    assert panel.output.outputs == outs
+
+
+def test_a_gap_recovers_display_outputs_and_bars_from_status():
+    h, conn = make()
+    h.recovered(status(2))
+    h.on_event(ev("display_data", 3, data={"text/plain": "first"}, metadata={}))
+    out2 = {"output_type": "display_data", "data": {"text/plain": "second"}, "metadata": {}}
+    conn.client.status = status(5, outputs=[{"output_type": "display_data", "data": {"text/plain": "first"},
+                                             "metadata": {}}, out2],
+                                outputs_total=2, outputs_dropped=0,
+                                bars=[{"bar": 1, "desc": "b", "n": 5, "total": 5, "position": 0, "leave": True,
+                                       "closed": True}])
+    h.on_event(ev("stream", 6, name="stdout", text="z\n"))  # 4 and 5 lost
+    assert h.gaps == 1 and h.seq == 6
+    assert [o["data"]["text/plain"] for o in h.outputs] == ["first", "second"]
+    assert h.bars[0]["n"] == 5

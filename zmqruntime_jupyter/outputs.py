@@ -52,8 +52,9 @@ class OutputBuffer:
         self._queue(("stream", name, text))
 
     def display_event(self, kind: str, content: dict[str, Any]) -> None:
-        """``display_data`` / ``update_display_data`` / ``clear_output`` / ``bar``."""
-        self.displays.apply(kind, content)
+        """``display_data`` / ``update_display_data`` / ``clear_output`` / ``bar`` (malformed ones ignored)."""
+        if not self.displays.apply(kind, content):
+            return
         if kind == "display_data":
             self._queue(("display", output_of(content)))
         elif kind == "update_display_data":
@@ -62,7 +63,7 @@ class OutputBuffer:
             self._queue(("clear", bool(content.get("wait"))))
         elif kind == "bar":
             self.bars_changed = True
-        if self._echo is not None and kind == "display_data":
+        if self._echo is not None and kind == "display_data" and not content.get("result"):
             self._echo("stdout", _plain(content) + "\n")
 
     def _queue(self, item: Item) -> None:

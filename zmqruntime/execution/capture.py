@@ -317,6 +317,7 @@ def display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Opti
         if ipy_display is not None and not raw:
             ipy_display()
             continue
+        md: dict[str, Any]
         if raw:
             data, md = dict(obj), {}
         else:
@@ -466,9 +467,10 @@ def _install_once() -> None:
     _installed = True
     if "matplotlib" not in sys.modules:
         os.environ["MPLBACKEND"] = MPL_BACKEND  # read when matplotlib is imported: never a GUI window
-    hooks = {"tqdm": _hook_tqdm_package, "tqdm.autonotebook": _hook_tqdm_frontend,
-             "tqdm.notebook": _hook_tqdm_frontend, "IPython.core.display_functions": _hook_ipython,
-             "IPython.core.display": _hook_ipython, "IPython.display": _hook_ipython}
+    hooks: dict[str, Callable[[ModuleType], None]] = {
+        "tqdm": _hook_tqdm_package, "tqdm.autonotebook": _hook_tqdm_frontend, "tqdm.notebook": _hook_tqdm_frontend,
+        "IPython.core.display_functions": _hook_ipython, "IPython.core.display": _hook_ipython,
+        "IPython.display": _hook_ipython}
     for name, hook in hooks.items():
         if name in sys.modules:
             hook(sys.modules[name])
@@ -523,7 +525,7 @@ def _tqdm_class() -> Any:
     """:class:`RemoteTqdm`, made once ``tqdm.std`` exists."""
     global _remote_tqdm
     if _remote_tqdm is None:
-        from tqdm.std import tqdm as std_tqdm
+        from tqdm.std import tqdm as std_tqdm  # type: ignore[import-untyped]
 
         class RemoteTqdm(std_tqdm):  # type: ignore[misc, valid-type]
             """A tqdm bar of a remote task: reports ``bar`` events; its text goes nowhere."""

@@ -20,6 +20,21 @@ MAX_BYTES = 32 << 20
 BAR_FIELDS = ("bar", "desc", "n", "total", "rate", "elapsed", "unit", "position", "leave", "closed")
 
 
+def well_formed(kind: str, content: Any) -> bool:
+    """Is this display/bar event's content usable? (Malformed ones are ignored, never applied.)"""
+    if not isinstance(content, dict):
+        return False
+    if kind in ("display_data", "update_display_data"):
+        data, metadata = content.get("data"), content.get("metadata", {})
+        transient = content.get("transient", {})
+        return (isinstance(data, dict) and all(isinstance(k, str) for k in data) and isinstance(metadata, dict)
+                and isinstance(transient, dict) and (kind == "display_data" or bool(transient.get("display_id"))))
+    if kind == BAR_EVENT:
+        return type(content.get("bar")) is int and all(
+            content.get(k) is None or isinstance(content.get(k), (int, float)) for k in ("n", "total", "rate", "elapsed"))
+    return kind == "clear_output"
+
+
 def output_of(content: dict[str, Any]) -> dict[str, Any]:
     """The nbformat-style output of a display event: ``{"output_type": "display_data", ...}``."""
     out = {"output_type": "display_data", "data": content.get("data") or {}, "metadata": content.get("metadata") or {}}
@@ -49,7 +64,9 @@ class DisplayLog:
         self._clear_pending = False
 
     def apply(self, kind: str, content: dict[str, Any]) -> bool:
-        """Fold one event in; False if it is not a display or bar event."""
+        """Fold one event in; False if it is not a well-formed display or bar event."""
+        if not well_formed(kind, content):
+            return False
         if kind == "display_data":
             self._add(output_of(content))
         elif kind == "update_display_data":
@@ -93,10 +110,12 @@ class DisplayLog:
 
     def bar(self, content: dict[str, Any]) -> None:
         row = {k: content.get(k) for k in BAR_FIELDS}
+        row["position"] = row["position"] if type(row["position"]) is int else 0
+        bar_id: int = content["bar"]
         if row["closed"] and not row["leave"]:
-            self.bars.pop(row["bar"], None)  # leave=False: the row goes away when done
+            self.bars.pop(bar_id, None)  # leave=False: the row goes away when done
         else:
-            self.bars[row["bar"]] = row
+            self.bars[bar_id] = row
 
     def outermost_bar(self) -> Optional[dict[str, Any]]:
         """The bar a single progress bar should follow: lowest position, then the newest."""
@@ -117,4 +136,4 @@ class DisplayLog:
         self.bars = {r["bar"]: r for r in status.get("bars") or [] if isinstance(r, dict) and "bar" in r}
 
 
-__all__ = ["DisplayLog", "DISPLAY_EVENTS", "BAR_EVENT", "OUTPUT_EVENTS", "output_of", "display_id_of"]
+__all__ = ["DisplayLog", "DISPLAY_EVENTS", "BAR_EVENT", "OUTPUT_EVENTS", "output_of", "display_id_of", "well_formed"]
