@@ -45,7 +45,7 @@ from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_ex
 from ..server import Reply, RequestError, ZMQServer
 from .pool import LocalWorkerPool
 from .records import ExecutionRecord, RecordStore
-from .worker import TaskContext, run_python_source
+from .runner import TaskContext, run_python_source
 
 log = logging.getLogger("zmqruntime.execution")
 
