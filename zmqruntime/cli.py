@@ -384,7 +384,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """A readable table of execution summaries (used by the CLI and %zmq)."""
     if not rows:
         return "(no executions)"
-    header = ("ID", "NAME", "SESSION", "STATUS", "PROGRESS", "AGE", "RESULT")
+    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT", "SESSION")
     lines = [header]
     now = time.time()
     for r in rows:
@@ -393,8 +393,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if p:
             prog = f"{p['done']:g}/{p['total']:g}" if p.get("total") else f"{p['done']:g}"
         result = f"{r.get('result_nbytes', 0)} B" if r.get("has_results") else (r.get("reason") or "")[:40]
-        lines.append((r["execution_id"], (r.get("name") or "")[:24], (r.get("session") or "")[:24], r["status"], prog,
-                      f"{now - r['created']:.0f}s", result))
+        lines.append((r["execution_id"], (r.get("name") or "")[:24], r["status"], prog,
+                      f"{now - r['created']:.0f}s", result, (r.get("session") or "")[:32]))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
 

@@ -322,14 +322,15 @@ class ExecutionRequests:
 
     def _execute_request(self, task: Any, name: Optional[str], timeout: Optional[float],
                          results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]],
-                         request_id: Optional[str] = None) -> tuple[dict, list]:
+                         request_id: Optional[str] = None, session: Optional[str] = None) -> tuple[dict, list]:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         content = {"task": self.serialize_task(task, results=results), "name": name or "",
                    "timeout": check_timeout(timeout), "execution_id": new_execution_id(),
-                   "request_id": request_id or new_id(), "session": self.session_name}
+                   "request_id": request_id or new_id(),
+                   "session": self.session_name if session is None else self._choose_session(session)}
         buffers: list = []
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
@@ -407,14 +408,17 @@ class ExecutionClient(ExecutionRequests):
 
     def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
                 results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
-                request_id: Optional[str] = None) -> str:
+                request_id: Optional[str] = None, session: Optional[str] = None) -> str:
         """Queue ``task``; return its execution id at once.
+
+        ``session`` runs it in that session (namespace and queue) instead of
+        this client's own.
 
         Retried with the same ``request_id`` when a reply is lost, so the task
         is queued exactly once; pass ``request_id`` yourself to make a retry
         across calls (after ServerUnavailable) safe as well.
         """
-        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id, session)
         proposed = content["execution_id"]
         waiter = self._waiter()
         # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
@@ -621,7 +625,7 @@ class AsyncExecutionClient(ExecutionRequests):
         accepted or refused on its own; a call that pushes values goes alone.
         Idempotent and retried like :meth:`ExecutionClient.execute`.
         """
-        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id, session)
         proposed = content["execution_id"]
         self._done_future(proposed)  # subscribe before submitting
         try:

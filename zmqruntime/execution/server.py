@@ -300,7 +300,7 @@ class ExecutionServer(ZMQServer):
 
     def _release_session(self, state: SessionState) -> None:
         assert self.backend is not None
-        self.log.info("releasing session %r (idle %.0f s)", state.name, state.idle_for())
+        log.info("releasing session %r (idle %.0f s)", state.name, state.idle_for())
         self.backend.release_session(state.name)
         state.has_namespace = False
         state.namespace_lost = True
