@@ -8,6 +8,7 @@ asserted as timings.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import sys
 import time
 
@@ -218,3 +219,31 @@ def _alive(pid: int) -> bool:
     import psutil
 
     return psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def test_the_backend_seam_runs_a_backend_that_is_not_the_local_pool(start_server):
+    """A backend in threads (tests/backends): plain events signed by the server, reports from
+    other threads, sessions, cancel and results, all through the ExecutionBackend interface."""
+    backends = str(Path(__file__).parent / "backends")
+    server = start_server("--backend", "thread_backend:ThreadBackend", extra_path=backends)
+    client, other = server.client, server.new_client()
+    try:
+        assert client.ping()["backend"]["name"] == "thread"
+        events = []
+        sub = client.subscribe(events.append)
+        eid = client.execute("from zmqruntime import progress\n"
+                             "for i in progress(range(3), desc='t'): print(i)\nsecret = 7\nsecret * 6")
+        assert client.result(eid, timeout=30) == {"_": 42}
+        wait_until(lambda: any(e.type == "done" and e.execution_id == eid for e in events), 10)
+        mine = [e for e in events if e.execution_id == eid]
+        assert "".join(e["text"] for e in mine if e.type == "stream") == "0\n1\n2\n"
+        assert [e.seq for e in mine] == sorted(e.seq for e in mine) and mine[-1].type == "done"
+        assert client.get_status(eid)["progress"]["done"] == 3 and client.get_status(eid)["worker"] == "thread"
+        assert other.run("'secret' in globals()", timeout=30) == {"_": False}  # its own session
+        loop = client.execute("while True: pass")
+        wait_until(lambda: client.get_status(loop)["status"] == "running", 10)
+        client.cancel(loop)
+        assert client.wait(loop, timeout=30)["status"] == "cancelled"
+        sub.close()
+    finally:
+        other.close()
