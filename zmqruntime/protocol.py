@@ -44,7 +44,8 @@ SIGNATURE_FRAME_LEN = len(MARKER) + 64
 SIGNATURE_SCHEME = "hmac-sha256"
 
 #: Control requests a server understands; replies are ``<type>_reply``.
-REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "shutdown")
+REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
+                 "shutdown")
 #: Data-channel event types.
 EVENT_TYPES = ("status", "progress", "stream", "done")
 #: A ``progress_batch`` message carries several progress events (one row each,

@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from .. import serialize
+from .sessions import DEFAULT_SESSION, check_session_name
 from ..curve import secure_client_socket
 from ..polling import EVENTS, POLLIN
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, reply_content
@@ -285,6 +286,27 @@ def _check_id(execution_id: Any) -> str:
 class ExecutionRequests:
     """Request contents and reply decoding shared by both clients."""
 
+    #: The session this client's executions run in (its namespace and queue on the server).
+    session_name: str = DEFAULT_SESSION
+
+    def _choose_session(self, session: Optional[str]) -> str:
+        """``session`` checked, or a new one of this client's own."""
+        if session is None:
+            return f"client-{new_id()[:12]}"
+        if not isinstance(session, str):
+            raise TypeError(f"session must be a string, got {type(session).__name__}")
+        return check_session_name(session)
+
+    def _list_content(self, status: Optional[str], session: Optional[str]) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        if status is not None:
+            if not isinstance(status, str):
+                raise TypeError(f"status must be a string, got {type(status).__name__}")
+            content["status"] = status
+        if session is not None:
+            content["session"] = session
+        return content
+
     def serialize_task(self, task: Any, results: Optional[Sequence[str]] = None) -> dict[str, Any]:
         """The JSON-friendly task for ``task`` (Python source by default)."""
         if isinstance(task, str):
@@ -300,14 +322,15 @@ class ExecutionRequests:
 
     def _execute_request(self, task: Any, name: Optional[str], timeout: Optional[float],
                          results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]],
-                         request_id: Optional[str] = None) -> tuple[dict, list]:
+                         request_id: Optional[str] = None, session: Optional[str] = None) -> tuple[dict, list]:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         content = {"task": self.serialize_task(task, results=results), "name": name or "",
                    "timeout": check_timeout(timeout), "execution_id": new_execution_id(),
-                   "request_id": request_id or new_id()}
+                   "request_id": request_id or new_id(),
+                   "session": self.session_name if session is None else self._choose_session(session)}
         buffers: list = []
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
@@ -357,8 +380,9 @@ class ExecutionClient(ExecutionRequests):
                  name: Optional[str] = None, connection_file: Optional[str] = None,
                  timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                  spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
-                 server_args: Sequence[str] = ()):
+                 server_args: Sequence[str] = (), session: Optional[str] = None):
         check_timeout(timeout, allow_none=False)
+        self.session_name = self._choose_session(session)
         if connection_file is not None:
             info = read_connection_file(connection_file)
         elif auto_spawn:
@@ -384,14 +408,17 @@ class ExecutionClient(ExecutionRequests):
 
     def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
                 results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
-                request_id: Optional[str] = None) -> str:
+                request_id: Optional[str] = None, session: Optional[str] = None) -> str:
         """Queue ``task``; return its execution id at once.
+
+        ``session`` runs it in that session (namespace and queue) instead of
+        this client's own.
 
         Retried with the same ``request_id`` when a reply is lost, so the task
         is queued exactly once; pass ``request_id`` yourself to make a retry
         across calls (after ServerUnavailable) safe as well.
         """
-        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id, session)
         proposed = content["execution_id"]
         waiter = self._waiter()
         # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
@@ -427,8 +454,17 @@ class ExecutionClient(ExecutionRequests):
             return self._client.call("status", {}, timeout=timeout)["executions"]
         return self._client.call("status", {"execution_id": _check_id(execution_id)}, timeout=timeout)["execution"]
 
-    def list_executions(self, status: Optional[str] = None) -> list[dict[str, Any]]:
-        return self._client.call("list", {"status": status} if status else {})["executions"]
+    def list_executions(self, status: Optional[str] = None, session: Optional[str] = None) -> list[dict[str, Any]]:
+        """Every execution the server remembers (``session=``: only that session's)."""
+        return self._client.call("list", self._list_content(status, session))["executions"]
+
+    def sessions(self) -> list[dict[str, Any]]:
+        """The server's sessions: worker, queue length, running execution, idle time."""
+        return self._client.call("sessions", {})["sessions"]
+
+    def reset_session(self, session: Optional[str] = None) -> dict[str, Any]:
+        """Drop a session's namespace (default: this client's); refused while it has work."""
+        return self._client.call("reset_session", {"session": self.session_name if session is None else session})
 
     def cancel(self, execution_id: str, reason: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
         """Cancel one execution (queued: removed; running: interrupted)."""
@@ -550,7 +586,8 @@ class AsyncExecutionClient(ExecutionRequests):
     directly from a ConnectionInfo.
     """
 
-    def __init__(self, info: ConnectionInfo, timeout: float = 10.0):
+    def __init__(self, info: ConnectionInfo, timeout: float = 10.0, session: Optional[str] = None):
+        self.session_name = self._choose_session(session)
         self.info = info
         self._client = AsyncZMQClient(info, timeout=timeout)
         self.session = self._client.session
@@ -564,7 +601,8 @@ class AsyncExecutionClient(ExecutionRequests):
         self._to_unsubscribe: set[str] = set()  # 'done' topics to drop at the end of this loop turn
 
     @classmethod
-    async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, **kwargs: Any) -> "AsyncExecutionClient":
+    async def connect(cls, port: int = DEFAULT_PORT, *, timeout: float = 10.0, session: Optional[str] = None,
+                      **kwargs: Any) -> "AsyncExecutionClient":
         loop = asyncio.get_running_loop()
 
         def discover() -> ConnectionInfo:
@@ -572,7 +610,7 @@ class AsyncExecutionClient(ExecutionRequests):
             sync.close()
             return sync.info
 
-        return cls(await loop.run_in_executor(None, discover), timeout=timeout)
+        return cls(await loop.run_in_executor(None, discover), timeout=timeout, session=session)
 
     async def ping(self) -> dict[str, Any]:
         return await self._client.call("ping", {})
@@ -587,7 +625,7 @@ class AsyncExecutionClient(ExecutionRequests):
         accepted or refused on its own; a call that pushes values goes alone.
         Idempotent and retried like :meth:`ExecutionClient.execute`.
         """
-        content, buffers = self._execute_request(task, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, name, timeout, results, push, request_id, session)
         proposed = content["execution_id"]
         self._done_future(proposed)  # subscribe before submitting
         try:
@@ -668,8 +706,14 @@ class AsyncExecutionClient(ExecutionRequests):
             return (await self._client.call("status", {}))["executions"]
         return (await self._client.call("status", {"execution_id": _check_id(execution_id)}))["execution"]
 
-    async def list_executions(self, status: Optional[str] = None) -> list[dict[str, Any]]:
-        return (await self._client.call("list", {"status": status} if status else {}))["executions"]
+    async def list_executions(self, status: Optional[str] = None, session: Optional[str] = None) -> list[dict[str, Any]]:
+        return (await self._client.call("list", self._list_content(status, session)))["executions"]
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        return (await self._client.call("sessions", {}))["sessions"]
+
+    async def reset_session(self, session: Optional[str] = None) -> dict[str, Any]:
+        return await self._client.call("reset_session", {"session": self.session_name if session is None else session})
 
     async def cancel(self, execution_id: str, reason: Optional[str] = None) -> dict[str, Any]:
         content = {"execution_id": _check_id(execution_id)}
