@@ -146,3 +146,16 @@ for i in range(10_000):
     kept = p.output_text()
     assert kept.endswith("line 09999 " + "x" * 40 + "\n") and len(kept) <= 100_000
     assert k.ok("print(len(_.output.splitlines()))").stdout.strip() == "10000"  # the handle has it all
+
+
+def test_a_block_cell_shows_its_value_once_and_figures_in_its_panel(k: KernelDriver):
+    res = k.ok("""%%zmqexec --block
+import matplotlib.pyplot as plt
+plt.plot([1, 2]); plt.show()
+6 * 7""")
+    assert res.result_text == "42"  # the cell's Out
+    p = PanelView(k, res)
+    p.wait_status("complete")
+    k.wait_for(lambda: False, timeout=0.3)
+    shown = [sorted(o["data"]) for o in data_outputs(p)]
+    assert shown == [["image/png", "text/plain"]]  # the figure; the value is not repeated in the panel

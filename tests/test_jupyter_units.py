@@ -412,3 +412,14 @@ def test_a_gap_recovers_display_outputs_and_bars_from_status():
     assert h.gaps == 1 and h.seq == 6
     assert [o["data"]["text/plain"] for o in h.outputs] == ["first", "second"]
     assert h.bars[0]["n"] == 5
+
+
+def test_a_flood_of_displays_in_one_flush_creates_only_the_widgets_it_keeps():
+    import ipywidgets as W
+
+    area = OutputArea(max_outputs=10)
+    before = len(W.Widget.widgets)
+    area.apply([("display", {"data": {"text/plain": str(i)}, "metadata": {}}) for i in range(1000)])
+    assert [o["data"]["text/plain"] for o in area.outputs] == [str(i) for i in range(990, 1000)]
+    assert area.dropped_outputs == 990 and "990 outputs" in area.box.children[0].value
+    assert len(W.Widget.widgets) - before <= 10 + 2  # the ten kept segments (+ their shared layout, the note)

@@ -59,7 +59,8 @@ class ExecutionHandle:
 
     def __init__(self, execution_id: str, connection: "Connection", *, name: str = "",
                  panel: Optional["ExecutionPanel"] = None, out_name: Optional[str] = None,
-                 user_ns: Optional[dict] = None, echo: Optional[Callable[[str, str], None]] = None):
+                 user_ns: Optional[dict] = None, echo: Optional[Callable[[str, str], None]] = None,
+                 result_in_cell: bool = False):
         self.id = execution_id
         self.name = name
         self.connection: Optional["Connection"] = connection
@@ -70,7 +71,8 @@ class ExecutionHandle:
         self.state: dict[str, Any] = {"status": "queued", "progress": None, "reason": None, "error": None,
                                       "namespace_reset": False, "has_results": False, "name": name}
         self.sequencer = EventSequencer(self._apply, self._on_gap, label=execution_id)
-        self.buffer = OutputBuffer(echo=echo, for_panel=panel is not None)
+        # result_in_cell (--block): the cell's Out shows the value, so the panel does not repeat its repr
+        self.buffer = OutputBuffer(echo=echo, for_panel=panel is not None, show_result=not result_in_cell)
         self.watchdog = Watchdog()
         self.view = PanelController(panel, self._panel_snapshot, connection.loop)
         self.displayed_in: Optional[int] = None  # execution count of the cell that shows the panel

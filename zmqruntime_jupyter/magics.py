@@ -218,7 +218,7 @@ class ZMQMagics(Magics):
         panel = None if quiet else self._panel(exec_id, args.name or "", args.progress_after)
         echo = _echo if (quiet and block) else None
         handle = ExecutionHandle(exec_id, conn, name=args.name or "", panel=panel, out_name=args.out,
-                                 user_ns=self.shell.user_ns, echo=echo)
+                                 user_ns=self.shell.user_ns, echo=echo, result_in_cell=block)
         self.state.register(handle)
         if args.out:
             self.shell.user_ns[args.out] = handle

@@ -66,7 +66,7 @@ class OutputArea:
     # -- what the panel calls --------------------------------------------------------------
     def apply(self, items: list[tuple]) -> None:
         """Show ``items`` (("stream", name, text) | ("display", out) | ("update", out) | ("clear", wait))."""
-        for item in _merge_text(items):
+        for item in self._tail(_merge_text(items)):
             kind = item[0]
             if kind == "stream":
                 self.append_stream(item[1], item[2])
@@ -77,6 +77,31 @@ class OutputArea:
             elif kind == "clear":
                 self.clear(wait=item[1])
         self._sync_children()
+
+    def _tail(self, items: list[tuple]) -> list[tuple]:
+        """Only what would survive trimming: a flood never creates widgets just to close them."""
+        chars = displays = 0
+        kept: list[tuple] = []
+        for item in reversed(items):
+            if item[0] == "stream":
+                room = self.max_chars - chars
+                if room <= 0:
+                    self.dropped_chars += len(item[2])
+                    continue
+                if len(item[2]) > room:
+                    self.dropped_chars += len(item[2]) - room
+                    item = ("stream", item[1], item[2][-room:])
+                chars += len(item[2])
+            elif item[0] == "display":
+                if displays >= self.max_outputs:
+                    self.dropped_outputs += 1
+                    continue
+                displays += 1
+            kept.append(item)
+        if len(kept) < len(items) or chars < sum(len(i[2]) for i in items if i[0] == "stream"):
+            self._changed_children = True  # the note says what was dropped
+        kept.reverse()
+        return kept
 
     def append_stream(self, name: str, text: str) -> None:
         if not text:

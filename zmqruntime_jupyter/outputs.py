@@ -25,7 +25,8 @@ Item = tuple
 
 
 class OutputBuffer:
-    def __init__(self, echo: Optional[Callable[[str, str], None]] = None, for_panel: bool = True):
+    def __init__(self, echo: Optional[Callable[[str, str], None]] = None, for_panel: bool = True,
+                 show_result: bool = True):
         self.stdout = ""
         self.stderr = ""
         self.text = ""
@@ -34,6 +35,7 @@ class OutputBuffer:
         self.bars_changed = False
         self._echo = echo  # --quiet --block: remote text straight to the cell's streams
         self._for_panel = for_panel
+        self._show_result = show_result  # the last expression's repr (a --block cell's Out shows the value)
         self._pending: list[Item] = []
 
     # -- events -------------------------------------------------------------------------
@@ -56,14 +58,15 @@ class OutputBuffer:
         if not self.displays.apply(kind, content):
             return
         if kind == "display_data":
-            self._queue(("display", output_of(content)))
+            if self._show_result or not content.get("result"):
+                self._queue(("display", output_of(content)))
         elif kind == "update_display_data":
             self._queue(("update", output_of(content)))
         elif kind == "clear_output":
             self._queue(("clear", bool(content.get("wait"))))
         elif kind == "bar":
             self.bars_changed = True
-        if self._echo is not None and kind == "display_data" and not content.get("result"):
+        if self._echo is not None and kind == "display_data" and not content.get("result"):  # Out shows it
             self._echo("stdout", _plain(content) + "\n")
 
     def _queue(self, item: Item) -> None:
