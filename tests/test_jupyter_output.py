@@ -141,7 +141,8 @@ for i in range(10_000):
     sent = sum(len(json.dumps(m["content"])) for m in msgs)
     text = 10_000 * len("line 00000 " + "x" * 40 + "\n")
     print(f"\n[figure] bytes to the frontend for 10,000 printed lines ({text:,} characters): {sent:,} "
-          f"({sent / text:.2f} per character, {len(msgs)} comm messages, {len(p.children(p.output))} output segments kept)")
+          f"({sent / text:.2f} per character, {len(msgs)} comm messages, "
+          f"{len(p.children(p.output))} output segments kept)")
     assert sent < 3 * text  # a re-send of the (100,000-character) tail per update would be many times this
     kept = p.output_text()
     assert kept.endswith("line 09999 " + "x" * 40 + "\n") and len(kept) <= 100_000

@@ -30,8 +30,8 @@ def well_formed(kind: str, content: Any) -> bool:
         return (isinstance(data, dict) and all(isinstance(k, str) for k in data) and isinstance(metadata, dict)
                 and isinstance(transient, dict) and (kind == "display_data" or bool(transient.get("display_id"))))
     if kind == BAR_EVENT:
-        return type(content.get("bar")) is int and all(
-            content.get(k) is None or isinstance(content.get(k), (int, float)) for k in ("n", "total", "rate", "elapsed"))
+        numbers = [content.get(k) for k in ("n", "total", "rate", "elapsed")]
+        return type(content.get("bar")) is int and all(x is None or isinstance(x, (int, float)) for x in numbers)
     return kind == "clear_output"
 
 
