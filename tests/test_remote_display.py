@@ -48,7 +48,9 @@ def png_size(b64: str) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
-def test_display_figures_and_result_arrive_in_order_with_the_text(server):
+def test_display_figures_and_result_arrive_in_order_with_the_text(start_server, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "TkAgg")  # a GUI backend named in the environment is not used
+    server = start_server()
     exec_id, events, status = run(server, """
 import matplotlib
 import matplotlib.pyplot as plt
@@ -85,9 +87,9 @@ plt.figure(figsize=(2, 1)); plt.plot([3, 2, 1])  # left open: sent when the task
     assert [sorted(o["data"]) for o in outputs][0] == ["image/png", "text/plain"]
     assert status["outputs_total"] == 4 and status["outputs_dropped"] == 0
     assert png_size(outputs[0]["data"]["image/png"]) == (w, h)
-    # No GUI backend was ever chosen.
-    exec_id, _, _ = run(server, "matplotlib.get_backend()")
-    assert server.client.get_results(exec_id)["_"] == "module://zmqruntime.execution.mpl_backend"
+    # No GUI backend was ever chosen, even with MPLBACKEND naming one.
+    exec_id, _, _ = run(server, "import os\nmatplotlib.get_backend(), os.environ.get('MPLBACKEND')")
+    assert server.client.get_results(exec_id)["_"] == ("module://zmqruntime.execution.mpl_backend", "TkAgg")
 
 
 def test_display_id_updates_and_clear_output(server):

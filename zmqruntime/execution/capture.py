@@ -8,7 +8,8 @@ runs, :func:`install` (called by the worker around each task) routes:
   when IPython is installed) to ``display_data`` / ``update_display_data`` /
   ``clear_output`` events, with the mime bundle built from the object's
   ``_repr_mimebundle_`` / ``_repr_*_`` methods (no IPython needed);
-* matplotlib to an Agg backend of our own (:mod:`.mpl_backend`): ``plt.show()``
+* matplotlib to an Agg backend of our own (:mod:`.mpl_backend`, chosen as
+  matplotlib is imported, never a GUI one): ``plt.show()``
   and figures left open at the end of the task become ``image/png`` outputs;
 * tqdm bars (``tqdm``, ``tqdm.auto``, ``tqdm.notebook``) to ``bar`` events,
   throttled here at the source; their ``\\r`` text is not written anywhere;
@@ -465,10 +466,8 @@ def _install_once() -> None:
     if _installed:
         return
     _installed = True
-    if "matplotlib" not in sys.modules:
-        os.environ["MPLBACKEND"] = MPL_BACKEND  # read when matplotlib is imported: never a GUI window
     hooks: dict[str, Callable[[ModuleType], None]] = {
-        "tqdm": _hook_tqdm_package, "tqdm.autonotebook": _hook_tqdm_frontend, "tqdm.notebook": _hook_tqdm_frontend,
+        "matplotlib": _hook_matplotlib, "tqdm": _hook_tqdm_package, "tqdm.autonotebook": _hook_tqdm_frontend, "tqdm.notebook": _hook_tqdm_frontend,
         "IPython.core.display_functions": _hook_ipython, "IPython.core.display": _hook_ipython,
         "IPython.display": _hook_ipython}
     for name, hook in hooks.items():
@@ -516,6 +515,19 @@ class _HookedLoader(importlib.abc.Loader):
             self.hook(module)
         except Exception as exc:  # never break the user's import
             print(f"zmqruntime: could not hook {module.__name__}: {exc}", file=sys.__stderr__)
+
+
+def _hook_matplotlib(module: ModuleType) -> None:
+    """Our backend, whatever MPLBACKEND or matplotlibrc say: a task never opens a GUI window.
+
+    Set on the imported module (not through MPLBACKEND in the environment), so
+    programs the task starts in a subprocess keep their own backend.
+    """
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.switch_backend(MPL_BACKEND)
+    else:
+        module.use(MPL_BACKEND)  # type: ignore[attr-defined]
 
 
 _remote_tqdm: Any = None

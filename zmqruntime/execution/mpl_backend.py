@@ -1,7 +1,7 @@
 """The matplotlib backend of zmqruntime workers: Agg canvases, figures shown as PNG outputs.
 
-Selected with ``MPLBACKEND=module://zmqruntime.execution.mpl_backend`` before
-matplotlib is imported (:func:`zmqruntime.execution.capture.install` sets it),
+Chosen by :mod:`zmqruntime.execution.capture` as soon as matplotlib is
+imported in a worker (``matplotlib.use("module://zmqruntime.execution.mpl_backend")``),
 so a remote task never tries to open a GUI window. Like matplotlib-inline,
 ``plt.show()`` sends every open figure as a ``display_data`` output and closes
 it; figures still open when a task ends are sent too (by the capture).
