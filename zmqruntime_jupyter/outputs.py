@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from zmqruntime.execution.displaylog import DisplayLog, output_of
+from zmqruntime.execution.displaylog import DisplayLog, display_id_of, output_of
 
 #: Output kept per handle (the server keeps the same amount per stream).
 OUTPUT_KEEP_CHARS = 1 << 20
@@ -114,6 +114,11 @@ class OutputBuffer:
 
     def _reconcile_displays(self, status: dict[str, Any]) -> None:
         outputs = list(status.get("outputs") or [])
+        mine = {display_id_of(o): o for o in self.displays.outputs if display_id_of(o)}
+        for output in outputs:  # a display_id update that was missed: replace in place
+            old = mine.get(display_id_of(output))
+            if old is not None and old.get("data") != output.get("data"):
+                self._queue(("update", output))
         missed = int(status.get("outputs_total") or 0) - self.displays.total
         if missed > 0:
             for output in outputs[-missed:]:
