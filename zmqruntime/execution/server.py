@@ -38,7 +38,7 @@ from typing import Any, Optional
 from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode
 
-from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
+from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .records import ExecutionRecord, RecordStore
@@ -205,7 +205,8 @@ class ExecutionServer(ZMQServer):
         rec = self.records.get(execution_id)
         if rec is None or rec.final:
             return
-        frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, event_type))
+        topic_type = PROGRESS_BATCH_TOPIC if event_type == "progress_batch" else event_type
+        frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, topic_type))
         self.backend_signed_event(frames)
 
     def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
@@ -219,6 +220,8 @@ class ExecutionServer(ZMQServer):
             rec.result_frames = list(buffers)
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
+            if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
+                rec.namespace_reset = True
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
