@@ -226,3 +226,15 @@ def test_ping_and_status_show_the_backend(dask_cluster, start_server):
     assert session["worker"]["address"] in workers
     with pytest.raises(RemoteError):
         client.get_results("000000000000")
+
+
+def test_any_cluster_class_is_configuration(start_server, runtime_dir):
+    """--DaskBackend.cluster=module:Class with JSON kwargs: here distributed's own LocalCluster."""
+    server = start_server("--backend", "dask", "--DaskBackend.cluster=distributed:LocalCluster",
+                          '--DaskBackend.cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, '
+                          '"dashboard_address": None}')
+    assert len(server.client.ping()["backend"]["workers"]) == 1
+    assert server.client.run("21 * 2", timeout=60) == {"_": 42}
+    out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(_free()), "--backend", "dask",
+                          "--DaskBackend.cluster=nosuch_module:Cluster"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and "cannot import dask cluster class 'nosuch_module:Cluster'" in out.stderr

@@ -195,7 +195,12 @@ def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     try:
-        return KVArgParseConfigLoader(extra).load_config()
+        from .execution.dask_backend import DaskBackend
+        from .execution.local import LocalBackend
+        from .execution.server import ExecutionServer
+
+        # with the classes, values are parsed by their traits' types (a Dict from JSON, …)
+        return KVArgParseConfigLoader(extra, classes=[ExecutionServer, LocalBackend, DaskBackend]).load_config()
     except Exception as exc:  # traitlets raises several types for bad syntax
         parser.error(f"bad configuration option {' '.join(extra)}: {exc}")
 
