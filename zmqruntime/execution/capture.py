@@ -275,11 +275,17 @@ def _num(x: Any) -> Any:
     return x if math.isfinite(x) else None
 
 
-_active: Optional[Capture] = None
+#: The capture of each thread running a task. One worker process runs one task at a
+#: time (then threads the task starts report to it too); a threaded backend runs several.
+_by_thread: dict[int, Capture] = {}
 
 
 def active() -> Optional[Capture]:
-    return _active
+    """The capture of the task this thread works for, if any."""
+    cap = _by_thread.get(threading.get_ident())
+    if cap is None and len(_by_thread) == 1:  # a thread started by the only running task
+        cap = next(iter(list(_by_thread.values())), None)
+    return cap
 
 
 # -- public display functions (the builtin ``display`` in tasks) ---------------------------------
@@ -303,7 +309,7 @@ def display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Opti
             transient: Optional[dict[str, Any]] = None, display_id: Any = None, raw: bool = False,
             clear: bool = False, update: bool = False, **kwargs: Any) -> Optional[DisplayHandle]:
     """IPython's ``display()``, for remote tasks: each object becomes a ``display_data`` event."""
-    cap = _active
+    cap = active()
     if cap is None:
         print(*objs)
         return None
@@ -335,7 +341,7 @@ def update_display(obj: Any, *, display_id: Any, **kwargs: Any) -> None:
 
 
 def clear_output(wait: bool = False) -> None:
-    cap = _active
+    cap = active()
     if cap is None:
         print("\033[2K\r", end="")
         return
@@ -344,7 +350,7 @@ def clear_output(wait: bool = False) -> None:
 
 def publish_display_data(data: dict[str, Any], metadata: Optional[dict[str, Any]] = None, source: Any = None,
                          *, transient: Optional[dict[str, Any]] = None, **kwargs: Any) -> None:
-    cap = _active
+    cap = active()
     if cap is None:
         return
     display_id = (transient or {}).get("display_id")
@@ -354,7 +360,7 @@ def publish_display_data(data: dict[str, Any], metadata: Optional[dict[str, Any]
 
 def show_figures() -> None:
     """Every open matplotlib figure as an ``image/png`` output, then closed (``plt.show()``)."""
-    cap = _active
+    cap = active()
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is None:
         return
@@ -403,20 +409,16 @@ def _no_getpass(prompt: str = "Password: ", stream: Any = None) -> str:
 
 # -- install / uninstall around a task --------------------------------------------------------------
 class _TaskScope:
-    """What ``install`` changed for one task; ``uninstall`` puts it back."""
+    """One task's capture; ``uninstall`` ends it."""
 
     def __init__(self, capture: Capture):
         self.capture = capture
-        self.stdin = sys.stdin
-        self.getpass = getpass.getpass
-        self.display_builtin = getattr(builtins, "display", None)
 
     def show_result(self, results: dict[str, Any]) -> None:
         self.capture.show_result(results)
 
     def uninstall(self) -> None:
-        """Send figures left open and bars left open, then restore stdin & co."""
-        global _active
+        """Send figures left open and bars left open, then restore stdin & co. (after the last task)."""
         try:
             if _uses_our_backend():
                 show_figures()
@@ -424,26 +426,40 @@ class _TaskScope:
         except Exception as exc:  # the task is over: report, never break the worker
             print(f"zmqruntime: sending the task's figures failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         finally:
-            _active = None
-            sys.stdin = self.stdin
-            getpass.getpass = self.getpass
-            if self.display_builtin is None:
-                if getattr(builtins, "display", None) is display:
-                    del builtins.display  # type: ignore[attr-defined]
-            else:
-                builtins.display = self.display_builtin  # type: ignore[attr-defined]
+            with _patch_lock:
+                _by_thread.pop(threading.get_ident(), None)
+                if not _by_thread:
+                    _unpatch_process()
+
+
+_patch_lock = threading.Lock()
+_saved: dict[str, Any] = {}
+
+
+def _patch_process() -> None:
+    """While tasks run: no stdin, no getpass, and ``display`` as a builtin (as in a notebook)."""
+    _saved.update(stdin=sys.stdin, getpass=getpass.getpass, display=getattr(builtins, "display", None))
+    sys.stdin = _NO_STDIN
+    getpass.getpass = _no_getpass
+    if _saved["display"] is None:
+        builtins.display = display  # type: ignore[attr-defined]
+
+
+def _unpatch_process() -> None:
+    sys.stdin = _saved.pop("stdin", sys.stdin)
+    getpass.getpass = _saved.pop("getpass", getpass.getpass)
+    if _saved.pop("display", None) is None and getattr(builtins, "display", None) is display:
+        del builtins.display  # type: ignore[attr-defined]
 
 
 def install(emit: Emit) -> _TaskScope:
-    """Start capturing for one task (main thread). Call ``uninstall()`` on the result when it ends."""
-    global _active
+    """Start capturing for the task this thread runs. Call ``uninstall()`` on the result when it ends."""
     _install_once()
     scope = _TaskScope(Capture(emit))
-    _active = scope.capture
-    sys.stdin = _NO_STDIN
-    getpass.getpass = _no_getpass
-    if scope.display_builtin is None:
-        builtins.display = display  # type: ignore[attr-defined]  # as in a notebook
+    with _patch_lock:
+        if not _by_thread:
+            _patch_process()
+        _by_thread[threading.get_ident()] = scope.capture
     return scope
 
 
@@ -546,13 +562,13 @@ def _tqdm_class() -> Any:
 
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 kwargs.pop("display", None)  # tqdm.notebook's argument
-                if _active is not None and len(args) < 5 and kwargs.get("file") in (None, sys.stdout, sys.stderr):
+                if active() is not None and len(args) < 5 and kwargs.get("file") in (None, sys.stdout, sys.stderr):
                     kwargs["file"] = _Discard()
                     self._reports = True
                 super().__init__(*args, **kwargs)
 
             def display(self, msg: Optional[str] = None, pos: Optional[int] = None) -> bool:
-                cap = _active
+                cap = active()
                 if cap is None or not self._reports:
                     return bool(super().display(msg, pos))
                 if not self.disable:
@@ -562,7 +578,7 @@ def _tqdm_class() -> Any:
             def close(self) -> None:
                 was_open = not getattr(self, "disable", True)
                 super().close()
-                cap = _active
+                cap = active()
                 if was_open and cap is not None and self._reports:
                     cap.bar(self, closed=True)
 
@@ -620,7 +636,7 @@ def _hook_ipython(module: ModuleType) -> None:
 
 def _either(ours: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        return (ours if _active is not None else original)(*args, **kwargs)
+        return (ours if active() is not None else original)(*args, **kwargs)
 
     call.__name__ = original.__name__
     call.__doc__ = original.__doc__

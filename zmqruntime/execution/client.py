@@ -283,6 +283,18 @@ def _check_id(execution_id: Any) -> str:
     return execution_id
 
 
+def parallel_map_request(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """The task and pushed values of a client-side ``parallel_map``: the function travels pickled by value."""
+    from ..parallel import pickle_function
+
+    if not callable(fn):
+        raise TypeError(f"parallel_map needs a callable, got {type(fn).__name__}")
+    code = ("from zmqruntime.parallel import parallel_map as _zr_parallel_map\n"
+            "import cloudpickle as _zr_cloudpickle\n"
+            "_zr_parallel_map(_zr_cloudpickle.loads(_zr_map_fn), _zr_map_items)")
+    return code, {"_zr_map_fn": pickle_function(fn), "_zr_map_items": list(items)}
+
+
 class ExecutionRequests:
     """Request contents and reply decoding shared by both clients."""
 
@@ -543,6 +555,15 @@ class ExecutionClient(ExecutionRequests):
         """execute + wait + get_results, for scripts (raises as get_results does)."""
         return self.result(self.execute(task, **kwargs), timeout=timeout)
 
+    def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, timeout: Optional[float] = None,
+                     name: Optional[str] = None) -> list[Any]:
+        """``[fn(x) for x in items]`` on the server's backend (its cores, or its dask cluster), in order.
+
+        One execution of this client's session with one progress bar; cancel it like any other.
+        """
+        task, push = parallel_map_request(fn, items)
+        return self.run(task, timeout=timeout, push=push, name=name or "parallel_map")["_"]
+
     def result(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the execution and return its results (``wait`` + ``get_results``,
         raising as they do), in one step: when the 'done' event carries the
@@ -772,6 +793,13 @@ class AsyncExecutionClient(ExecutionRequests):
         if done.get("status") == "complete":
             self._keep_done_event(done)  # get_results can then use its inline results
         return await self.get_status(execution_id)
+
+    async def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *,
+                           timeout: Optional[float] = None, name: Optional[str] = None) -> list[Any]:
+        """``[fn(x) for x in items]`` on the server's backend, in order (see ``ExecutionClient.parallel_map``)."""
+        task, push = parallel_map_request(fn, items)
+        execution_id = await self.execute(task, push=push, name=name or "parallel_map")
+        return (await self.result(execution_id, timeout=timeout))["_"]
 
     async def result(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the execution and return its results (``wait`` + ``get_results``,
