@@ -208,3 +208,19 @@ display(1, 2)
     assert status["status"] == "failed" and "display_id" in status["error"]["evalue"]
     exec_id, _, status = run(server, "1 + 1")
     assert status["status"] == "complete"
+
+
+def test_tqdm_from_threads_and_pickled_bar_classes(server):
+    """tqdm.contrib's thread_map (bars updated from pool threads) and a pickled tqdm class, as pools use."""
+    exec_id, events, status = run(server, """
+import pickle
+from tqdm import tqdm
+from tqdm.contrib.concurrent import thread_map
+squares = thread_map(lambda x: x * x, range(20), desc="threads", max_workers=4)
+assert pickle.loads(pickle.dumps(tqdm)) is tqdm
+sum(squares)
+""")
+    assert status["status"] == "complete", status.get("error")
+    assert server.client.get_results(exec_id) == {"_": sum(x * x for x in range(20))}
+    rows = [e for e in events if e.type == "bar"]
+    assert rows and rows[-1]["desc"] == "threads" and rows[-1]["n"] == 20 and rows[-1]["closed"]

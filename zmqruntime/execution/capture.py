@@ -582,9 +582,16 @@ def _tqdm_class() -> Any:
                 if was_open and cap is not None and self._reports:
                     cap.bar(self, closed=True)
 
-        RemoteTqdm.__module__ = "tqdm"
+        # picklable by name (a process pool's initializer may carry the class): see __getattr__ below
+        RemoteTqdm.__module__, RemoteTqdm.__qualname__ = __name__, "RemoteTqdm"
         _remote_tqdm = RemoteTqdm
     return _remote_tqdm
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RemoteTqdm":  # made lazily: tqdm is imported only by tasks that use it
+        return _tqdm_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _trange(*args: Any, **kwargs: Any) -> Any:
