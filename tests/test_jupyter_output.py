@@ -146,7 +146,8 @@ for i in range(10_000):
     assert sent < 3 * text  # a re-send of the (100,000-character) tail per update would be many times this
     kept = p.output_text()
     assert kept.endswith("line 09999 " + "x" * 40 + "\n") and len(kept) <= 100_000
-    assert k.ok("print(len(_.output.splitlines()))").stdout.strip() == "10000"  # the handle has it all
+    assert k.ok("h = _\nprint(len(h.output.splitlines()))").stdout.strip() == "10000"  # the handle has it all
+    assert k.ok("print(len(h.fetch_output()['stdout']))").stdout.strip() == str(text)  # so does the server
 
 
 def test_a_block_cell_shows_its_value_once_and_figures_in_its_panel(k: KernelDriver):
