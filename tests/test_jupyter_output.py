@@ -27,12 +27,12 @@ def k(jkernel: KernelDriver) -> KernelDriver:
     return jkernel
 
 
-def finished_panel(k: KernelDriver, cell: str) -> PanelView:
+def finished_panel(k: KernelDriver, cell: str, outputs: int) -> PanelView:
+    """Run ``cell``; its panel once complete and showing ``outputs`` outputs (they follow the status line)."""
     res = k.ok(cell)
     p = PanelView(k, res)
     p.wait_status("complete", timeout=60)
-    # the final repaint is urgent, but give the output area its last flush
-    k.wait_for(lambda: False, timeout=0.3)
+    assert k.wait_for(lambda: len(p.outputs()) == outputs, timeout=10), p.outputs()
     return p
 
 
@@ -56,7 +56,7 @@ h = display("one", display_id=True)
 h.update("two")
 print("end")
 6 * 7
-""")
+""", outputs=6)
     outs = p.outputs()
     kinds = [o.get("text", "").strip() if o["output_type"] == "stream" else sorted(o["data"]) for o in outs]
     assert kinds == ["start", ["image/png", "text/plain"], ["text/html", "text/plain"], ["text/plain"], "end",
@@ -88,8 +88,9 @@ print("bars done")
 """)
     p = PanelView(k, res)
     p.wait_status("complete", timeout=60)
-    assert k.wait_for(lambda: len(p.children(p.bars)) == 2, timeout=5)
+    assert k.wait_for(lambda: len(p.children(p.bars)) == 2, timeout=10)
     rows = p.bar_rows()
+    assert k.wait_for(lambda: [r[0].state.get("value") for r in rows] == [3, 60], timeout=10)
     assert [r[0].state["description"] for r in rows] == ["outer", "inner"]
     for (bar, label), total in zip(rows, (3, 60)):
         values = [s["value"] for _, s in bar.updates if "value" in s]
@@ -112,7 +113,7 @@ for i in range(5):
     clear_output(wait=True)
     print(f"frame {i}")
     time.sleep(0.15)
-""")
+""", outputs=1)
     assert p.output_text() == "frame 4\n"
 
 
@@ -135,7 +136,8 @@ for i in range(10_000):
 """)
     p = PanelView(k, res)
     p.wait_status("complete", timeout=90)
-    k.wait_for(lambda: False, timeout=0.5)
+    assert k.wait_for(lambda: p.output_text().endswith("line 09999 " + "x" * 40 + "\n"), timeout=10)
+    k.wait_for(lambda: False, timeout=0.5)  # anything still on its way counts too
     with k._lock:
         msgs = [m for t, m in k.iopub if t >= t0 and m["msg_type"] in ("comm_open", "comm_msg", "comm_close")]
     sent = sum(len(json.dumps(m["content"])) for m in msgs)
@@ -158,6 +160,6 @@ plt.plot([1, 2]); plt.show()
     assert res.result_text == "42"  # the cell's Out
     p = PanelView(k, res)
     p.wait_status("complete")
-    k.wait_for(lambda: False, timeout=0.3)
+    assert k.wait_for(lambda: len(p.outputs()) == 1, timeout=10), p.outputs()
     shown = [sorted(o["data"]) for o in data_outputs(p)]
     assert shown == [["image/png", "text/plain"]]  # the figure; the value is not repeated in the panel

@@ -7,14 +7,14 @@ one job each:
 * :class:`~.sequencer.EventSequencer`: events in seq order, gaps noticed;
 * :class:`~.outputs.OutputBuffer`: text tails, display outputs, bars, and what
   the panel has not shown yet;
-* :class:`~.watchdog.Watchdog`: when to poll ``status`` because the stream is
-  silent (a lost ``done`` never leaves a panel spinning);
+* :class:`~.watchdog.StatusPoller`: ``status`` requests after a gap and when
+  the stream is silent (its watchdog: a lost ``done`` never leaves a panel
+  spinning), in the background or, in a pump, synchronously;
 * :class:`~.controller.PanelController`: coalesced repaints, notes, requests
   from other threads.
 
-The handle joins them: it applies events to the state, repairs gaps with a
-``status`` request (in the background on the kernel's loop, synchronously in
-a pump), and offers the user API: ``status``, ``progress``, ``output``,
+The handle joins them: it applies events and ``status`` snapshots to the
+state, and offers the user API: ``status``, ``progress``, ``output``,
 ``outputs``, ``bars``, ``wait()``, ``result()``, ``results()``, ``cancel()``,
 and ``await handle``.
 """
@@ -22,10 +22,9 @@ and ``await handle``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from zmqruntime.errors import ZMQRuntimeError
 from zmqruntime.execution.client import Event
@@ -36,7 +35,7 @@ from .controller import CANCEL_REQUESTED, PanelController
 from .outputs import OUTPUT_KEEP_CHARS, OutputBuffer
 from .sequencer import MAX_BUFFERED, EventSequencer
 from .stream import pump
-from .watchdog import WATCH_FIRST, WATCH_SILENCE, Watchdog
+from .watchdog import WATCH_FIRST, WATCH_SILENCE, StatusPoller
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
@@ -70,16 +69,14 @@ class ExecutionHandle:
         self._user_ns = user_ns
         self.state: dict[str, Any] = {"status": "queued", "progress": None, "reason": None, "error": None,
                                       "namespace_reset": False, "has_results": False, "name": name}
-        self.sequencer = EventSequencer(self._apply, self._on_gap, label=execution_id)
+        self.poller = StatusPoller(self)
+        self.sequencer = EventSequencer(self._apply, self.poller.gap, label=execution_id)
         # result_in_cell (--block): the cell's Out shows the value, so the panel does not repeat its repr
         self.buffer = OutputBuffer(echo=echo, for_panel=panel is not None, show_result=not result_in_cell)
-        self.watchdog = Watchdog()
         self.view = PanelController(panel, self._panel_snapshot, connection.loop)
         self.displayed_in: Optional[int] = None  # execution count of the cell that shows the panel
         self.cancel_origin: Optional[str] = None  # thread name of the last cancel() (diagnostics)
         self.created_local = time.time()
-        self._status_inflight = False
-        self._pumping = 0
         self._last_update = time.monotonic()
         self._final = threading.Event()
         self._finalized = False
@@ -307,7 +304,7 @@ class ExecutionHandle:
 
     def _apply(self, event: Event) -> None:
         self._last_update = time.monotonic()
-        self.watchdog.heard()
+        self.poller.watchdog.heard()
         self.view.unnote("contact")
         c = event.content
         kind = event.type
@@ -333,62 +330,11 @@ class ExecutionHandle:
             return
         self.view.poke()
 
-    # -- status polls: gap repair and the watchdog ------------------------------------
-    def _on_gap(self) -> None:
-        """The sequencer saw a gap: ask for a status (a pump asks on its next tick)."""
-        if not self._pumping:
-            self._request_status()
-
-    def _request_status(self) -> None:
-        """One ``status`` request in the background; its answer is adopted on the loop."""
-        self.sequencer.hold()
-        conn = self.connection
-        if self._status_inflight or conn is None or conn.closed:
-            return
-        self._status_inflight = True
-
-        def done(status: Optional[dict], error: Optional[BaseException]) -> None:
-            self._status_inflight = False
-            if error is not None:
-                self.recovery_failed(error)
-            else:
-                self.recovered(status or {})
-
-        conn.call_in_background(lambda: conn.client.get_status(self.id), done)
-
-    def poll_due(self, now: float) -> bool:
-        """Should a status poll be made now (watchdog due, or a gap waits in a pump)?"""
-        if self.final:
-            return False
-        if self._pumping:  # synchronous polls; a background one in flight cannot land during a pump
-            return self.watchdog.due(now) or self.sequencer.repairing
-        return not self._status_inflight and self.watchdog.due(now)
-
-    def seconds_to_next_poll(self, now: float) -> float:
-        return self.watchdog.seconds_left(now)
-
+    # -- status polls (gap repair, the watchdog) and housekeeping ----------------------
     def tick(self, now: float) -> None:
-        """Periodic housekeeping (connection timer or pump): the watchdog, then the panel.
-
-        In a pump the poll is synchronous (its errors reach the waiting cell);
-        on the kernel's loop it runs in the background.
-        """
-        if self.poll_due(now):
-            self.watchdog.fired()
-            if self._pumping:
-                self.recovered(self._client().get_status(self.id))
-            else:
-                self._request_status()
+        """Periodic housekeeping (connection timer or pump): a status poll if due, then the panel."""
+        self.poller.tick(now)
         self.view.tick(now)
-
-    @contextlib.contextmanager
-    def pumping(self) -> Iterator[None]:
-        """A pump follows this handle: status polls happen synchronously in it."""
-        self._pumping += 1
-        try:
-            yield
-        finally:
-            self._pumping -= 1
 
     def recovered(self, status: dict[str, Any]) -> None:
         """Adopt a full ``status`` snapshot, then replay buffered newer events."""
@@ -414,7 +360,7 @@ class ExecutionHandle:
     def recovery_failed(self, error: BaseException) -> None:
         self.sequencer.repair_failed()
         self.view.note("contact", f"lost contact with the server ({error}); retrying")
-        self.watchdog.retry_later()
+        self.poller.watchdog.retry_later()
         self.view.poke()
 
     def flush_ui(self) -> None:
@@ -449,7 +395,7 @@ class ExecutionHandle:
             ns[name] = None
             return
         conn = self.connection
-        if self._pumping or conn is None or conn.closed:
+        if self.poller.pumps or conn is None or conn.closed:
             try:
                 ns[name] = self.result()
             except ZMQRuntimeError as exc:
@@ -501,7 +447,7 @@ class ExecutionHandle:
     def detach(self, why: str) -> None:
         """Stop following (extension unloaded / connection closed); the panel says why."""
         self.connection = None
-        self._status_inflight = False
+        self.poller.inflight = False
         self.sequencer.repairing = False
         if not self.final:
             self.view.note("detached", f"not following any more: {why}")
@@ -514,7 +460,7 @@ class ExecutionHandle:
         self.connection_key = connection.key
         self.view.rebind(connection.loop)
         self.view.unnote("detached")
-        self.watchdog.restart()
+        self.poller.watchdog.restart()
         if not self.final:
             connection.follow(self)
 

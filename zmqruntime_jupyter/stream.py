@@ -389,14 +389,14 @@ def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Op
 
     batches = EventBatches(client.session, handle.on_event, skipped)
     try:
-        with handle.pumping():
+        with handle.poller.pumping():
             # Subscribe first, then take the baseline: nothing can fall between.
             handle.recovered(client.get_status(handle.id))
             while not handle.final:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise ExecutionTimeout(f"execution {handle.id} still {handle.status_cached} after {timeout:g} s")
-                wait = min(UPDATE_INTERVAL / 2, handle.seconds_to_next_poll(now))
+                wait = min(UPDATE_INTERVAL / 2, handle.poller.watchdog.seconds_left(now))
                 if deadline is not None:
                     wait = min(wait, deadline - now)
                 if sock.poll(max(0.0, wait) * 1000):
