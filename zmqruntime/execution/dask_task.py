@@ -146,7 +146,7 @@ def router() -> ThreadRouter:
 
 
 def run_execution(topic: str, execution_id: str, session: str, task: dict[str, Any], buffers: list[Any],
-                  seq: int, app_class: str) -> dict[str, Any]:
+                  seq: int, app_class: str, task_kinds: dict[str, str]) -> dict[str, Any]:
     """The dask task of one execution: outcome message, result frames, where it ran."""
     from distributed import get_worker
 
@@ -163,7 +163,8 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
     routes.by_thread[ident] = (streams[0], streams[1], sink)
     RUNNING[execution_id] = ident
     try:
-        outcome = run_task(_load_class(app_class)(_worker_side=True), execution_id, task, buffers, namespace, sink,
+        app = _load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
+        outcome = run_task(app, execution_id, task, buffers, namespace, sink,
                            install_progress=False)
     finally:
         RUNNING.pop(execution_id, None)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import zmq
-from traitlets import Float, Int, Unicode
+from traitlets import Dict, Float, Int, Unicode
 
 from ..polling import EVENTS, POLLIN
 from ..protocol import new_id, send_frames, unpack_frames
@@ -76,6 +76,8 @@ class LocalBackend(ExecutionBackend):
     spare_workers = Int(1, help="Workers kept started and idle, so a new session starts at once.").tag(config=True)
     server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
                            help="module:Class the workers import to run tasks (its execute_task).").tag(config=True)
+    task_kind_classes = Dict(Unicode(), help="Extra task kinds the workers load (name -> module:Class).").tag(
+        config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -182,7 +184,8 @@ class LocalBackend(ExecutionBackend):
         worker_id = f"w-{new_id()[:8]}"
         process = subprocess.Popen(
             [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
-             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid())],
+             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
+             "--task-kinds", json.dumps(dict(self.task_kind_classes))],
             env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key if self.host else ""),
             stdin=subprocess.DEVNULL,
         )
