@@ -57,10 +57,10 @@ def measure_latency_vs_sessions(client) -> dict:
         samples: list[float] = []
         lock = threading.Lock()
 
-        def loop(c) -> None:
-            mine = common.time_each(lambda: c.run(NOOP, timeout=30), n=per_client, warmup=2)
+        def loop(c, n: int = per_client, into: list = samples, lock: threading.Lock = lock) -> None:
+            mine = common.time_each(lambda: c.run(NOOP, timeout=30), n=n, warmup=2)
             with lock:
-                samples.extend(mine)
+                into.extend(mine)
 
         threads = [threading.Thread(target=loop, args=(c,)) for c in clients]
         t0 = time.perf_counter()

@@ -8,9 +8,9 @@ asserted as timings.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
 import pytest
 

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, TextIO, cast
 
 from .. import reporting
 from ..protocol import PROGRESS_FIELDS
@@ -93,8 +93,8 @@ class ThreadRouter:
     def __init__(self) -> None:
         self.by_thread: dict[int, tuple[StreamCapture, StreamCapture, DaskSink]] = {}
         self.stdout, self.stderr = sys.stdout, sys.stderr
-        sys.stdout = _Routed(self, 0, self.stdout)  # type: ignore[assignment]
-        sys.stderr = _Routed(self, 1, self.stderr)  # type: ignore[assignment]
+        sys.stdout = cast(TextIO, _Routed(self, 0, self.stdout))
+        sys.stderr = cast(TextIO, _Routed(self, 1, self.stderr))
         reporting._set_sink(self.progress)
         threading.Thread(target=self._flusher, name="zmqruntime-dask-flush", daemon=True).start()
 
@@ -121,13 +121,15 @@ class _Routed:
     def __init__(self, router: ThreadRouter, index: int, fallback: Any):
         self.router, self.index, self.fallback = router, index, fallback
 
-    def write(self, text: str) -> int:
+    def _target(self) -> Any:
         found = self.router.by_thread.get(threading.get_ident())
-        return (found[self.index] if found is not None else self.fallback).write(text)
+        return found[self.index] if found is not None else self.fallback
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
 
     def flush(self) -> None:
-        found = self.router.by_thread.get(threading.get_ident())
-        (found[self.index] if found is not None else self.fallback).flush()
+        self._target().flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fallback, name)

@@ -273,7 +273,7 @@ class LocalBackend(ExecutionBackend):
         sock, host = self.sock, self.host
         assert sock is not None and host is not None
         for _ in range(1024):  # drain, but let the control channel have a turn
-            if not sock.getsockopt(EVENTS) & POLLIN:
+            if not int(sock.getsockopt(EVENTS)) & POLLIN:
                 return
             handle = self.workers.get(sock.recv().decode("utf-8", "replace"))
             kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else b""

@@ -152,7 +152,7 @@ class ExecutionServer(ZMQServer):
         return self.kinds[kind].validate(task)
 
     def on_start(self) -> None:
-        self.backend.start(self)
+        self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
         self.call_later(60.0, self._enforce_retention)
         self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
@@ -162,7 +162,8 @@ class ExecutionServer(ZMQServer):
         shared = {"cancel_grace_period": self.cancel_grace_period, "kill_grace_period": self.kill_grace_period,
                   "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
                   "task_kind_classes": dict(self.task_kind_classes)}
-        return {k: v for k, v in shared.items() if self.backend_type.class_traits().get(k) is not None
+        traits = self.backend_type.class_traits()  # type: ignore[attr-defined]
+        return {k: v for k, v in shared.items() if traits.get(k) is not None
                 and not self._configured(self.backend_type, k)}
 
     def _configured(self, cls: type, name: str) -> bool:
@@ -364,10 +365,9 @@ class ExecutionServer(ZMQServer):
         self.records.enforce()
         self.call_later(60.0, self._enforce_retention)
 
-    def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
+    def _record(self, msg: Any) -> ExecutionRecord:
+        """The record the request names; RequestError when it names none or an unknown one."""
         exec_id = msg.content.get("execution_id")
-        if exec_id is None and not required:
-            return None
         if not isinstance(exec_id, str):
             raise RequestError("bad_request", f"'execution_id' must be a string, got {type(exec_id).__name__}")
         rec = self.records.get(exec_id)
@@ -456,7 +456,7 @@ class ExecutionServer(ZMQServer):
         self._schedule()
 
     def handle_status(self, msg: Any) -> Reply:
-        rec = self._record(msg, required=False)
+        rec = self._record(msg) if msg.content.get("execution_id") is not None else None
         if rec is not None:
             rec.absorb_events()
             return {"execution": rec.to_status()}, [], None
