@@ -638,7 +638,7 @@ class AsyncExecutionClient(ExecutionRequests):
 
     async def execute(self, task: Any, *, name: Optional[str] = None, timeout: Optional[float] = None,
                       results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
-                      request_id: Optional[str] = None) -> str:
+                      request_id: Optional[str] = None, session: Optional[str] = None) -> str:
         """Queue ``task``; return its id. Concurrent calls are pipelined on one socket.
 
         Calls made in the same turn of the event loop (``asyncio.gather`` of

@@ -26,10 +26,9 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional, Protocol, TextIO
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
-from .. import reporting
-from .. import serialize
+from .. import reporting, serialize
 from ..protocol import buffer_digest
 from . import capture
 
@@ -90,7 +89,7 @@ class StreamCapture(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
@@ -123,7 +122,7 @@ class StreamCapture(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def redirected(stdout: Optional[TextIO], stderr: Optional[TextIO]) -> Any:
+def redirected(stdout: Optional[io.TextIOBase], stderr: Optional[io.TextIOBase]) -> Any:
     """``sys.stdout``/``sys.stderr`` replaced for the block (None: left alone)."""
     old = sys.stdout, sys.stderr
     if stdout is not None:
@@ -145,7 +144,8 @@ def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[An
     sink is installed (``install_progress``): right for a process running one task at a
     time. A backend running tasks in threads routes both per thread itself instead.
     """
-    status, error, results = "complete", None, {}
+    status, error = "complete", None
+    results: dict[str, Any] = {}
     stdout, stderr = streams
     progress_sink = reporting.sink(sink.progress) if install_progress else contextlib.nullcontext()
     with redirected(stdout, stderr), progress_sink:
@@ -195,7 +195,9 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     tree = ast.parse(code, filename=filename, mode="exec")
     last_expr = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last_expr = ast.Expression(tree.body.pop().value)
+        last = tree.body.pop()
+        assert isinstance(last, ast.Expr)
+        last_expr = ast.Expression(last.value)
     ns = ctx.namespace
     exec(compile(tree, filename, "exec"), ns)
     results: dict[str, Any] = {}

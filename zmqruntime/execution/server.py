@@ -19,16 +19,16 @@ backend to interrupt it (locally: SIGINT, then SIGTERM and SIGKILL after
 grace periods; the session's namespace is then lost and its next execution
 says so). A per-execution ``timeout`` takes the same path.
 
-Custom task kinds: subclass, add the kind to ``task_kinds``, validate it in
-``validate_task`` (server side) and run it in ``execute_task`` (worker side:
-the worker imports the server class by name, so it must be importable).
+Custom task kinds: a ``TaskKind`` (``kinds.py``) named in
+``task_kind_classes``; every worker loads the same classes. Subclassing and
+overriding ``validate_task`` / ``execute_task`` still works (the worker
+imports the server class by name, so it must be importable).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import keyword
 import logging
 import math
 import os
@@ -36,14 +36,15 @@ import time
 from typing import Any, Optional
 
 from traitlets import Any as AnyTrait
-from traitlets import Float, Int, Unicode
+from traitlets import Dict, Float, Int, Unicode
 
 from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .records import ExecutionRecord, RecordStore
 from .sessions import SessionState, SessionTable, check_session_name
-from .runner import TaskContext, run_python_source
+from .kinds import load_kinds
+from .runner import TaskContext
 
 log = logging.getLogger("zmqruntime.execution")
 
@@ -98,17 +99,22 @@ class ExecutionServer(ZMQServer):
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
     inline_result_bytes = Int(64 * 1024, help="Results up to this size also travel in the 'done' event.").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
+    task_kind_classes = Dict(Unicode(), help="Task kinds besides 'python': name -> 'module:Class' "
+                                             "(a TaskKind, importable on the workers too).").tag(config=True)
 
-    #: Task kinds this server accepts. Subclasses extend it.
-    task_kinds: tuple[str, ...] = ("python",)
+    #: Kinds a subclass validates and runs itself (overriding validate_task / execute_task); most
+    #: applications add a TaskKind through ``task_kind_classes`` instead.
+    task_kinds: tuple[str, ...] = ()
 
     def __init__(self, _worker_side: bool = False, **kwargs: Any):
         if _worker_side:
             # In a worker only execute_task is used: skip ZMQServer's key and
             # sockets, initialise just the traitlets Configurable underneath.
             super(ZMQServer, self).__init__(**kwargs)
+            self.kinds = load_kinds(self.task_kind_classes)
             return
         super().__init__(**kwargs)
+        self.kinds = load_kinds(self.task_kind_classes)
         for name in ("concurrency", "max_batch", "max_session_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -124,12 +130,13 @@ class ExecutionServer(ZMQServer):
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
         self._backend_started = False
 
-    # -- worker side: override these for custom task kinds -----------------
+    # -- worker side --------------------------------------------------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         """Run one task in the worker; return ``{name: value}`` results."""
-        if task["kind"] == "python":
-            return run_python_source(task, ctx)
-        raise ValueError(f"{type(self).__name__} cannot run task kind {task['kind']!r}")
+        kind = self.kinds.get(task["kind"])
+        if kind is None:
+            raise ValueError(f"{type(self).__name__} cannot run task kind {task['kind']!r}")
+        return kind.run(task, ctx)
 
     # -- server side --------------------------------------------------------
     def validate_task(self, task: Any) -> dict[str, Any]:
@@ -137,22 +144,15 @@ class ExecutionServer(ZMQServer):
         if not isinstance(task, dict):
             raise RequestError("bad_request", f"'task' must be an object, got {type(task).__name__}")
         kind = task.get("kind")
-        if kind not in self.task_kinds:
-            raise RequestError("unknown_task_kind", f"task kind {kind!r} is not one of {list(self.task_kinds)}")
-        if kind == "python":
-            if not isinstance(task.get("code"), str):
-                raise RequestError("bad_request", "python task needs 'code' as a string")
-            names = task.get("results", [])
-            if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names):
-                raise RequestError("bad_request", "'results' must be a list of variable names")
-            try:
-                compile(task["code"], "<zmqexec>", "exec", dont_inherit=True)
-            except SyntaxError as exc:
-                raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno, text=exc.text) from None
-        return task
+        if kind in self.task_kinds:  # a subclass's own kind: its override validated it
+            return task
+        if not isinstance(kind, str) or kind not in self.kinds:
+            raise RequestError("unknown_task_kind",
+                               f"task kind {kind!r} is not one of {sorted({*self.kinds, *self.task_kinds})}")
+        return self.kinds[kind].validate(task)
 
     def on_start(self) -> None:
-        self.backend.start(self)
+        self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
         self.call_later(60.0, self._enforce_retention)
         self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
@@ -160,8 +160,10 @@ class ExecutionServer(ZMQServer):
     def _backend_settings(self) -> dict[str, Any]:
         """Server traits a backend shares by name (the cancel grace periods, the worker class)."""
         shared = {"cancel_grace_period": self.cancel_grace_period, "kill_grace_period": self.kill_grace_period,
-                  "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}"}
-        return {k: v for k, v in shared.items() if self.backend_type.class_traits().get(k) is not None
+                  "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
+                  "task_kind_classes": dict(self.task_kind_classes)}
+        traits = self.backend_type.class_traits()  # type: ignore[attr-defined]
+        return {k: v for k, v in shared.items() if traits.get(k) is not None
                 and not self._configured(self.backend_type, k)}
 
     def _configured(self, cls: type, name: str) -> bool:
@@ -363,10 +365,9 @@ class ExecutionServer(ZMQServer):
         self.records.enforce()
         self.call_later(60.0, self._enforce_retention)
 
-    def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
+    def _record(self, msg: Any) -> ExecutionRecord:
+        """The record the request names; RequestError when it names none or an unknown one."""
         exec_id = msg.content.get("execution_id")
-        if exec_id is None and not required:
-            return None
         if not isinstance(exec_id, str):
             raise RequestError("bad_request", f"'execution_id' must be a string, got {type(exec_id).__name__}")
         rec = self.records.get(exec_id)
@@ -455,7 +456,7 @@ class ExecutionServer(ZMQServer):
         self._schedule()
 
     def handle_status(self, msg: Any) -> Reply:
-        rec = self._record(msg, required=False)
+        rec = self._record(msg) if msg.content.get("execution_id") is not None else None
         if rec is not None:
             rec.absorb_events()
             return {"execution": rec.to_status()}, [], None
