@@ -22,7 +22,7 @@ pytest.importorskip("tqdm", reason="tqdm is in the [test] extra: pip install -e 
 
 
 @pytest.fixture(scope="module")
-def k(jkernel: KernelDriver) -> KernelDriver:
+def k(jkernel: KernelDriver) -> KernelDriver:  # noqa: F811 (the fixture, imported above)
     jkernel.ok("%load_ext zmqruntime_jupyter")
     return jkernel
 

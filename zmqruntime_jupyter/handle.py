@@ -56,13 +56,13 @@ class DetachedError(ZMQRuntimeError, RuntimeError):
 class ExecutionHandle:
     """One remote execution, as seen from the notebook."""
 
-    def __init__(self, execution_id: str, connection: "Connection", *, name: str = "",
-                 panel: Optional["ExecutionPanel"] = None, out_name: Optional[str] = None,
+    def __init__(self, execution_id: str, connection: Connection, *, name: str = "",
+                 panel: Optional[ExecutionPanel] = None, out_name: Optional[str] = None,
                  user_ns: Optional[dict] = None, echo: Optional[Callable[[str, str], None]] = None,
                  result_in_cell: bool = False):
         self.id = execution_id
         self.name = name
-        self.connection: Optional["Connection"] = connection
+        self.connection: Optional[Connection] = connection
         self.connection_key = connection.key
         self.panel = panel
         self.out_name = out_name
@@ -260,7 +260,7 @@ class ExecutionHandle:
         if self._results is None:
             conn = self._require_connection()
             self._results = await asyncio.wrap_future(conn.submit(lambda: conn.client.get_results(self.id)))
-        return self._results.get("_")
+        return (self._results or {}).get("_")
 
     # -- display ------------------------------------------------------------------
     def _ipython_display_(self) -> None:
@@ -431,7 +431,7 @@ class ExecutionHandle:
         conn = self.connection
         return conn is not None and not conn.closed and self.id in conn.handles
 
-    def _require_connection(self) -> "Connection":
+    def _require_connection(self) -> Connection:
         conn = self.connection
         if conn is None or conn.closed:
             raise DetachedError(
@@ -454,7 +454,7 @@ class ExecutionHandle:
             self.view.poke(urgent=True)
         self.view.close()
 
-    def attach(self, connection: "Connection") -> None:
+    def attach(self, connection: Connection) -> None:
         """Follow again through a (new) connection, e.g. after ``%reload_ext``."""
         self.connection = connection
         self.connection_key = connection.key
@@ -471,7 +471,7 @@ class ExecutionHandle:
             self.view.poke(urgent=True)
 
 
-def handle_from_status(status: dict[str, Any], connection: "Connection", **kwargs: Any) -> ExecutionHandle:
+def handle_from_status(status: dict[str, Any], connection: Connection, **kwargs: Any) -> ExecutionHandle:
     """A handle for an execution this kernel did not start (or started before a restart)."""
     handle = ExecutionHandle(status["execution_id"], connection, name=status.get("name") or "", **kwargs)
     handle.recovered(status)

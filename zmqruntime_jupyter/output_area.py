@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import ipywidgets as W  # type: ignore[import-untyped]
+import ipywidgets as W
 
 #: Characters of text the widget keeps (the handle keeps 1 MiB).
 WIDGET_KEEP_CHARS = 100_000

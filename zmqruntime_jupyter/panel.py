@@ -203,7 +203,6 @@ class ExecutionPanel:
         self.info.value = html.escape(progress_text(p, final))
         if info.get("namespace_reset"):
             notes = notes + ["the remote worker was restarted: variables from earlier cells are gone"]
-        self.status_label.value = self._status_html(status, self._detail(info), notes)
         self.bar_rows.render(bars, final)
         if final and not self._last_final_rendered:
             err = info.get("error") or {}
@@ -217,6 +216,8 @@ class ExecutionPanel:
                 self.cancel_button.disabled = True
                 self.cancel_button.description = {"complete": "Done", "cancelled": "Cancelled"}.get(status, "Failed")
                 self.cancel_button.button_style = ""
+        # last: a frontend (or a test) that sees the final status sees everything before it
+        self.status_label.value = self._status_html(status, self._detail(info), notes)
 
     @staticmethod
     def _detail(info: dict[str, Any]) -> str:

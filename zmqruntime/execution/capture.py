@@ -62,7 +62,7 @@ class Capture:
 
     def __init__(self, emit: Emit):
         self.emit = emit
-        self._bars: Optional["weakref.WeakKeyDictionary[Any, dict[str, Any]]"] = None  # made at the first bar
+        self._bars: Optional[weakref.WeakKeyDictionary[Any, dict[str, Any]]] = None  # made at the first bar
         self._next_bar = 0
         self._lock = threading.Lock()
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 from . import capture
 from .capture import MPL_BACKEND, active
 
+
 def install() -> None:
     """Hook the modules already imported now, the others as they are imported."""
     hooks: dict[str, Callable[[ModuleType], None]] = {
@@ -92,7 +93,7 @@ def _hook_matplotlib(module: ModuleType) -> None:
     if pyplot is not None:
         pyplot.switch_backend(MPL_BACKEND)
     else:
-        module.use(MPL_BACKEND)  # type: ignore[attr-defined]
+        module.use(MPL_BACKEND)
 
 
 _remote_tqdm: Any = None
@@ -102,9 +103,9 @@ def _tqdm_class() -> Any:
     """:class:`RemoteTqdm`, made once ``tqdm.std`` exists."""
     global _remote_tqdm
     if _remote_tqdm is None:
-        from tqdm.std import tqdm as std_tqdm  # type: ignore[import-untyped]
+        from tqdm.std import tqdm as std_tqdm
 
-        class RemoteTqdm(std_tqdm):  # type: ignore[misc, valid-type]
+        class RemoteTqdm(std_tqdm):
             """A tqdm bar of a remote task: reports ``bar`` events; its text goes nowhere."""
 
             _reports = False  # True: this bar's text is discarded, its state sent as events
@@ -169,7 +170,7 @@ class _Discard(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         return len(text)
 
     def isatty(self) -> bool:
