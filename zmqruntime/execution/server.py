@@ -37,10 +37,12 @@ import math
 import signal
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Optional
 
 from traitlets import Float, Int, Unicode
 
+from .. import parts, shm, spill
 from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .pool import LocalWorkerPool
@@ -105,6 +107,13 @@ class ExecutionServer(ZMQServer):
     max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
     inline_result_bytes = Int(64 * 1024, help="Results up to this size also travel in the 'done' event.").tag(config=True)
+    shm_result_bytes = Int(1 << 20, help="Result buffers at least this large are kept in shared-memory files "
+                                         "(a client on this host maps them); 0 = never.").tag(config=True)
+    shm_dir = Unicode("", help="Directory of shared-memory files (default /dev/shm, or $ZMQRUNTIME_SHM_DIR).").tag(config=True)
+    spill_result_bytes = Int(1 << 30, help="Results at least this large are kept in files on disk instead of "
+                                           "memory; 0 = never.").tag(config=True)
+    spill_dir = Unicode("", help="Directory of spill files (default: the runtime directory).").tag(config=True)
+    max_spill_bytes = Int(64 << 30, help="Results kept at most in spill files (total bytes on disk).").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
 
     #: Task kinds this server accepts. Subclasses extend it.
@@ -120,7 +129,13 @@ class ExecutionServer(ZMQServer):
         for name in ("concurrency", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
+        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age,
+                                   self.max_spill_bytes)
+        from ..transport import runtime_dir
+
+        self.files = spill.FileStore(spill.Settings(
+            Path(self.shm_dir) if self.shm_dir else shm.default_dir(), max(0, self.shm_result_bytes),
+            Path(self.spill_dir) if self.spill_dir else runtime_dir(), max(0, self.spill_result_bytes)))
         self.queue: deque[str] = deque()
         self.pool: Optional[LocalWorkerPool] = None
 
@@ -152,6 +167,7 @@ class ExecutionServer(ZMQServer):
         return task
 
     def on_start(self) -> None:
+        self.files.start()  # before the workers: they inherit its settings
         self.pool = LocalWorkerPool(
             self, self, size=self.concurrency, key=self.key,
             server_class=self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
@@ -166,6 +182,9 @@ class ExecutionServer(ZMQServer):
                 self._finish(rec, "cancelled", reason="server shut down")
         if self.pool is not None:
             self.pool.stop()
+        for rec in self.records:  # results do not outlive the server: nor do their files
+            rec.drop_results()
+            rec.drop_push()
 
     def ping_info(self) -> dict[str, Any]:
         return {
@@ -174,6 +193,7 @@ class ExecutionServer(ZMQServer):
             "running": self.pool.running_ids() if self.pool else [],
             "workers": self.pool.describe() if self.pool else [],
             "executions": len(self.records),
+            "shm_dir": str(self.files.settings.shm_dir),
         }
 
     # -- PoolListener: what the workers tell us ---------------------------------
@@ -206,6 +226,15 @@ class ExecutionServer(ZMQServer):
             rec.result_frames = list(buffers)
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
+            if result.get("files"):
+                try:
+                    rec.result_files = self.files.adopt_results(result["files"], rec.result_frames)
+                except (OSError, ValueError) as exc:
+                    log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
+                    rec.drop_results()
+                    rec.result_error = f"result buffer file refused: {exc}"
+                if rec.result_nbytes <= self.inline_result_bytes:
+                    parts.ensure_digests(rec)  # it rides in the 'done' event
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -215,6 +244,8 @@ class ExecutionServer(ZMQServer):
             else:
                 reason = None
             self._finish(rec, status, reason=reason, error=error)
+        else:  # nobody will fetch it: delete the files the worker wrote
+            self.files.discard(msg["result"].get("files") or [])
         self._schedule()
 
     def worker_lost(self, execution_id: Optional[str], exit_code: int, escalated: bool) -> None:
@@ -282,6 +313,7 @@ class ExecutionServer(ZMQServer):
     def _finish(self, rec: ExecutionRecord, status: str, *, reason: Optional[str] = None,
                 error: Optional[dict[str, Any]] = None) -> None:
         rec.status = status
+        rec.drop_push()
         rec.finished = time.time()
         rec.finished_clock = time.monotonic()
         rec.reason = reason
@@ -301,6 +333,7 @@ class ExecutionServer(ZMQServer):
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
+        self.files.sweep()
         self.call_later(60.0, self._enforce_retention)
 
     def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
@@ -363,7 +396,8 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=buffers,
+        buffers, push_files = self._adopt_push(c.get("shm"), buffers)
+        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=buffers, push_files=push_files,
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.queue.append(exec_id)
@@ -372,6 +406,18 @@ class ExecutionServer(ZMQServer):
         # subscribed before submitting can then wait on the event alone.
         done_subscribed = self.wants(event_topic(exec_id, "done"))
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed}
+
+    def _adopt_push(self, field: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Pushed buffers the client left in shared-memory files (``shm``), see spill.py."""
+        try:
+            return self.files.adopt_push(field, buffers)
+        except FileNotFoundError as exc:
+            raise RequestError("shm_unavailable", f"shared-memory file not found on the server's host: {exc}; "
+                                                  "send the values as buffers") from None
+        except shm.SegmentRefused as exc:
+            raise RequestError("shm_refused", str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
 
     def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
@@ -440,11 +486,22 @@ class ExecutionServer(ZMQServer):
             raise RequestError("unpicklable_result", rec.result_error, status=rec.status)
         if rec.results_expired:
             raise RequestError("results_expired", f"results of {rec.execution_id} were dropped by the retention policy")
-        frames, digests = rec.result_frames, rec.result_digests
-        rec.results_fetched = True
+        try:
+            form = parts.requested_form(msg.content)
+        except parts.PartError as exc:
+            raise RequestError("bad_request", str(exc)) from None
         content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
+        try:
+            reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
+                     if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+        except parts.PartError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if reply is None:
+            parts.ensure_digests(rec)
+            reply = content, rec.result_frames, rec.result_digests
+        rec.results_fetched = True
         if release:
-            rec.result_frames, rec.result_digests = [], []
+            rec.drop_results()  # the reply keeps its own references to the frames
             rec.results_expired = True
-        return content, frames, digests
+        return reply
 

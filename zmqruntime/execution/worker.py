@@ -39,8 +39,8 @@ from typing import Any, Callable, Optional
 import zmq
 
 from .. import reporting as progress_mod
-from .. import serialize
-from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, buffer_digest, event_topic,
+from .. import serialize, spill
+from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic,
                         pack_frames, send_frames)
 
 KIND_EVENT = b"E"
@@ -283,7 +283,7 @@ class Worker:
         sys.stdout, sys.stderr = self.stdout, self.stderr
         progress_mod._set_sink(self._progress_sink)
         try:
-            pushed = serialize.loads(buffers) if buffers else {}
+            pushed = spill.load_pushed(buffers) if buffers else {}
             ctx = TaskContext(exec_id, self.namespace, pushed)
             self.namespace.update(pushed)
             self.guard.pending = False
@@ -315,9 +315,10 @@ class Worker:
             frames = serialize.dumps(results)
         except serialize.SerializationError as exc:
             return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
-        digests = [buffer_digest(f).hex() for f in frames]
-        return {"names": sorted(results), "digests": digests,
-                "nbytes": serialize.nbytes(frames), "error": None}, frames
+        nbytes = serialize.nbytes(frames)
+        frames, digests, files = spill.place_result_buffers(frames)  # large buffers into files
+        return {"names": sorted(results), "digests": digests, "files": files,
+                "nbytes": nbytes, "error": None}, frames
 
 
 def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
