@@ -21,6 +21,7 @@ Only one form per request. docs/protocol.md §7.5 is the normative text.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any, Optional
 
@@ -90,10 +91,29 @@ def shm_reply(rec: Any, base: dict[str, Any]) -> Reply:
 
 
 def ensure_digests(rec: Any) -> None:
-    """Digests the worker left to us (shared-memory buffers), computed once, when first needed."""
+    """Digests the worker left to us (shared-memory buffers), computed once, when first needed.
+
+    Read from the file, not through the server's mapping, so the pages do
+    not stay resident in the server.
+    """
+    files = {f.index: f for f in rec.result_files}
     for i, d in enumerate(rec.result_digests):
         if not d:
-            rec.result_digests[i] = buffer_digest(rec.result_frames[i])
+            held = files.get(i)
+            rec.result_digests[i] = (file_digest(held.path, held.nbytes) if held is not None
+                                     else buffer_digest(rec.result_frames[i]))
+
+
+def file_digest(path: Any, nbytes: int) -> bytes:
+    """The §3.2 digest of a file's first ``nbytes``, read one chunk at a time."""
+    leaves = []
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for offset in range(0, nbytes, DIGEST_CHUNK):
+            leaves.append(hashlib.sha256(os.pread(fd, min(DIGEST_CHUNK, nbytes - offset), offset)).digest())
+    finally:
+        os.close(fd)
+    return hashlib.sha256(b"".join(leaves or [hashlib.sha256(b"").digest()])).digest()
 
 
 def _read(rec: Any, index: int, start: int, end: int) -> Any:
