@@ -82,6 +82,15 @@ def test_result_through_shared_memory_then_released(server, shm_dir):
     assert info.value.code == "results_expired"
 
 
+def test_a_large_pickle_stream_goes_through_shared_memory_too(server, shm_dir, tmp_path):
+    client = server.client
+    exec_id = finished(client, "b'x' * 3_000_000")  # bytes are pickled in band: buffer 0 is large
+    assert len(buffer_files(shm_dir)) == 1
+    assert client.get_results(exec_id)["_"] == b"x" * 3_000_000
+    assert client.get_results(exec_id, shm=False)["_"][-1:] == b"x"
+    assert client.get_results(exec_id, into=tmp_path / "d")["_"] == b"x" * 3_000_000
+
+
 def test_push_from_a_memory_mapped_file_through_shared_memory(server, shm_dir, tmp_path):
     data = np.memmap(tmp_path / "input.f64", dtype=np.float64, mode="w+", shape=(3 * MIB // 8,))
     data[:] = 2.0

@@ -330,7 +330,7 @@ def decode_shm_reply(msg: Any) -> Optional[dict[str, Any]]:
     frames = [getattr(f, "buffer", f) for f in msg.buffers]
     for entry in named:
         index, nbytes = entry.get("index"), entry.get("nbytes")
-        if not isinstance(index, int) or not 0 < index < len(frames) or not isinstance(nbytes, int):
+        if not isinstance(index, int) or not 0 <= index < len(frames) or not isinstance(nbytes, int):
             raise ReceiveError(f"bad shm entry {entry!r}")
         try:
             frames[index] = shm.map_checked(shm.check_name(entry.get("path")), nbytes)
