@@ -161,6 +161,7 @@ class FileStore:
         for name, value in (("index", index), ("nbytes", nbytes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{what} '{name}' must be a non-negative integer, got {value!r}")
+        assert isinstance(index, int) and isinstance(nbytes, int)
         if index >= nbuffers:
             raise ValueError(f"{what} index {index} is out of range ({nbuffers} buffers)")
         p = shm.check_name(path)

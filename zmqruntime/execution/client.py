@@ -305,7 +305,7 @@ class ExecutionRequests:
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
-        content = {"task": self.serialize_task(task, results=results), "name": name or "",
+        content: dict[str, Any] = {"task": self.serialize_task(task, results=results), "name": name or "",
                    "timeout": check_timeout(timeout), "execution_id": new_execution_id(),
                    "request_id": request_id or new_id()}
         buffers: list = []
