@@ -102,6 +102,23 @@ def test_push_from_a_memory_mapped_file_through_shared_memory(server, shm_dir, t
     assert buffer_files(shm_dir) == []  # the push file is gone once the execution is final
 
 
+def test_push_of_a_shared_array_copies_nothing(server, shm_dir):
+    from zmqruntime.shm import shared_array
+
+    arr = shared_array((512, 1024), dtype=np.float64)
+    arr[:] = 3.0
+    (own,) = buffer_files(shm_dir)
+    client = server.client
+    exec_id = finished(client, BACKING + "(backing(x), float(x.sum()))", push={"x": arr})
+    assert client.get_results(exec_id)["_"] == ("mmap", 3.0 * arr.size)
+    assert buffer_files(shm_dir) == [own] and own.stat().st_nlink == 1  # the server's link is gone
+    del arr
+    import gc
+
+    gc.collect()
+    assert buffer_files(shm_dir) == []  # freed with the array
+
+
 def test_push_over_the_socket_when_shared_memory_is_off(server, shm_dir):
     client = server.client
     client.push_shm = False
@@ -270,8 +287,11 @@ def test_large_result_spills_to_disk_and_retention_deletes_it(start_server, shm_
     server = start_server("--ExecutionServer.spill_result_bytes=8000000", f"--ExecutionServer.spill_dir={spill}",
                           "--ExecutionServer.max_spill_bytes=30000000")
     client = server.client
-    first = finished(client, "import numpy as np\nnp.full(2_500_000, 1.0)")  # 20 MB: spilled
+    finished(client, "import numpy as np")
+    server_rss = psutil.Process(server.pid).memory_info().rss
+    first = finished(client, "np.full(2_500_000, 1.0)")  # 20 MB: spilled
     assert len(buffer_files(spill)) == 1 and buffer_files(shm_dir) == []
+    assert psutil.Process(server.pid).memory_info().rss - server_rss < 10_000_000  # held on disk, not in RAM
     assert client.get_results(first, into=tmp_path / "a")["_"].sum() == 2_500_000
     assert client.get_results(first, shm=False)["_"][-1] == 1.0  # over the socket from the file
     small = finished(client, "np.full(300_000, 3.0)")  # 2.4 MB: shared memory, counted as memory

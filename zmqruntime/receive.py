@@ -362,8 +362,12 @@ def prepare_push(push: Mapping[str, Any], use_shm: bool) -> tuple[list[Any], lis
             view = memoryview(buf).cast("B")
             if len(view) < PUSH_SHM_BYTES:
                 continue
-            source = sources.get((_address(view), len(view))) if sources else None
-            if source is not None:
+            address = _address(view)
+            source = sources.get((address, len(view))) if sources else None
+            linked = shm.link_shared(address, len(view), directory)  # a shared_array: no copy at all
+            if linked is not None:
+                path = linked
+            elif source is not None:
                 with open(source[0], "rb") as fh:
                     path = shm.create(directory, view, source=(fh.fileno(), source[1]))
             else:

@@ -30,6 +30,7 @@ import mmap
 import os
 import re
 import stat
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -37,6 +38,10 @@ from .transport import pid_alive, runtime_dir
 
 NAME_RE = re.compile(r"^zmqr-(\d{1,10})-([0-9a-f]{32})\.buf$")
 _COPY_STEP = 64 * 1024 * 1024
+
+
+#: Arrays made by :func:`shared_array` in this process: (address, nbytes) -> file path.
+_shared: dict[tuple[int, int], Path] = {}
 
 
 class SegmentRefused(PermissionError):
@@ -203,3 +208,49 @@ def clean_stale(directories: Iterable[Path]) -> int:
             _unlink(Path(entry.path))
             removed += 1
     return removed
+
+
+def shared_array(shape: Any, dtype: Any = "float64") -> Any:
+    """A numpy array whose memory is a shared-memory file: pushing it copies nothing.
+
+    ``execute(..., push={"x": arr})`` hands the worker the file itself (a
+    new link to it), so the worker maps the very same memory: do not change
+    the array until that execution has finished. The file is deleted when
+    the array's memory is freed (or, after a crash, by the next server start).
+    """
+    import numpy as np
+
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if nbytes <= 0:
+        raise ValueError(f"a shared array needs at least one byte, got shape {shape!r}")
+    path = default_dir() / new_name()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, nbytes)
+        mapped = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        _unlink(path)
+        raise
+    finally:
+        os.close(fd)
+    arr = np.frombuffer(mapped, dtype=dt).reshape(shape)
+    key = (int(arr.ctypes.data), nbytes)
+    _shared[key] = path
+    weakref.finalize(mapped, _forget, key, path)
+    return arr
+
+
+def _forget(key: tuple[int, int], path: Path) -> None:
+    _shared.pop(key, None)
+    _unlink(path)
+
+
+def link_shared(address: int, nbytes: int, directory: Path) -> Optional[Path]:
+    """A new name for the file behind a :func:`shared_array` buffer (None if it is not one)."""
+    path = _shared.get((address, nbytes))
+    if path is None:
+        return None
+    new = Path(directory) / new_name()
+    os.link(path, new)
+    return new
