@@ -15,14 +15,19 @@ Paths, each at 1 MiB, 16 MiB, 256 MiB and 2 GiB (--quick stops at 256 MiB,
   shared-memory file;
 * ``disk``: ``get_results(id, into=DIR)``, streamed to files in parts;
 * ``push_socket`` / ``push_shm``: ``execute("x.nbytes", push={"x": arr})``
-  until its ``done`` (so it includes a round of task dispatch, ~1 ms).
+  until its ``done`` (so it includes a round of task dispatch, ~1 ms);
+  ``push_shm`` copies the array into a shared-memory file once;
+  ``push_shared`` pushes a ``zmqruntime.shm.shared_array`` (allocated in
+  shared memory, filled before the clock starts): nothing is copied.
 
 Two clocks per result path: ``fetch`` (the array is in hand) and ``touch``
 (fetch plus reading one byte of every page, so a lazily mapped file pays its
 page faults: the honest figure for shared memory; the ratio uses it).
 Peak RSS is sampled (every 2 ms, psutil) in this process (client), the
 server, its worker and the raw sender, as the increase over the value just
-before the transfer divided by the array size.
+before the transfer divided by the array size; ``<process>_anon`` counts
+anonymous memory only (RSS minus file-backed and shared pages: a
+memory-mapped file read from disk is page cache the kernel can drop).
 """
 
 from __future__ import annotations
@@ -60,18 +65,26 @@ class PeakRSS:
         import psutil
 
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid}
-        self.before = {name: p.memory_info().rss for name, p in self.procs.items()}
+        self.before = {name: self._read(p) for name, p in self.procs.items()}
         self.peak = dict(self.before)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _read(p) -> tuple[int, int]:
+        """(RSS, anonymous RSS): file and shared-memory pages are the rest."""
+        info = p.memory_info()
+        return info.rss, info.rss - info.shared
 
     def _run(self) -> None:
         while not self._stop.wait(0.002):
             for name, p in self.procs.items():
                 try:
-                    self.peak[name] = max(self.peak[name], p.memory_info().rss)
+                    rss, anon = self._read(p)
                 except Exception:  # noqa: BLE001 -- a process that ended
-                    pass
+                    continue
+                old_rss, old_anon = self.peak[name]
+                self.peak[name] = (max(old_rss, rss), max(old_anon, anon))
 
     def __enter__(self) -> "PeakRSS":
         self._thread.start()
@@ -82,7 +95,12 @@ class PeakRSS:
         self._thread.join(2)
 
     def ratios(self, size: int) -> dict[str, float]:
-        return {name: round((self.peak[name] - self.before[name]) / size, 3) for name in self.procs}
+        """Peak increase / size per process: ``name`` (RSS) and ``name_anon`` (anonymous memory only)."""
+        out = {}
+        for name in self.procs:
+            out[name] = round((self.peak[name][0] - self.before[name][0]) / size, 3)
+            out[f"{name}_anon"] = round((self.peak[name][1] - self.before[name][1]) / size, 3)
+        return out
 
 
 def touch(arr: np.ndarray) -> int:
@@ -203,8 +221,14 @@ def measure_zr(client) -> dict:
                                             "max_message_bytes (1 GiB)"}
                     continue
                 entry[path] = common.guarded(push_path, client, arr, path == "push_shm")
-            client.push_shm = True
             del arr
+            from zmqruntime.shm import shared_array
+
+            shared = shared_array((size // 8,))
+            shared[:] = 2.5
+            entry["push_shared"] = common.guarded(push_path, client, shared, True)
+            client.push_shm = True
+            del shared
             out[str(size)] = entry
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -286,6 +310,7 @@ def measure() -> dict:
             "result_socket_vs_raw": round(row["socket"]["gb_per_s"] / row["raw"]["gb_per_s"], 2),
             "result_disk_vs_raw": round(row["disk"]["gb_per_s"] / row["raw"]["gb_per_s"], 2),
             "push_shm_vs_raw": round(row["push_shm"]["gb_per_s"] / row["raw_push"]["gb_per_s"], 2),
+            "push_shared_vs_raw": round(row["push_shared"]["gb_per_s"] / row["raw_push"]["gb_per_s"], 2),
             "push_socket_vs_raw": round(row["push_socket"]["gb_per_s"] / row["raw_push"]["gb_per_s"], 2),
         }
     except (KeyError, ZeroDivisionError) as exc:
