@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
 from .protocol import DIGEST_CHUNK, buffer_digest
@@ -91,15 +91,35 @@ def shm_reply(rec: Any, base: dict[str, Any]) -> Reply:
     return {**base, "shm": named}, frames, digests
 
 
-def ensure_digests(rec: Any) -> None:
-    """Digests the worker left to us (shared-memory buffers), computed once, when first needed.
+_hasher: Optional[ThreadPoolExecutor] = None
 
-    Read from the file, not through the server's mapping, so the pages do
-    not stay resident in the server.
+
+def start_digests(rec: Any) -> None:
+    """Start hashing the buffers the worker left undigested (shared-memory files), in the background.
+
+    A same-host client never needs them; a remote one then finds them ready
+    (the old design hashed in the worker, before ``done``: this keeps that
+    cost off the execution's latency). One background thread at a time.
+    """
+    global _hasher
+    for f in rec.result_files:
+        if not rec.result_digests[f.index]:
+            if _hasher is None:
+                _hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqruntime-file-digest")
+            rec.result_digests[f.index] = _hasher.submit(file_digest, f.path, f.nbytes)
+
+
+def ensure_digests(rec: Any) -> None:
+    """Every buffer's digest, waiting for background hashing or computing what is missing.
+
+    Files are read, not the server's mapping, so their pages do not stay
+    resident in the server.
     """
     files = {f.index: f for f in rec.result_files}
     for i, d in enumerate(rec.result_digests):
-        if not d:
+        if isinstance(d, Future):
+            rec.result_digests[i] = d.result()
+        elif not d:
             held = files.get(i)
             rec.result_digests[i] = (file_digest(held.path, held.nbytes) if held is not None
                                      else buffer_digest(rec.result_frames[i]))

@@ -233,6 +233,7 @@ class ExecutionServer(ZMQServer):
                     log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
                     rec.drop_results()
                     rec.result_error = f"result buffer file refused: {exc}"
+                parts.start_digests(rec)  # for clients that fetch over the socket
                 if rec.result_nbytes <= self.inline_result_bytes:
                     parts.ensure_digests(rec)  # it rides in the 'done' event
             status = msg["status"]
