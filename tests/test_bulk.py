@@ -102,6 +102,21 @@ def test_push_from_a_memory_mapped_file_through_shared_memory(server, shm_dir, t
     assert buffer_files(shm_dir) == []  # the push file is gone once the execution is final
 
 
+def test_push_of_a_large_memmap_does_not_read_it_into_the_client(server, shm_dir, tmp_path):
+    path = tmp_path / "big.f64"
+    with open(path, "wb") as fh:  # written without mapping it here
+        for _ in range(16):
+            fh.write(np.full(MIB // 2, 4.0).tobytes())
+    data = np.memmap(path, dtype=np.float64, mode="r")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    exec_id = server.client.execute("float(x.sum())", push={"x": data})
+    grew = me.memory_info().rss - before
+    assert server.client.wait(exec_id, timeout=60)["status"] == "complete"
+    assert server.client.get_results(exec_id)["_"] == 4.0 * data.size
+    assert grew < 16 * MIB, f"the client read the file: RSS grew by {grew / MIB:.1f} MiB"  # 64 MiB file
+
+
 def test_push_of_a_shared_array_copies_nothing(server, shm_dir):
     from zmqruntime.shm import shared_array
 
