@@ -193,7 +193,6 @@ class ExecutionServer(ZMQServer):
             "running": self.pool.running_ids() if self.pool else [],
             "workers": self.pool.describe() if self.pool else [],
             "executions": len(self.records),
-            "shm_dir": str(self.files.settings.shm_dir),
         }
 
     # -- PoolListener: what the workers tell us ---------------------------------
