@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import zmq
 import zmq.asyncio
 
-from .. import serialize
+from .. import receive, serialize
 from .sessions import DEFAULT_SESSION, check_session_name
 from ..curve import secure_client_socket
 from ..polling import EVENTS, POLLIN
@@ -339,7 +339,7 @@ class ExecutionRequests:
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
-        content = {"task": self.serialize_task(task, results=results), "name": name or "",
+        content: dict[str, Any] = {"task": self.serialize_task(task, results=results), "name": name or "",
                    "timeout": check_timeout(timeout), "execution_id": new_execution_id(),
                    "request_id": request_id or new_id(),
                    "session": self.session_name if session is None else self._choose_session(session)}
@@ -347,8 +347,25 @@ class ExecutionRequests:
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
                 raise TypeError("push must be a mapping of variable names to values")
-            buffers = serialize.dumps(dict(push))
+            buffers, files = receive.prepare_push(push, self.push_shm and receive.same_host(self.info))
+            if files:  # large values wait in shared-memory files the server takes over
+                content["shm"] = files
         return content, buffers
+
+    #: Push large values through shared memory when the server is on this host (IPC or loopback).
+    push_shm = True
+    info: ConnectionInfo
+
+    @staticmethod
+    def _push_over_socket(content: dict[str, Any], push: Any) -> tuple[dict, list]:
+        """The request again with every pushed byte in its buffers (the server found no shm file)."""
+        receive.discard_push(content.pop("shm", []))
+        return content, receive.prepare_push(push, False)[0]
+
+    @staticmethod
+    def _check_shm(shm: Any) -> None:
+        if shm is not None and not isinstance(shm, bool):
+            raise TypeError(f"shm must be True, False or None (automatic), got {shm!r}")
 
     @staticmethod
     def _attempt_timeouts(total: float) -> Any:
@@ -436,7 +453,14 @@ class ExecutionClient(ExecutionRequests):
         # Subscribe before submitting, so a fast task's 'done' event is not missed by wait().
         waiter.subscribe(proposed)
         try:
-            reply = self._call_idempotent(content, buffers)
+            try:
+                reply = self._call_idempotent(content, buffers)
+            except RemoteError as exc:
+                if exc.code != "shm_unavailable":
+                    raise
+                reply = self._call_idempotent(*self._push_over_socket(content, push))
+            finally:
+                receive.discard_push(content.get("shm", []))  # those the server did not take
         except BaseException:
             waiter.unsubscribe(proposed)
             raise
@@ -487,15 +511,36 @@ class ExecutionClient(ExecutionRequests):
             content["reason"] = reason
         return self._client.call("cancel", content, timeout=timeout)
 
-    def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
+    def get_results(self, execution_id: str, release: bool = False, *, into: Any = None,
+                    shm: Optional[bool] = None) -> dict[str, Any]:
         """The execution's results: ``{"_": last expression, name: value...}``.
+
+        ``into=DIR``: written to files in DIR (new or empty) part by part as
+        they arrive, arrays returned memory-mapped: for results larger than
+        memory (see ``zmqruntime.receive``). ``shm``: map large buffers from
+        shared memory (default: when the server is on this host).
 
         Raises ExecutionFailed (with the remote traceback), ExecutionCancelled,
         or RemoteError ``not_finished`` / ``results_expired``.
         """
-        msg = self._client.request("results", {"execution_id": _check_id(execution_id), "release": bool(release)},
+        execution_id = _check_id(execution_id)
+        self._check_shm(shm)
+        if into is not None:
+            return receive.fetch_into(self._results_request, execution_id, into, bool(release))
+        if shm if shm is not None else receive.same_host(self.info):
+            results = receive.decode_shm_reply(self._results_request(receive.shm_request(execution_id)))
+            if results is not None:
+                if release:
+                    self._results_request(receive.release_request(execution_id))
+                return results
+        msg = self._client.request("results", {"execution_id": execution_id, "release": bool(release)},
                                    copy=False)
         return self._decode_results(msg)
+
+    def _results_request(self, content: dict[str, Any]) -> Any:
+        msg = self._client.request("results", content, copy=False)
+        reply_content(msg)
+        return msg
 
     def shutdown(self) -> dict[str, Any]:
         return self._client.call("shutdown", {})
@@ -650,7 +695,14 @@ class AsyncExecutionClient(ExecutionRequests):
         proposed = content["execution_id"]
         self._done_future(proposed)  # subscribe before submitting
         try:
-            reply = await (self._submit_alone(content, buffers) if buffers else self._submit_batched(content))
+            try:
+                reply = await (self._submit_alone(content, buffers) if buffers else self._submit_batched(content))
+            except RemoteError as exc:
+                if exc.code != "shm_unavailable":
+                    raise
+                reply = await self._submit_alone(*self._push_over_socket(content, push))
+            finally:
+                receive.discard_push(content.get("shm", []))
         except BaseException:  # refused or unanswered: nothing to wait for under this id
             if self._done.pop(proposed, None) is not None and self._sub is not None:
                 self._unsubscribe_soon(proposed)
@@ -742,15 +794,31 @@ class AsyncExecutionClient(ExecutionRequests):
             content["reason"] = reason
         return await self._client.call("cancel", content)
 
-    async def get_results(self, execution_id: str, release: bool = False) -> dict[str, Any]:
+    async def get_results(self, execution_id: str, release: bool = False, *, into: Any = None,
+                          shm: Optional[bool] = None) -> dict[str, Any]:
         """The results; taken from the verified 'done' event when they rode along
-        in it (small results, as ``ExecutionClient.run`` does), else fetched."""
+        in it (small results, as ``ExecutionClient.run`` does), else fetched.
+        ``into`` and ``shm`` as in :meth:`ExecutionClient.get_results`."""
+        self._check_shm(shm)
+        if into is not None:
+            return await receive.fetch_into_async(self._results_request, _check_id(execution_id), into, bool(release))
         done = self._done_events.pop(_check_id(execution_id), None)
         results = None if release else results_in_done_event(done)
         if results is not None:
             return results
+        if shm if shm is not None else receive.same_host(self.info):
+            results = receive.decode_shm_reply(await self._results_request(receive.shm_request(execution_id)))
+            if results is not None:
+                if release:
+                    await self._results_request(receive.release_request(execution_id))
+                return results
         msg = await self._client.request("results", {"execution_id": execution_id, "release": bool(release)})
         return self._decode_results(msg)
+
+    async def _results_request(self, content: dict[str, Any]) -> Any:
+        msg = await self._client.request("results", content)
+        reply_content(msg)
+        return msg
 
     def _done_future(self, execution_id: str) -> "asyncio.Future[Event]":
         """A future resolved (with the event) by the data-channel reader when ``execution_id`` is done."""

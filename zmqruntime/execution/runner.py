@@ -28,8 +28,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional, Protocol
 
-from .. import reporting, serialize
-from ..protocol import buffer_digest
+from .. import reporting, serialize, spill
 from . import capture
 
 STREAM_FLUSH_BYTES = 64 * 1024
@@ -151,7 +150,7 @@ def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[An
     with redirected(stdout, stderr), progress_sink:
         rich = capture.install(sink.emit)  # display(), figures, tqdm bars, the result's repr, no stdin
         try:
-            pushed = serialize.loads(buffers) if buffers else {}
+            pushed = spill.load_pushed(buffers) if buffers else {}  # a frame may name a shared-memory file
             ctx = TaskContext(execution_id, namespace, pushed)
             namespace.update(pushed)
             with interruptible if interruptible is not None else contextlib.nullcontext():
@@ -179,8 +178,9 @@ def pack_results(results: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         frames = serialize.dumps(results)
     except serialize.SerializationError as exc:
         return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
-    digests = [buffer_digest(f).hex() for f in frames]
-    return {"names": sorted(results), "digests": digests, "nbytes": serialize.nbytes(frames), "error": None}, frames
+    nbytes = serialize.nbytes(frames)
+    frames, digests, files = spill.place_result_buffers(frames)  # large buffers into files, where configured
+    return {"names": sorted(results), "digests": digests, "files": files, "nbytes": nbytes, "error": None}, frames
 
 
 def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:

@@ -33,11 +33,13 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Int, Unicode
 
+from .. import parts, shm, spill
 from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
@@ -98,6 +100,13 @@ class ExecutionServer(ZMQServer):
     max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
     inline_result_bytes = Int(64 * 1024, help="Results up to this size also travel in the 'done' event.").tag(config=True)
+    shm_result_bytes = Int(1 << 20, help="Result buffers at least this large are kept in shared-memory files "
+                                         "(a client on this host maps them); 0 = never.").tag(config=True)
+    shm_dir = Unicode("", help="Directory of shared-memory files (default /dev/shm, or $ZMQRUNTIME_SHM_DIR).").tag(config=True)
+    spill_result_bytes = Int(1 << 30, help="Results at least this large are kept in files on disk instead of "
+                                           "memory; 0 = never.").tag(config=True)
+    spill_dir = Unicode("", help="Directory of spill files (default: the runtime directory).").tag(config=True)
+    max_spill_bytes = Int(64 << 30, help="Results kept at most in spill files (total bytes on disk).").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
     task_kind_classes = Dict(Unicode(), help="Task kinds besides 'python': name -> 'module:Class' "
                                              "(a TaskKind, importable on the workers too).").tag(config=True)
@@ -124,7 +133,13 @@ class ExecutionServer(ZMQServer):
         if not self.session_idle_timeout > 0:
             raise ValueError(f"session_idle_timeout must be > 0, got {self.session_idle_timeout}")
         self.backend_type = resolve_backend(self.backend_class)
-        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
+        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age,
+                                   self.max_spill_bytes)
+        from ..transport import runtime_dir
+
+        self.files = spill.FileStore(spill.Settings(
+            Path(self.shm_dir) if self.shm_dir else shm.default_dir(), max(0, self.shm_result_bytes),
+            Path(self.spill_dir) if self.spill_dir else runtime_dir(), max(0, self.spill_result_bytes)))
         self.sessions = SessionTable()
         # Made now, so bad backend settings fail before any socket is bound; started in on_start.
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
@@ -152,6 +167,7 @@ class ExecutionServer(ZMQServer):
         return self.kinds[kind].validate(task)
 
     def on_start(self) -> None:
+        self.files.start()  # before the workers: they inherit its settings
         self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
         self.call_later(60.0, self._enforce_retention)
@@ -175,6 +191,9 @@ class ExecutionServer(ZMQServer):
                 self._finish(rec, "cancelled", reason="server shut down")
         if self._backend_started:
             self.backend.stop()
+        for rec in self.records:  # results do not outlive the server: nor do their files
+            rec.drop_results()
+            rec.drop_push()
 
     def ping_info(self) -> dict[str, Any]:
         described = self.backend.describe()
@@ -226,6 +245,16 @@ class ExecutionServer(ZMQServer):
             rec.result_nbytes = result["nbytes"]
             if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
                 rec.namespace_reset = True
+            if result.get("files"):
+                try:
+                    rec.result_files = self.files.adopt_results(result["files"], rec.result_frames)
+                except (OSError, ValueError) as exc:
+                    log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
+                    rec.drop_results()
+                    rec.result_error = f"result buffer file refused: {exc}"
+                parts.start_digests(rec)  # for clients that fetch over the socket
+                if rec.result_nbytes <= self.inline_result_bytes:
+                    parts.ensure_digests(rec)  # it rides in the 'done' event
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -235,6 +264,8 @@ class ExecutionServer(ZMQServer):
             else:
                 reason = None
             self._finish(rec, status, reason=reason, error=error)
+        else:  # nobody will fetch it: delete the files the worker wrote
+            self.files.discard(msg["result"].get("files") or [])
         self._schedule()
 
     def backend_lost(self, loss: Loss) -> None:
@@ -344,6 +375,7 @@ class ExecutionServer(ZMQServer):
         if rec.status == "running":
             self.sessions.finished(rec.session, rec.execution_id)
         rec.status = status
+        rec.drop_push()
         rec.finished = time.time()
         rec.finished_clock = time.monotonic()
         rec.reason = reason
@@ -363,6 +395,7 @@ class ExecutionServer(ZMQServer):
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
+        self.files.sweep()
         self.call_later(60.0, self._enforce_retention)
 
     def _record(self, msg: Any) -> ExecutionRecord:
@@ -428,7 +461,9 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
+        buffers, push_files = self._adopt_push(c.get("shm"), buffers)
         rec = ExecutionRecord(exec_id, task, name=name, session=session, timeout=timeout, push_frames=buffers,
+                              push_files=push_files,
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.sessions.enqueue(session, exec_id)
@@ -438,6 +473,18 @@ class ExecutionServer(ZMQServer):
         done_subscribed = self.wants(event_topic(exec_id, "done"))
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
                 "session": session}
+
+    def _adopt_push(self, field: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Pushed buffers the client left in shared-memory files (``shm``), see spill.py."""
+        try:
+            return self.files.adopt_push(field, buffers)
+        except FileNotFoundError as exc:
+            raise RequestError("shm_unavailable", f"shared-memory file not found on the server's host: {exc}; "
+                                                  "send the values as buffers") from None
+        except shm.SegmentRefused as exc:
+            raise RequestError("shm_refused", str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
 
     def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
@@ -537,11 +584,22 @@ class ExecutionServer(ZMQServer):
             raise RequestError("unpicklable_result", rec.result_error, status=rec.status)
         if rec.results_expired:
             raise RequestError("results_expired", f"results of {rec.execution_id} were dropped by the retention policy")
-        frames, digests = rec.result_frames, rec.result_digests
-        rec.results_fetched = True
+        try:
+            form = parts.requested_form(msg.content)
+        except parts.PartError as exc:
+            raise RequestError("bad_request", str(exc)) from None
         content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
+        try:
+            reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
+                     if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+        except parts.PartError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if reply is None:
+            parts.ensure_digests(rec)
+            reply = content, rec.result_frames, rec.result_digests
+        rec.results_fetched = True
         if release:
-            rec.result_frames, rec.result_digests = [], []
+            rec.drop_results()  # the reply keeps its own references to the frames
             rec.results_expired = True
-        return content, frames, digests
+        return reply
 
