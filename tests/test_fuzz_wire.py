@@ -32,6 +32,7 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from zmqruntime.protocol import MARKER, Session, compute_signature, is_execution_id, make_header
+from zmqruntime.curve import secure_client_socket
 
 from conftest import ServerProcess, free_port
 
@@ -66,12 +67,14 @@ class Wire:
     def __init__(self, server: ServerProcess):
         self.ctx = zmq.Context()
         self.session = Session(server.client.info.key)
-        self.url = server.client.info.control_url
+        self.info = server.client.info
+        self.url = self.info.control_url
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        secure_client_socket(sock, self.info)
         sock.connect(self.url)
         return sock
 

@@ -31,6 +31,7 @@ import zmq
 from hypothesis import given, settings, strategies as st
 
 from zmqruntime import ExecutionClient
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import MARKER, Session, make_header
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
@@ -49,6 +50,7 @@ class Raw:
         self.session = Session(server.client.info.key)
         self.sock = context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure_client_socket(self.sock, server.client.info)
         self.sock.connect(server.client.info.control_url)
 
     def send(self, frames) -> None:
@@ -239,6 +241,7 @@ def capture_events(server, ctx, code: str) -> list[list[bytes]]:
     """The genuine data-channel messages of one execution, as a wiretap sees them."""
     tap = ctx.socket(zmq.SUB)
     tap.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(tap, server.client.info)
     tap.connect(server.client.info.data_url)
     time.sleep(0.3)  # slow joiner: let the subscription reach the server
     exec_id = server.client.execute(code)
@@ -434,6 +437,7 @@ def test_the_jupyter_stream_shows_no_forged_or_replayed_event(server, ctx, tmp_p
 
     tap = ctx.socket(zmq.SUB)
     tap.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(tap, server.client.info)
     tap.connect(server.client.info.data_url)
     time.sleep(0.3)
     exec_id = server.client.execute("import time\nprint('real')\ntime.sleep(3)\n'x'")
