@@ -296,7 +296,15 @@ def forgeries(genuine: list[list[bytes]]) -> list[list[bytes]]:
     ]
 
 
-def test_forged_and_replayed_events_never_reach_a_subscriber(server, ctx, tmp_path):
+@pytest.fixture
+def plain_server(start_server):
+    """Without CURVE, so that a victim's subscriber can be pointed at an attacker's plain publisher
+    at all (with CURVE it never completes the handshake): signatures alone must stop forgeries."""
+    return start_server("--cancel-grace-period", "0.5", "--no-curve")
+
+
+def test_forged_and_replayed_events_never_reach_a_subscriber(plain_server, ctx, tmp_path):
+    server = plain_server
     genuine = capture_events(server, ctx, "print('hello')\n'x'")
     sentinel = capture_events(server, ctx, "'sentinel'")
     rogue = RoguePublisher(ctx)
@@ -333,7 +341,8 @@ def test_forged_and_replayed_events_never_reach_a_subscriber(server, ctx, tmp_pa
     assert mine[1].type == "status" and mine[1]["status"] == "running"  # not the forged "complete"
 
 
-def test_a_forged_done_does_not_end_a_wait(server, ctx, tmp_path):
+def test_a_forged_done_does_not_end_a_wait(plain_server, ctx, tmp_path):
+    server = plain_server
     rogue = RoguePublisher(ctx)
     victim = ExecutionClient(connection_file=victim_connection_file(server, tmp_path, rogue.url))
     try:
@@ -428,7 +437,8 @@ _INFO = ConnectionInfo(transport="tcp", ip="127.0.0.1", data_port=1, control_por
                        control_url="tcp://127.0.0.1:1001", key="0" * 64)
 
 
-def test_the_jupyter_stream_shows_no_forged_or_replayed_event(server, ctx, tmp_path):
+def test_the_jupyter_stream_shows_no_forged_or_replayed_event(plain_server, ctx, tmp_path):
+    server = plain_server
     """The kernel-side path: EventStream on a tornado loop, routed to an ExecutionHandle."""
     from tornado.ioloop import IOLoop
 

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --ExecutionServer.concurrency=2 (or a config value) is not overridden by a default here.
     p.add_argument("--port", type=port_number, default=None, help="data port (default 7777); control = port + offset")
     p.add_argument("--control-port-offset", type=int, default=None, help="default 1000")
-    p.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1); implies --transport tcp")
     p.add_argument("--allow-public-bind", action="store_true", default=None, help="allow a non-loopback --ip")
     p.add_argument("--curve", action="store_true", default=None,
                    help="encrypt and authenticate both channels with CurveZMQ (the default for TCP; "
@@ -195,6 +195,8 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         cancel_grace_period=args.cancel_grace_period,
         worker_server_class=args.server_class or None,
     )
+    if args.transport is None and args.ip is not None:
+        given["transport"] = "tcp"  # an interface only means something for TCP
     kwargs: dict[str, Any] = {"config": config, **{k: v for k, v in given.items() if v is not None}}
     try:
         server = cls(**kwargs)

@@ -51,7 +51,7 @@ class RateLimitedLog:
     """At most ``burst`` lines per ``interval`` seconds; the rest are counted and
     summed up in one line when the next window opens."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 20, interval: float = 10.0):
+    def __init__(self, logger: logging.Logger, burst: int = 100, interval: float = 10.0):
         self.logger = logger
         self.burst = burst
         self.interval = interval
@@ -64,14 +64,16 @@ class RateLimitedLog:
         self.total += 1
         now = time.monotonic()
         if now - self._window >= self.interval:
-            self._flush(now)
+            self.flush()
         if self._logged < self.burst:
             self._logged += 1
             self.logger.warning(msg, *args)
         else:
             self._suppressed += 1
 
-    def _flush(self, now: float) -> None:
+    def flush(self) -> None:
+        """End the window: log how many lines were left out of it, if any, and open a new one."""
+        now = time.monotonic()
         if self._suppressed:
             self.logger.warning("%d more messages like the above were not logged in the last %.0f s "
                                 "(%d in total since start)", self._suppressed, now - self._window, self.total)

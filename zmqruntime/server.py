@@ -267,6 +267,7 @@ class ZMQServer(Configurable):
         self._running = True
         if self.parent_pid:
             self.call_every(0.5, self._watch_parent)
+        self.call_every(self.dropped.interval, self.dropped.flush)  # "N more not logged" without waiting for more
         self._install_signal_handlers()
         self.on_start()
         served = False
@@ -279,7 +280,10 @@ class ZMQServer(Configurable):
                     timeout = 0.0
                 served = False
                 for sock, _ in self.poller.poll(timeout):
-                    self._handlers[sock]()
+                    try:
+                        self._handlers[sock]()
+                    except Exception:  # a bad message must never take the server down
+                        log.exception("handler of %s failed; serving on", sock)
                     served = True
                 self._run_soon()
                 self._run_timers()

@@ -29,6 +29,7 @@ import zmq
 
 from ..protocol import new_id, send_frames, unpack_frames
 from ..transport import runtime_dir
+from .link import read_worker_message, secure_worker_router
 from .worker import KIND_CONTROL, KIND_EVENT
 
 log = logging.getLogger("zmqruntime.execution")
@@ -38,6 +39,7 @@ CHECK_INTERVAL = 0.05
 
 
 class PoolListener(Protocol):
+    def worker_spawn_failed(self, message: Optional[str]) -> None: ...
     def worker_ready(self) -> None: ...
     def worker_event(self, frames: list[bytes]) -> None: ...
     def worker_finished(self, msg: dict[str, Any], buffers: list[Any]) -> None: ...
@@ -82,6 +84,7 @@ class LocalWorkerPool:
         self.sock: Optional[zmq.Socket] = None
         self.url = ""
         self.running = False
+        self.spawn_error: Optional[str] = None  # why the pool is short of workers, while it is
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -89,6 +92,7 @@ class LocalWorkerPool:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
+        secure_worker_router(self.sock)
         self.sock.bind(self.url)
         self.host.add_socket(self.sock, self._on_message)
         self.running = True
@@ -131,18 +135,44 @@ class LocalWorkerPool:
         return handle
 
     def _check(self) -> None:
-        """Reap dead workers, report what they were running, replace them."""
-        for handle in list(self.workers.values()):
-            code = handle.process.poll()
-            if code is None:
-                continue
-            del self.workers[handle.worker_id]
-            log.warning("worker %s (pid %d) exited with code %s", handle.worker_id, handle.pid, code)
+        """Reap dead workers, report what they were running, replace them.
+        Runs again whatever happens (a failed respawn is retried next time)."""
+        try:
+            for handle in list(self.workers.values()):
+                code = handle.process.poll()
+                if code is None:
+                    continue
+                del self.workers[handle.worker_id]
+                log.warning("worker %s (pid %d) exited with code %s", handle.worker_id, handle.pid, code)
+                self.listener.worker_lost(handle.execution_id, code, handle.escalation > 0)
+            if self.running and len(self.workers) < self.size:
+                self._respawn()
+        except Exception:
+            log.exception("worker pool check failed; retrying in %g s", CHECK_INTERVAL)
+        finally:
             if self.running:
-                self._spawn(fresh_after_loss=True)
-            self.listener.worker_lost(handle.execution_id, code, handle.escalation > 0)
-        if self.running:
-            self.host.call_later(CHECK_INTERVAL, self._check)
+                self.host.call_later(CHECK_INTERVAL, self._check)
+
+    def _respawn(self) -> None:
+        """Bring the pool back to size; on failure (EMFILE...) say why and retry at the next check."""
+        reserve = getattr(self.host, "fd_reserve", None)
+        try:
+            while len(self.workers) < self.size:
+                if reserve is not None:
+                    reserve.run(lambda: self._spawn(fresh_after_loss=True))
+                else:
+                    self._spawn(fresh_after_loss=True)
+        except OSError as exc:
+            message = f"cannot start a worker process ({exc}); retrying every {CHECK_INTERVAL:g} s"
+            if message != self.spawn_error:
+                log.error("%s", message)
+            self.spawn_error = message
+            self.listener.worker_spawn_failed(message)
+            return
+        if self.spawn_error is not None:
+            log.info("worker processes started again")
+            self.spawn_error = None
+            self.listener.worker_spawn_failed(None)
 
     # -- the interface the server uses -----------------------------------------
     def free_worker(self) -> Optional[WorkerHandle]:
@@ -191,16 +221,17 @@ class LocalWorkerPool:
         for _ in range(1024):  # drain, but let the control channel have a turn
             if not sock.getsockopt(EVENTS) & POLLIN:
                 return
-            worker_id = sock.recv().decode()
-            kind = sock.recv()
+            message = read_worker_message(sock)  # checked shape (link.py): a bad one is dropped
+            if message is None:
+                continue
+            worker_id, kind, rest = message
+            handle = self.workers.get(worker_id)
+            if handle is None:  # not a worker we started
+                continue
             if kind == KIND_EVENT:
-                frames = unpack_frames(sock.recv())
+                frames = unpack_frames(rest[0])
                 if len(frames) == 4:
                     self.listener.worker_event(frames)
-                continue
-            rest = sock.recv_multipart(copy=False)  # may carry large result buffers: zero-copy
-            handle = self.workers.get(worker_id)
-            if handle is None:
                 continue
             try:
                 msg = json.loads(rest[0].bytes)

@@ -158,7 +158,7 @@ class ExecutionServer(ZMQServer):
             cancel_grace=self.cancel_grace_period, kill_grace=self.kill_grace_period,
         )
         self.pool.start()
-        self.call_later(60.0, self._enforce_retention)
+        self.call_every(60.0, self._enforce_retention)
 
     def on_stop(self) -> None:
         for rec in list(self.records):
@@ -173,10 +173,19 @@ class ExecutionServer(ZMQServer):
             "queued": list(self.queue),
             "running": self.pool.running_ids() if self.pool else [],
             "workers": self.pool.describe() if self.pool else [],
+            "worker_error": self.pool.spawn_error if self.pool else None,
             "executions": len(self.records),
         }
 
     # -- PoolListener: what the workers tell us ---------------------------------
+    def worker_spawn_failed(self, message: Optional[str]) -> None:
+        """The pool cannot start workers (``message`` says why) or can again (None):
+        queued executions carry the reason, so ``status`` tells why nothing moves."""
+        for exec_id in self.queue:
+            rec = self.records.get(exec_id)
+            if rec is not None and (message is not None or (rec.reason or "").startswith("cannot start a worker")):
+                rec.reason = message
+
     def worker_ready(self) -> None:
         self._schedule()
 
@@ -301,7 +310,6 @@ class ExecutionServer(ZMQServer):
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
-        self.call_later(60.0, self._enforce_retention)
 
     def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
         exec_id = msg.content.get("execution_id")
