@@ -384,6 +384,7 @@ def test_async_execute_retries_a_lost_reply(server, relay, runtime_dir, tmp_path
     marks = tmp_path / "ran.txt"
     info = read_connection_file(server.connection_file)
     info.control_url = relay.url
+    info.curve_server_key = ""  # the relay's front is plain (it speaks CURVE to the server)
     relay.drop["execute_reply"] = 1
 
     async def main() -> str:
@@ -489,6 +490,7 @@ def test_server_ages_and_timeouts_ignore_wall_clock_jumps(runtime_dir, port, tmp
     # max_clock_skew=0: the replay guard's date check compares the client's and the server's wall
     # clocks on purpose (docs/protocol.md 6.4); this test is about the server's own ages and timeouts.
     proc = subprocess.Popen([sys.executable, "-c", JUMPING_SERVER, str(flag), "serve", "--port", str(port),
+                             "--transport", "tcp",
                              "--ExecutionServer.max_result_age=600", "--ZMQServer.max_clock_skew=0"],
                             stdout=log, stderr=log, env=server_env())
     client = None

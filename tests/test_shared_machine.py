@@ -448,6 +448,7 @@ def test_the_queue_moves_again_after_fd_exhaustion_and_a_worker_death(start_serv
     attack.start()
     time.sleep(2.0)
     os.kill(worker, signal.SIGKILL)  # dies while the server has no descriptors to spare
+    wait_until(lambda: worker not in [w["pid"] for w in server.client.ping()["workers"]], 10)
     queued = server.client.execute("'after the storm'")
     status = server.client.get_status(queued)
     attack.join(60)
@@ -466,35 +467,64 @@ def test_the_queue_moves_again_after_fd_exhaustion_and_a_worker_death(start_serv
     fresh.close()
 
 
-# -- the worker link ------------------------------------------------------------------
+# -- the worker link and IPC endpoints ------------------------------------------------------
 
-def test_worker_link_refuses_other_users_and_survives_malformed_frames(start_server, runtime_dir):
+def test_ipc_endpoints_refuse_other_users_even_when_reachable(start_server, runtime_dir):
     server = start_server(transport="ipc")
-    [path] = runtime_dir.glob("zmqr-workers-*")
-    url = f"ipc://{path}"
-    # Even with the runtime directory and socket file opened up (a misconfiguration), ZAP refuses another uid.
+    control = server.client.info.control_url[len("ipc://"):]
+    # A misconfiguration after start (directory and socket file opened up): ZAP still refuses another uid.
     os.chmod(runtime_dir, 0o711)
-    os.chmod(path, 0o777)
+    os.chmod(control, 0o777)
     try:
-        assert as_other_user(_worker_link_intruder, url) == "nothing"
+        assert as_other_user(_worker_link_intruder, f"ipc://{control}") == "nothing"
     finally:
         os.chmod(runtime_dir, 0o700)
-    wait_until(lambda: log_lines(server, "peer uid 65534") >= 1, 10)
-    # The same user sending garbage: dropped, never a crash.
-    ctx = zmq.Context()
-    try:
-        for ident, frames in [(b"\xff\xfe-not-utf8", [b"M", b"{}"]), (b"w-x", [b"E"]), (b"w-y", [b"E", b"a", b"b"]),
-                              (b"w-z", [b"Q", b"?"]), (b"w-one", [])]:
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 1000)
-            sock.setsockopt(zmq.IDENTITY, ident)
-            sock.connect(url)
-            if frames:
-                sock.send_multipart(frames)
-            else:
-                sock.send(b"M")
-            sock.close()
-    finally:
-        ctx.term()
+    wait_until(lambda: log_lines(server, "peer uid 65534 is not the server's") >= 1, 10)
+    assert server.client.ping()["pid"] == server.pid
+
+
+MALFORMED_FROM_THE_WORKER = """
+import gc, zmq
+link = next(o for o in gc.get_objects() if isinstance(o, zmq.Socket) and o.socket_type == zmq.DEALER
+            and not o.closed)
+for frames in ([b"Q", b"?"], [b"E"], [b"E", b"a", b"b"], [b"M"], [b"M", b"not json"], [b"M", b'{"type": 7}'],
+               [b"E", b"\\xff\\xff\\xff\\xff"]):
+    link.send_multipart(frames)
+'x'
+"""
+
+
+def test_malformed_worker_frames_never_crash_the_server(start_server):
+    server = start_server(transport="ipc")
+    exec_id = server.client.execute(MALFORMED_FROM_THE_WORKER)
+    assert server.client.wait(exec_id, timeout=30)["status"] == "complete"
     assert server.client.run("'still serving'", timeout=30) == {"_": "still serving"}
     assert server.proc.poll() is None
+    wait_until(lambda: log_lines(server, "dropped") >= 1 or log_lines(server, "unreadable") >= 1, 10)
+
+
+def test_a_non_ascii_routing_id_on_the_link_is_dropped(tmp_path):
+    from zmqruntime.execution.link import read_worker_message
+
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(f"ipc://{tmp_path}/link")
+        bad = ctx.socket(zmq.DEALER)
+        bad.setsockopt(zmq.IDENTITY, b"\xff\xfe-not-ascii")
+        bad.connect(f"ipc://{tmp_path}/link")
+        bad.send_multipart([b"M", b"{}"])
+        good = ctx.socket(zmq.DEALER)
+        good.setsockopt(zmq.IDENTITY, b"w-good")
+        good.connect(f"ipc://{tmp_path}/link")
+        time.sleep(0.2)
+        good.send_multipart([b"M", b'{"type": "ready"}'])
+        seen = []
+        for _ in range(2):
+            assert router.poll(5000)
+            seen.append(read_worker_message(router))
+        assert seen[0] is None or seen[1] is None
+        ok = [m for m in seen if m is not None]
+        assert len(ok) == 1 and ok[0][0] == "w-good" and ok[0][1] == b"M"
+    finally:
+        ctx.destroy(0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import zmq
 from zmq.utils import z85
@@ -34,15 +34,15 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 IPC_DOMAIN = b"zmqruntime-ipc"
 
 
-def peer_uid(address: bytes) -> Optional[int]:
-    """The uid in libzmq's IPC peer address ``host:uid:gid:pid``, or None."""
+def peer_credentials(address: bytes) -> tuple[Optional[int], Optional[int]]:
+    """(uid, pid) from libzmq's IPC peer address ``host:uid:gid:pid``, or Nones."""
     parts = address.rsplit(b":", 3)
     if len(parts) != 4:
-        return None
+        return None, None
     try:
-        return int(parts[1])
+        return int(parts[1]), int(parts[3])
     except ValueError:
-        return None
+        return None, None
 
 
 class ZapHandler:
@@ -55,14 +55,21 @@ class ZapHandler:
         self.client_key = z85.decode(curve_client_key.encode("ascii")) if curve_client_key else b""
         self.uid = os.geteuid()
         self.refusals = RateLimitedLog(log)
+        #: Further IPC domains whose peers must also pass a pid check (the worker link: our workers only).
+        self.pid_checks: dict[bytes, Callable[[int], bool]] = {}
 
     def decide(self, domain: bytes, address: bytes, mechanism: bytes, credentials: list[bytes]) -> tuple[bool, str]:
         if mechanism == b"CURVE":
             ok = bool(self.client_key) and len(credentials) == 1 and hmac.compare_digest(credentials[0], self.client_key)
             return ok, "OK" if ok else "unknown client key"
-        if mechanism == b"NULL" and domain == IPC_DOMAIN:
-            uid = peer_uid(address)
-            return uid == self.uid, "OK" if uid == self.uid else f"peer uid {uid} is not the server's"
+        if mechanism == b"NULL" and (domain == IPC_DOMAIN or domain in self.pid_checks):
+            uid, pid = peer_credentials(address)
+            if uid != self.uid:
+                return False, f"peer uid {uid} is not the server's"
+            check = self.pid_checks.get(domain)
+            if check is not None and (pid is None or not check(pid)):
+                return False, f"peer pid {pid} is not one this server started"
+            return True, "OK"
         return False, f"mechanism {mechanism.decode(errors='replace')} not accepted"
 
     def handle(self) -> None:

@@ -1,11 +1,17 @@
 """The server end of the worker link, made safe: who may connect, what is read.
 
-The link is a ROUTER on an IPC endpoint inside the runtime directory, which
-:func:`~zmqruntime.transport.runtime_dir` has verified is ours and 0700, so
-no other user can reach the socket file. On top of that the ROUTER asks the
-server's ZAP handler (:mod:`zmqruntime.zap`), which admits only peers whose
-``SO_PEERCRED`` uid is ours, and only messages from workers the pool started
-(by their random routing id) are acted on.
+Each worker *binds* its DEALER on an IPC endpoint of its own inside the
+runtime directory (verified ours and 0700 by
+:func:`~zmqruntime.transport.runtime_dir`), and the server's ROUTER
+*connects* to it. So the server process has no IPC listener for the link:
+libzmq (4.3) aborts the whole process when an IPC listener's ``accept``
+fails with EMFILE, which a flood of TCP connections would otherwise turn
+into a crash at the next worker respawn. A connecter simply retries.
+
+Each connection is checked by the server's ZAP handler
+(:mod:`zmqruntime.zap`): the peer's ``SO_PEERCRED`` uid must be ours and its
+pid one of the workers the pool started. Only messages from known routing
+ids are acted on.
 
 A message that does not have the link's shape (a routing id that is not
 ASCII, a missing kind frame, an event that is not exactly one frame) is
@@ -15,12 +21,12 @@ dropped and logged at a bounded rate, never raised into the server's loop.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Optional
 
 import zmq
 
 from ..limits import RateLimitedLog
-from ..zap import IPC_DOMAIN
 
 log = logging.getLogger("zmqruntime.execution")
 _dropped = RateLimitedLog(log)
@@ -29,10 +35,32 @@ KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
 
 
-def secure_worker_router(sock: zmq.Socket) -> None:
-    """Before binding: let only our own uid connect (ZAP checks the peer's credentials)."""
-    sock.setsockopt(zmq.ZAP_DOMAIN, IPC_DOMAIN)
+WORKER_DOMAIN = b"zmqruntime-workers"
+
+
+def secure_worker_router(sock: zmq.Socket, zap: Any, is_worker_pid: Callable[[int], bool]) -> None:
+    """Before connecting: each peer must be our uid and one of our workers' pids (checked by ZAP)."""
+    if zap is not None:
+        zap.pid_checks[WORKER_DOMAIN] = is_worker_pid
+        sock.setsockopt(zmq.ZAP_DOMAIN, WORKER_DOMAIN)
     sock.setsockopt(zmq.HANDSHAKE_IVL, 5000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 5)  # a new worker binds a moment after it is started
+
+
+def worker_endpoint(directory: Any, server_pid: int, worker_id: str) -> str:
+    return f"ipc://{directory}/zmqr-w-{server_pid}-{worker_id}"
+
+
+def forget_endpoint(sock: zmq.Socket, url: str) -> None:
+    """Stop connecting to a dead worker's endpoint and remove its socket file."""
+    try:
+        sock.disconnect(url)
+    except zmq.ZMQError:
+        pass
+    try:
+        os.unlink(url[len("ipc://"):])
+    except OSError:
+        pass
 
 
 def _drain(sock: zmq.Socket) -> None:

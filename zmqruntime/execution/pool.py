@@ -29,7 +29,7 @@ import zmq
 
 from ..protocol import new_id, send_frames, unpack_frames
 from ..transport import runtime_dir
-from .link import read_worker_message, secure_worker_router
+from .link import forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
 from .worker import KIND_CONTROL, KIND_EVENT
 
 log = logging.getLogger("zmqruntime.execution")
@@ -59,6 +59,7 @@ class Host(Protocol):
 class WorkerHandle:
     worker_id: str
     process: subprocess.Popen
+    url: str  # the IPC endpoint the worker binds
     ready: bool = False
     execution_id: Optional[str] = None
     fresh_after_loss: bool = False
@@ -82,7 +83,7 @@ class LocalWorkerPool:
         self.kill_grace = kill_grace
         self.workers: dict[str, WorkerHandle] = {}
         self.sock: Optional[zmq.Socket] = None
-        self.url = ""
+        self.directory = ""
         self.running = False
         self.spawn_error: Optional[str] = None  # why the pool is short of workers, while it is
 
@@ -91,9 +92,10 @@ class LocalWorkerPool:
         self.sock = self.host.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
-        secure_worker_router(self.sock)
-        self.sock.bind(self.url)
+        # each worker binds its own endpoint and this ROUTER connects to it (why: link.py)
+        self.directory = runtime_dir()
+        secure_worker_router(self.sock, getattr(self.host, "zap", None),
+                             lambda pid: any(h.pid == pid for h in self.workers.values()))
         self.host.add_socket(self.sock, self._on_message)
         self.running = True
         for _ in range(self.size):
@@ -114,23 +116,23 @@ class LocalWorkerPool:
             except subprocess.TimeoutExpired:
                 handle.process.kill()
                 handle.process.wait(5)
-        self.workers.clear()
         if self.sock is not None:
+            for handle in self.workers.values():
+                forget_endpoint(self.sock, handle.url)
             self.sock.close()
-            try:
-                os.unlink(self.url[len("ipc://"):])
-            except OSError:
-                pass
+        self.workers.clear()
 
     def _spawn(self, fresh_after_loss: bool = False) -> WorkerHandle:
         worker_id = f"w-{new_id()[:8]}"
+        url = worker_endpoint(self.directory, os.getpid(), worker_id)
         process = subprocess.Popen(
-            [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
+            [sys.executable, "-m", "zmqruntime.execution", "--url", url,
              "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid())],
             env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.key), stdin=subprocess.DEVNULL,
         )
-        handle = WorkerHandle(worker_id, process, fresh_after_loss=fresh_after_loss)
+        handle = WorkerHandle(worker_id, process, url, fresh_after_loss=fresh_after_loss)
         self.workers[worker_id] = handle
+        self.sock.connect(url)
         log.info("started worker %s (pid %d)", worker_id, process.pid)
         return handle
 
@@ -143,6 +145,7 @@ class LocalWorkerPool:
                 if code is None:
                     continue
                 del self.workers[handle.worker_id]
+                forget_endpoint(self.sock, handle.url)
                 log.warning("worker %s (pid %d) exited with code %s", handle.worker_id, handle.pid, code)
                 self.listener.worker_lost(handle.execution_id, code, handle.escalation > 0)
             if self.running and len(self.workers) < self.size:
