@@ -39,18 +39,17 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 import pytest
 import zmq
+from conftest import server_env, wait_until
 
 from zmqruntime import ExecutionClient, ServerUnavailable
 from zmqruntime.private import InsecurePathError
-from zmqruntime.transport import connection_file_name, runtime_dir as get_runtime_dir
-
-from conftest import free_port, server_env, wait_until
+from zmqruntime.transport import connection_file_name
+from zmqruntime.transport import runtime_dir as get_runtime_dir
 
 NOBODY = 65534
 pytestmark = [
@@ -271,7 +270,7 @@ def test_runtime_dir_with_wrong_owner_or_mode_is_refused(runtime_dir, port):
     with pytest.raises(InsecurePathError, match="not private.*chmod 700"):
         get_runtime_dir()
     out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(port)],
-                         capture_output=True, text=True, timeout=30, env=server_env())
+                         capture_output=True, text=True, timeout=30, env=server_env(), check=False)
     assert out.returncode == 3 and "not private" in out.stderr, out.stderr
     assert list(runtime_dir.iterdir()) == []  # nothing written into it
     os.chmod(runtime_dir, 0o700)
@@ -344,7 +343,8 @@ def test_no_event_reaches_a_local_user_without_the_connection_file(start_server)
     for label, server in servers.items():
         info = server.client.info
         result: dict[str, int] = {}
-        spy = threading.Thread(target=lambda: result.update(n=as_other_user(_listen_sub, info.data_url, 4.0)))
+        spy = threading.Thread(target=lambda info=info, result=result: result.update(
+            n=as_other_user(_listen_sub, info.data_url, 4.0)))
         spy.start()
         time.sleep(1.0)  # the subscription has reached the server, if it could
         for _ in range(3):
@@ -366,8 +366,8 @@ def test_rogue_server_on_the_freed_port_receives_no_code(start_server):
         server.proc.kill()
         server.proc.wait(10)
         seen: dict[str, list[str]] = {}
-        rogue = threading.Thread(target=lambda: seen.update(
-            got=as_other_user(_rogue_router, server.client.info.control_port, 6.0)))
+        rogue = threading.Thread(target=lambda seen=seen, port=server.client.info.control_port: seen.update(
+            got=as_other_user(_rogue_router, port, 6.0)))
         rogue.start()
         time.sleep(1.0)
         for _ in range(2):

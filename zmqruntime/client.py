@@ -212,6 +212,7 @@ class AsyncZMQClient(_BaseClient):
     async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                       timeout: Optional[float] = None) -> Message:
         timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        assert timeout is not None
         if self.needs_proof and msg_type != "ping" and self._proven is not self._socket():
             sock = self._socket()
             started = time.monotonic()

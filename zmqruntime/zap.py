@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 import zmq
 from zmq.utils import z85
@@ -34,7 +34,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 IPC_DOMAIN = b"zmqruntime-ipc"
 
 
-def peer_credentials(address: bytes) -> tuple[Optional[int], Optional[int]]:
+def peer_credentials(address: bytes) -> tuple[int | None, int | None]:
     """(uid, pid) from libzmq's IPC peer address ``host:uid:gid:pid``, or Nones."""
     parts = address.rsplit(b":", 3)
     if len(parts) != 4:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import zmq
 
@@ -68,7 +68,7 @@ def _drain(sock: zmq.Socket) -> None:
         sock.recv(copy=False)
 
 
-def read_worker_message(sock: zmq.Socket) -> Optional[tuple[str, bytes, list[Any]]]:
+def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None:
     """``(worker_id, kind, rest)`` of one message, or None if it was malformed (dropped).
 
     An event's ``rest`` is ``[packed bytes]``; a control message's is its

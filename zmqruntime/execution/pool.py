@@ -93,7 +93,7 @@ class LocalWorkerPool:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
         # each worker binds its own endpoint and this ROUTER connects to it (why: link.py)
-        self.directory = runtime_dir()
+        self.directory = str(runtime_dir())
         secure_worker_router(self.sock, getattr(self.host, "zap", None),
                              lambda pid: any(h.pid == pid for h in self.workers.values()))
         self.host.add_socket(self.sock, self._on_message)
