@@ -130,6 +130,8 @@ def ensure_server(
     validate_port(port)
     if mode not in SPAWN_MODES:
         raise ValueError(f"mode must be one of {SPAWN_MODES}, got {mode!r}")
+    if transport is None and ip != DEFAULT_IP:
+        transport = "tcp"  # an interface only means something for TCP
     if transport is None:
         found = find_any_server(port, name, timeout=min(timeout, 2.0))
         if found is not None:
