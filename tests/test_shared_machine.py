@@ -528,3 +528,22 @@ def test_a_non_ascii_routing_id_on_the_link_is_dropped(tmp_path):
         assert len(ok) == 1 and ok[0][0] == "w-good" and ok[0][1] == b"M"
     finally:
         ctx.destroy(0)
+
+
+# -- bad input to the new options ------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--ExecutionServer.max_message_frames=0"], "max_message_frames must be positive"),
+    (["--ExecutionServer.handshake_timeout=-1"], "handshake_timeout must be positive"),
+    (["--no-curve", "--transport", "udp"], "invalid choice"),
+])
+def test_bad_security_options_are_clear_errors(runtime_dir, port, args, message):
+    out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(port), *args],
+                         capture_output=True, text=True, timeout=30, env=server_env(), check=False)
+    assert out.returncode in (2, 3) and message in out.stderr, out.stderr
+    assert not list(runtime_dir.glob("server-*.json"))
+
+
+def test_a_client_with_a_wrong_transport_is_a_clear_error(runtime_dir, port):
+    with pytest.raises(ValueError, match="transport must be one of"):
+        ExecutionClient(port=port, transport="udp", spawn_timeout=5)

@@ -116,6 +116,13 @@ class ZMQServer(Configurable):
                          "(replay protection).").tag(config=True)
     busy_poll = Float(0.002, help="Seconds to busy-poll after serving before sleeping (latency vs CPU; 0 = off).").tag(config=True)
 
+    @validate("max_message_frames", "handshake_timeout")
+    def _check_positive(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if not value > 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive, got {value}")
+        return value
+
     @validate("port")
     def _check_port(self, proposal: Any) -> int:
         port = proposal["value"]
