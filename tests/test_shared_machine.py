@@ -467,6 +467,30 @@ def test_the_queue_moves_again_after_fd_exhaustion_and_a_worker_death(start_serv
     fresh.close()
 
 
+def test_a_failed_respawn_is_retried_and_the_queue_says_why(start_server):
+    server = start_server()
+    assert server.client.run("1", timeout=30) == {"_": 1}
+    soft, hard = resource.prlimit(server.pid, resource.RLIMIT_NOFILE)
+    worker = server.client.ping()["workers"][0]["pid"]
+    # far below what is open: the server opens nothing new, even with its reserve given up (and a worker
+    # started anyway inherits the limit and dies during start-up): either way the pool is short of workers
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (8, hard))
+    try:
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: server.client.ping()["worker_error"], 10)
+        error = server.client.ping()["worker_error"]
+        assert "cannot start a worker process" in error or "exited during start-up" in error, error
+        queued = server.client.execute("'moved'")
+        wait_until(lambda: server.client.get_status(queued).get("reason"), 10)
+        status = server.client.get_status(queued)
+        assert status["status"] == "queued" and "worker process" in status["reason"], status
+    finally:
+        resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.client.wait(queued, timeout=60)["status"] == "complete"  # retried: the queue moves
+    assert server.client.get_results(queued) == {"_": "moved"}
+    assert server.client.ping()["worker_error"] is None
+
+
 # -- the worker link and IPC endpoints ------------------------------------------------------
 
 def test_ipc_endpoints_refuse_other_users_even_when_reachable(start_server, runtime_dir):

@@ -86,6 +86,8 @@ class LocalWorkerPool:
         self.directory = ""
         self.running = False
         self.spawn_error: Optional[str] = None  # why the pool is short of workers, while it is
+        self._startup_failures = 0  # workers in a row that died before they were ready: back off
+        self._next_spawn = 0.0
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -147,8 +149,14 @@ class LocalWorkerPool:
                 del self.workers[handle.worker_id]
                 forget_endpoint(self.sock, handle.url)
                 log.warning("worker %s (pid %d) exited with code %s", handle.worker_id, handle.pid, code)
+                if not handle.ready:  # died during start-up: say so, and retry more and more slowly
+                    self._startup_failures += 1
+                    delay = min(5.0, CHECK_INTERVAL * 2 ** self._startup_failures)
+                    self._next_spawn = time.monotonic() + delay
+                    self._report(f"a new worker process exited during start-up (exit code {code}); "
+                                 f"retrying in {delay:g} s")
                 self.listener.worker_lost(handle.execution_id, code, handle.escalation > 0)
-            if self.running and len(self.workers) < self.size:
+            if self.running and len(self.workers) < self.size and time.monotonic() >= self._next_spawn:
                 self._respawn()
         except Exception:
             log.exception("worker pool check failed; retrying in %g s", CHECK_INTERVAL)
@@ -166,16 +174,17 @@ class LocalWorkerPool:
                 else:
                     self._spawn(fresh_after_loss=True)
         except OSError as exc:
-            message = f"cannot start a worker process ({exc}); retrying every {CHECK_INTERVAL:g} s"
-            if message != self.spawn_error:
+            self._report(f"cannot start a worker process ({exc}); retrying every {CHECK_INTERVAL:g} s")
+
+    def _report(self, message: Optional[str]) -> None:
+        """Why the pool is short of workers (None: it no longer is), to the log and the listener."""
+        if message != self.spawn_error:
+            if message is None:
+                log.info("worker processes start again")
+            else:
                 log.error("%s", message)
-            self.spawn_error = message
-            self.listener.worker_spawn_failed(message)
-            return
-        if self.spawn_error is not None:
-            log.info("worker processes started again")
-            self.spawn_error = None
-            self.listener.worker_spawn_failed(None)
+        self.spawn_error = message
+        self.listener.worker_spawn_failed(message)
 
     # -- the interface the server uses -----------------------------------------
     def free_worker(self) -> Optional[WorkerHandle]:
@@ -244,6 +253,9 @@ class LocalWorkerPool:
                 continue
             if kind == "ready":
                 handle.ready = True
+                self._startup_failures = 0
+                if self.spawn_error is not None:
+                    self._report(None)
                 self.listener.worker_ready()
             elif kind == "finished":
                 handle.execution_id = None

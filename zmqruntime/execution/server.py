@@ -181,9 +181,10 @@ class ExecutionServer(ZMQServer):
     def worker_spawn_failed(self, message: Optional[str]) -> None:
         """The pool cannot start workers (``message`` says why) or can again (None):
         queued executions carry the reason, so ``status`` tells why nothing moves."""
+        shown, self._worker_error_shown = getattr(self, "_worker_error_shown", None), message
         for exec_id in self.queue:
             rec = self.records.get(exec_id)
-            if rec is not None and (message is not None or (rec.reason or "").startswith("cannot start a worker")):
+            if rec is not None and (message is not None or rec.reason == shown):
                 rec.reason = message
 
     def worker_ready(self) -> None:
