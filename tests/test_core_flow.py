@@ -11,6 +11,7 @@ import pytest
 
 from zmqruntime import AsyncExecutionClient, ExecutionFailed, RemoteError
 from zmqruntime.protocol import FINAL_STATES
+from zmqruntime.curve import secure_client_socket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -401,6 +402,7 @@ def test_progress_flood_arrives_batched_and_complete(server):
     sub.linger = 0
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(sub, client.info)
     sub.connect(client.info.data_url)
     try:
         from conftest import wait_until

@@ -57,11 +57,27 @@ def ok_or_raise(content: dict[str, Any]) -> dict[str, Any]:
     raise error_for_code(code)(code, error.get("message", "error reply without a message"), error)
 
 
+def needs_proof(info: ConnectionInfo) -> bool:
+    """Plaintext TCP: nothing proves who listens on the port (another local user may
+    bind it once the server is gone), so a socket's first request other than ``ping``
+    waits for a signed ``ping`` reply, and sockets never reconnect by themselves.
+    With CURVE the handshake proves the server's key; IPC endpoints sit in the
+    private runtime directory."""
+    return info.transport == "tcp" and not getattr(info, "curve_server_key", "")
+
+
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
         self.timeout = check_timeout(timeout, allow_none=False)
         self.session = Session(info.key)
+        self.needs_proof = needs_proof(info)
+
+    def _configure(self, sock: zmq.Socket) -> None:
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.needs_proof:  # a new peer on this endpoint must prove the key again: on a new socket
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)
+        secure_client_socket(sock, self.info)
 
     def _unavailable(self, timeout: float, what: str) -> ServerUnavailable:
         return ServerUnavailable(
@@ -96,10 +112,10 @@ class ZMQClient(_BaseClient):
         sock = getattr(self._local, "sock", None)
         if sock is None or sock.closed:
             sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)
-            secure_client_socket(sock, self.info)
+            self._configure(sock)
             sock.connect(self.info.control_url)
+            self._local.proven = False
             self._local.sock = sock
             self._local.poller = zmq.Poller()
             self._local.poller.register(sock, zmq.POLLIN)
@@ -119,8 +135,12 @@ class ZMQClient(_BaseClient):
         """Send one request, return its verified reply message (ok or not)."""
         timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
         deadline = time.monotonic() + timeout
-        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         sock = self._socket()
+        if self.needs_proof and not self._local.proven and msg_type != "ping":
+            self.request("ping", {}, timeout=timeout)  # a signed reply: the peer holds the key
+            self._local.proven = True
+            timeout = max(0.001, deadline - time.monotonic())
+        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         try:
             send_frames(sock, frames)
@@ -160,12 +180,12 @@ class AsyncZMQClient(_BaseClient):
         self._sock: Optional[zmq.asyncio.Socket] = None
         self._pending: dict[str, asyncio.Future] = {}
         self._reader: Optional[asyncio.Task] = None
+        self._proven: Optional[zmq.asyncio.Socket] = None  # the socket whose peer answered a signed ping
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self._sock is None:
             self._sock = self.context.socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
-            secure_client_socket(self._sock, self.info)
+            self._configure(self._sock)
             self._sock.connect(self.info.control_url)
             self._reader = asyncio.ensure_future(self._read_replies(self._sock))
         return self._sock
@@ -192,6 +212,13 @@ class AsyncZMQClient(_BaseClient):
     async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                       timeout: Optional[float] = None) -> Message:
         timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        assert timeout is not None
+        if self.needs_proof and msg_type != "ping" and self._proven is not self._socket():
+            sock = self._socket()
+            started = time.monotonic()
+            await self.request("ping", {}, timeout=timeout)  # a signed reply: the peer holds the key
+            self._proven = sock
+            timeout = max(0.001, timeout - (time.monotonic() - started))
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut

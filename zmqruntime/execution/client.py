@@ -400,12 +400,13 @@ class ExecutionRequests:
 class ExecutionClient(ExecutionRequests):
     """Submit, watch, cancel and fetch executions (blocking API).
 
-    ``ExecutionClient(port=7777)`` connects to the server of that port,
-    starting a persistent one if none answers (``auto_spawn=False`` to
-    refuse). ``connection_file=`` connects to exactly that server.
+    ``ExecutionClient(port=7777)`` connects to the server of that port (IPC
+    or TCP, whichever is registered), starting a persistent IPC one if none
+    answers (``auto_spawn=False`` to refuse; ``transport="tcp"`` for TCP).
+    ``connection_file=`` connects to exactly that server.
     """
 
-    def __init__(self, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str = "tcp",
+    def __init__(self, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: Optional[str] = None,
                  name: Optional[str] = None, connection_file: Optional[str] = None,
                  timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                  spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
@@ -419,9 +420,10 @@ class ExecutionClient(ExecutionRequests):
                                  timeout=check_timeout(spawn_timeout, "spawn_timeout", allow_none=False),
                                  control_port_offset=control_port_offset, extra_args=tuple(server_args))
         else:
-            from ..spawn import connection_path, find_server
+            from ..spawn import connection_path, find_any_server, find_server
 
-            found = find_server(connection_path(port, transport, name), timeout=timeout)
+            found = (find_any_server(port, name, timeout=timeout) if transport is None
+                     else find_server(connection_path(port, transport, name), timeout=timeout))
             if found is None:
                 raise ServerUnavailable(f"no zmqruntime server answers for port {port} and auto_spawn is off")
             info = found
