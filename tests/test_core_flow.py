@@ -332,7 +332,8 @@ def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
             client.close()
 
     outcome, values = asyncio.run(asyncio.wait_for(main(), 60))
-    assert sorted(sent) == ["execute", "execute_many"]  # 41 items in one request, the push alone
+    # 41 items in one request, the push alone (status polls, the waits' safety net on a slow machine, aside)
+    assert sorted(m for m in sent if m != "status") == ["execute", "execute_many"]
     assert isinstance(outcome[20], RemoteError) and outcome[20].code == "syntax_error"
     assert [v["_"] for v in values] == [i * 2 for i in range(20)] + [15] + [i * 2 for i in range(20, 40)]
 
