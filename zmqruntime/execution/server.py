@@ -408,6 +408,7 @@ class ExecutionServer(ZMQServer):
         rec.reason = reason
         rec.error = error
         if rec.has_results:
+            self.records.hold(rec)
             self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
         self._emit_status(rec)
         rec.seq += 1
