@@ -122,7 +122,7 @@ def noop_latency_row(r: dict) -> Row:
 
 def peer_note(r: dict) -> str:
     """Say plainly which optional peers are missing (their rows then judge zmqruntime alone)."""
-    missing = [k for k in ("ipyparallel", "dask") if any(
+    missing = [k for k in ("ipyparallel", "dask", "ray") if any(
         isinstance(e, dict) and e.get("unavailable") for e in (r.get(k) or []))]
     return f"not installed: {', '.join(missing)}" if missing else ""
 
@@ -256,10 +256,13 @@ def kernel_widget_row(r: dict) -> Row:
 
 
 def comparisons(results: dict) -> list[Row]:
+    from benchmarks import report_curves, report_ray
+
     return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
-            kernel_row(results), kernel_widget_row(results)]
+            kernel_row(results), kernel_widget_row(results),
+            *report_ray.rows(results), *report_curves.rows(results)]
 
 
 def baseline_lines(r: dict) -> list[str]:
@@ -283,6 +286,11 @@ def baseline_lines(r: dict) -> list[str]:
              f"submit+gather {fmt(get(r, 'dask', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
              f"map+gather {fmt(get(r, 'dask', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}",
              "dask"),
+        line("ray (num_cpus=2)", f"ray.get(f.remote()) {fmt(get(r, 'ray', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"pipelined {fmt(get(r, 'ray', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"get(list) {fmt(get(r, 'ray', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"ray.init {fmt(get(r, 'ray', 'startup', 'init_s'), '.2f', ' s')}",
+             "ray"),
     ]
 
 
