@@ -1,0 +1,183 @@
+"""Curve: request latency and server memory vs retained execution records.
+
+Why: a long-lived server remembers up to ``max_records`` finished executions.
+A request about one execution (``execute``, ``status`` of one id) should cost
+the same with 100 records as with 100,000; ``list`` and ``status`` of all
+return every record, so they grow by design (shown per record).  Memory per
+record tells what ``max_records`` costs.
+
+The server under test runs with ``--ExecutionServer.max_records`` above the
+largest level.  It is filled with no-op executions (async client,
+``execute_many`` batches) up to each level (100, 1,000, 10,000, 100,000; the
+last left out under ``--quick``); at each level:
+
+  * ``execute``: ``execute("None")`` -> result, one at a time (median, p90);
+  * ``status``: ``get_status(id)`` of the oldest execution;
+  * ``list`` / ``status_all``: ``list_executions()`` / ``get_status()``, also
+    per record;
+  * ``server_rss_bytes``: the server process's VmRSS; ``bytes_per_record``
+    is the slope from the first level.
+
+"Flat" means ``execute`` and ``status`` at the last level within 1.5x of the
+first.  At the last level the server is sampled with py-spy while it serves
+no-op executions, and the hottest functions (inclusive share of samples) are
+recorded under ``profile``: O(n) work is named, not guessed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import common, zr_server
+
+NOOP = "None"
+if common.SMOKE:
+    LEVELS = (10, 100)
+elif common.QUICK:
+    LEVELS = (100, 1_000, 10_000)
+else:
+    LEVELS = (100, 1_000, 10_000, 100_000)
+SAMPLES = common.sized(100 if common.QUICK else 200, 5)
+LIST_SAMPLES = common.sized(5, 2)
+FILL_CHUNK = 1000
+FLAT = 1.5  # "flat": the last level within 1.5x of the first
+PROFILE_S = common.sized(5, 1)
+
+
+def fill(port: int, n: int) -> None:
+    """Add ``n`` finished no-op executions (batched by the async client)."""
+    from zmqruntime import AsyncExecutionClient, ExecutionClient
+
+    info = ExecutionClient(port=port, auto_spawn=False)
+    try:
+        conn = info.info
+
+        async def go() -> None:
+            aclient = AsyncExecutionClient(conn)
+            try:
+                left = n
+                while left > 0:
+                    k = min(FILL_CHUNK, left)
+                    ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(k)))
+                    await asyncio.gather(*(aclient.result(eid, timeout=120) for eid in ids))
+                    left -= k
+            finally:
+                aclient.close()
+
+        asyncio.run(go())
+    finally:
+        info.close()
+
+
+def rss_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def timed(fn, n: int) -> dict:
+    return common.summarize(common.time_each(fn, n=n, warmup=min(5, n)), "ms", 1e3)
+
+
+def level_point(client, oldest: str, records: int, pid: int) -> dict:
+    point = {
+        "records": records,
+        "execute": timed(lambda: zr_server.run_to_result(client, NOOP), SAMPLES),
+        "status": timed(lambda: client.get_status(oldest), SAMPLES),
+        "list": timed(client.list_executions, LIST_SAMPLES),
+        "status_all": timed(client.get_status, LIST_SAMPLES),
+        "server_rss_bytes": rss_of(pid),
+        "retained": len(client.list_executions()),
+    }
+    for key in ("list", "status_all"):
+        point[key]["us_per_record"] = 1e3 * point[key]["median_ms"] / max(1, point["retained"])
+    return point
+
+
+def profile_server(client, pid: int) -> dict:
+    """py-spy the server for PROFILE_S seconds while it serves no-op executions."""
+    exe = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    out = Path(tempfile.mkdtemp(prefix="bench-pyspy-")) / "server.txt"
+    proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(PROFILE_S),
+                             "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + PROFILE_S + 1
+        while time.monotonic() < end and proc.poll() is None:
+            zr_server.run_to_result(client, NOOP)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    if not out.exists():
+        return {"error": f"py-spy wrote nothing: {err[-400:]}"}
+    return hottest(out.read_text())
+
+
+def hottest(collapsed: str, top: int = 12) -> dict:
+    """Inclusive share of samples per function from py-spy's collapsed stacks."""
+    inclusive: collections.Counter = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for frame in set(stack.split(";")):
+            inclusive[frame] += n
+    return {"samples": total,
+            "inclusive_pct": {f: round(100 * c / total, 1) for f, c in inclusive.most_common(top)}
+            if total else {}}
+
+
+def measure_curve(client, port: int) -> dict:
+    pid = zr_server.server_pid(Path(os.environ["ZMQRUNTIME_RUNTIME_DIR"]), port)
+    if not pid:
+        raise RuntimeError("no server pid in the connection file")
+    oldest = client.execute(NOOP)
+    client.wait(oldest, timeout=30)
+    points, have = [], 1
+    for level in LEVELS:
+        if level > have:
+            fill(port, level - have)
+            have = level
+        points.append(level_point(client, oldest, level, pid))
+        have += SAMPLES + 5  # the execute samples are records too
+    first, last = points[0], points[-1]
+    slope = (last["server_rss_bytes"] - first["server_rss_bytes"]) / max(1, last["retained"] - first["retained"])
+    growth = {k: last[k]["median_ms"] / first[k]["median_ms"] for k in ("execute", "status", "list", "status_all")}
+    out = {"levels": list(LEVELS), "points": points, "bytes_per_record": slope, "growth": growth}
+    out["flat"] = growth["execute"] <= FLAT and growth["status"] <= FLAT
+    out["execute_p90_growth"] = last["execute"]["p90_ms"] / first["execute"]["p90_ms"]
+    if not common.SMOKE:  # at the last level: where the server's time goes, flat or not
+        out["profile"] = common.guarded(profile_server, client, pid)
+    return out
+
+
+def measure() -> dict:
+    try:
+        zr_server.import_api()
+    except zr_server.NotAvailable as exc:
+        return {"curve": zr_server.unavailable_or_error(exc)}
+    args = (f"--ExecutionServer.max_records={LEVELS[-1] * 2 + 10_000}",)
+    try:
+        with zr_server.running_server(args) as (client, port):
+            return {"curve": common.guarded(measure_curve, client, port)}
+    except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
+        return {"curve": common.error_entry(exc, "server")}
+
+
+if __name__ == "__main__":
+    common.child_main(measure)
