@@ -94,6 +94,7 @@ def measure() -> dict:
     try:
         import ipykernel  # noqa: F401
         import jupyter_client  # noqa: F401
+
         import zmqruntime_jupyter  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return {"curve": {"error": f"not available: {type(exc).__name__}: {exc}", "unavailable": True}}

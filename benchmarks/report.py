@@ -317,6 +317,17 @@ def meta() -> dict:
             "platform": platform.platform(), "cpus": os.cpu_count()}
 
 
+def load_results(path: Path) -> dict:
+    """The ``results`` of a saved run; ValueError if the file is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a results file ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+        raise ValueError(f"{path}: not a results file (no 'results' object)")  # noqa: TRY004
+    return doc["results"]
+
+
 def write_json(path: Path, results: dict, rows: list[Row], extra: dict) -> None:
     doc = {"meta": {**meta(), **extra},
            "comparisons": [asdict(row) for row in rows],
