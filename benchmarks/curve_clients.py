@@ -109,6 +109,8 @@ def processes_point(port: int, n: int, workdir: Path) -> dict:
 def measure_curve(client, port: int) -> dict:
     workdir = Path(zr_server.os.environ["ZMQRUNTIME_RUNTIME_DIR"])
     out: dict = {"clients": list(CLIENTS), "duration_s": DURATION, "workers": WORKERS}
+    for _ in range(common.sized(50, 3)):  # both workers up and warm before the first point
+        zr_server.run_to_result(client, NOOP, timeout=60)
     out["threads"] = {str(n): common.guarded(threads_point, port, n) for n in CLIENTS}
     out["processes"] = {str(n): common.guarded(processes_point, port, n, workdir) for n in CLIENTS}
     return out

@@ -123,8 +123,14 @@ def profile_server(client, pid: int) -> dict:
 
 
 def hottest(collapsed: str, top: int = 12) -> dict:
-    """Inclusive share of samples per function from py-spy's collapsed stacks."""
+    """Where the samples went, from py-spy's collapsed stacks.
+
+    ``inclusive_pct``: share of samples with the function anywhere on the stack
+    (frames on nearly every stack -- ``main``, ``serve`` -- left out);
+    ``self_pct``: share with the function on top (where the time is spent).
+    """
     inclusive: collections.Counter = collections.Counter()
+    leaf: collections.Counter = collections.Counter()
     total = 0
     for line in collapsed.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -132,11 +138,16 @@ def hottest(collapsed: str, top: int = 12) -> dict:
             continue
         n = int(count)
         total += n
-        for frame in set(stack.split(";")):
+        frames = stack.split(";")
+        leaf[frames[-1]] += n
+        for frame in set(frames):
             inclusive[frame] += n
+    if not total:
+        return {"samples": 0}
+    pct = {f: round(100 * c / total, 1) for f, c in inclusive.most_common() if c < 0.95 * total}
     return {"samples": total,
-            "inclusive_pct": {f: round(100 * c / total, 1) for f, c in inclusive.most_common(top)}
-            if total else {}}
+            "inclusive_pct": dict(list(pct.items())[:top]),
+            "self_pct": {f: round(100 * c / total, 1) for f, c in leaf.most_common(top)}}
 
 
 def measure_curve(client, port: int) -> dict:

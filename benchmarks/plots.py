@@ -72,6 +72,7 @@ def records(c: dict, out: Path) -> Path:
     for key, label in (("execute", "execute -> result"), ("status", "status(id)"),
                        ("list", "list (all records)"), ("status_all", "status (all records)")):
         lat.plot(xs, [p[key]["median_ms"] for p in pts], "o-", label=label)
+    lat.plot(xs, [p["execute"]["p90_ms"] for p in pts], "o--", color="C0", alpha=0.4, label="execute: p90")
     lat.set_yscale("log")
     lat.set_ylabel("median latency (ms, log)")
     mem.plot(xs, [p["server_rss_bytes"] / 2**20 for p in pts], "o-", color="C4")
@@ -137,13 +138,14 @@ def watchers(c: dict, out: Path) -> Path:
     lat.plot(xs, [p["ping"]["median_ms"] for _, p in pts], "o-", label="ping: median")
     lat.plot(xs, [p["noop"]["median_ms"] for _, p in pts], "s-", label="no-op execute -> result: median")
     lat.plot(xs, [p["noop"]["p90_ms"] for _, p in pts], "s--", alpha=0.5, label="no-op: p90")
-    lat.set_ylabel("probe client latency (ms)")
+    lat.set_ylabel("probe client latency (ms, log)")
+    lat.set_yscale("log")
     lat.legend()
     cpu.plot(xs, [p["server_cpu_pct"] for _, p in pts], "o-", color="C3")
     cpu.set_ylabel("server process CPU (% of one core)")
+    cpu.set_ylim(bottom=0)
     for ax in (lat, cpu):
         ax.set_xlabel("watcher processes")
-        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     return _save(fig, out, "watchers.png")
 
