@@ -1,7 +1,7 @@
 """Curve: one kernel with 0, 1, 10, 50 ``%%zmqexec`` panels streaming progress at once.
 
 Why: a notebook often has several jobs running, each with its live panel,
-and the kernel must stay responsive for the next cell.  DESIGN.md's target:
+and the kernel must stay responsive for the next cell.  The target:
 a trivial cell <= 50 ms median with 50 panels streaming.
 
 Set-up as in zr_kernel.py (a real ipykernel via jupyter_client, its own

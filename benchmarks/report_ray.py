@@ -1,6 +1,6 @@
 """The rows that judge zmqruntime against Ray, measured in the same run.
 
-Why a module of its own: the Ray targets (DESIGN.md, issue 17) are a second
+Why a module of its own: the Ray targets are a second
 set of bars on figures the other rows already show, and keeping them apart
 keeps report.py's rows for ipyparallel/dask unchanged.  When Ray is not
 installed, every row still appears, with ``n/a`` and the reason.

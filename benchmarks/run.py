@@ -144,7 +144,10 @@ def main(argv=None) -> int:
             continue
         print(f"[bench] {label:<18} ...", end=" ", flush=True)
         t0 = time.monotonic()
+        load = os.getloadavg()[0]  # the 2 cores are shared: say how busy they were
         entry = common.run_benchmark_module(module, timeout=min(cap, left))
+        if isinstance(entry, dict):
+            entry["_loadavg_1m"] = round(load, 2)
         results.setdefault(key, []).append(entry)
         status = "unavailable" if entry.get("unavailable") else "error" if _has_error(entry) else "ok"
         print(f"{status} ({time.monotonic() - t0:.1f}s)", flush=True)
