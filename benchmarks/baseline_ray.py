@@ -39,7 +39,7 @@ from pathlib import Path
 from benchmarks import common
 
 CPUS = 2
-INIT_ATTEMPTS = 2
+INIT_ATTEMPTS = 3
 CANCEL_TIMEOUT = 20.0
 RUNNING_TIMEOUT = 20.0
 

@@ -14,6 +14,9 @@ largest level.  It is filled with no-op executions (async client,
   * ``status``: ``get_status(id)`` of the oldest execution;
   * ``list`` / ``status_all``: ``list_executions()`` / ``get_status()``, also
     per record;
+  * ``ping_during_status_all_ms``: another client's ping sent while a
+    ``get_status()`` of all records is being served (the server answers
+    requests one at a time, so an O(n) request delays everyone);
   * ``server_rss_bytes``: the server process's VmRSS; ``bytes_per_record``
     is the slope from the first level.
 
@@ -31,6 +34,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +48,7 @@ else:  # --quick keeps the 100,000 level (filling it takes ~1 min): fewer sample
 SAMPLES = common.sized(100 if common.QUICK else 200, 5)
 LIST_SAMPLES = common.sized(5, 2)
 FILL_CHUNK = 1000
+BIG_TIMEOUT = 120.0  # a request over every record, on a loaded machine
 FLAT = 1.5  # "flat": the last level within 1.5x of the first
 PROFILE_S = common.sized(5, 1)
 
@@ -84,18 +89,40 @@ def timed(fn, n: int) -> dict:
     return common.summarize(common.time_each(fn, n=n, warmup=min(5, n)), "ms", 1e3)
 
 
-def level_point(client, oldest: str, records: int, pid: int) -> dict:
+def ping_during(client, port: int, request) -> float:
+    """A second client's ping (ms) sent while ``request`` runs: what an O(n) request costs everyone else."""
+    ExecutionClient, _ = zr_server.import_api()
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(r=common.guarded(request)), daemon=True)
+    with ExecutionClient(port=port, auto_spawn=False) as other:
+        other.ping(timeout=BIG_TIMEOUT)
+        thread.start()
+        time.sleep(0.02)  # the request is in the server by now
+        t0 = time.perf_counter()
+        other.ping(timeout=BIG_TIMEOUT)
+        elapsed = time.perf_counter() - t0
+        thread.join(BIG_TIMEOUT)
+    return elapsed * 1e3
+
+
+def level_point(client, port: int, oldest: str, records: int, pid: int) -> dict:
     point = {
         "records": records,
         "execute": timed(lambda: zr_server.run_to_result(client, NOOP), SAMPLES),
         "status": timed(lambda: client.get_status(oldest), SAMPLES),
-        "list": timed(client.list_executions, LIST_SAMPLES),
-        "status_all": timed(client.get_status, LIST_SAMPLES),
+        "status_all": common.guarded(timed, lambda: client.get_status(timeout=BIG_TIMEOUT), LIST_SAMPLES),
         "server_rss_bytes": rss_of(pid),
-        "retained": len(client.list_executions()),
+        "retained": len(client.get_status(timeout=BIG_TIMEOUT)),
     }
+    # list_executions() has no timeout argument: the 'list' request is timed on a
+    # thread, so a server that takes longer than the client's default is reported.
+    point["list"] = common.guarded(timed, lambda: common.call_with_timeout(
+        client.list_executions, BIG_TIMEOUT, "list"), LIST_SAMPLES)
+    point["ping_during_status_all_ms"] = common.guarded(
+        ping_during, client, port, lambda: client.get_status(timeout=BIG_TIMEOUT))
     for key in ("list", "status_all"):
-        point[key]["us_per_record"] = 1e3 * point[key]["median_ms"] / max(1, point["retained"])
+        if "median_ms" in point[key]:
+            point[key]["us_per_record"] = 1e3 * point[key]["median_ms"] / max(1, point["retained"])
     return point
 
 
@@ -161,11 +188,12 @@ def measure_curve(client, port: int) -> dict:
         if level > have:
             fill(port, level - have)
             have = level
-        points.append(level_point(client, oldest, level, pid))
+        points.append(level_point(client, port, oldest, level, pid))
         have += SAMPLES + 5  # the execute samples are records too
     first, last = points[0], points[-1]
     slope = (last["server_rss_bytes"] - first["server_rss_bytes"]) / max(1, last["retained"] - first["retained"])
-    growth = {k: last[k]["median_ms"] / first[k]["median_ms"] for k in ("execute", "status", "list", "status_all")}
+    growth = {k: last[k]["median_ms"] / first[k]["median_ms"] for k in ("execute", "status", "list", "status_all")
+              if "median_ms" in last[k] and "median_ms" in first[k]}
     out = {"levels": list(LEVELS), "points": points, "bytes_per_record": slope, "growth": growth}
     out["flat"] = growth["execute"] <= FLAT and growth["status"] <= FLAT
     out["execute_p90_growth"] = last["execute"]["p90_ms"] / first["execute"]["p90_ms"]

@@ -32,6 +32,7 @@ WINDOW = common.sized(3.0 if common.QUICK else 6.0, 0.5)
 PING_SAMPLES = common.sized(200, 10)
 NOOP_SAMPLES = common.sized(50, 5)
 READY_TIMEOUT = 120.0
+PROBE_TIMEOUT = 60.0  # one probe request, worst case (a saturated machine, not a lost server)
 JOB_MAX_S = 120.0
 JOB = """
 import time
@@ -52,8 +53,9 @@ def cpu_seconds(pid: int) -> float:
 def probe(client, pid: int) -> dict:
     """The probe's figures over one window, with N watchers streaming."""
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
-    ping = common.summarize(common.time_each(client.ping, n=PING_SAMPLES, warmup=5), "ms", 1e3)
-    noop = common.summarize(common.time_each(lambda: zr_server.run_to_result(client, "None"),
+    ping = common.summarize(common.time_each(lambda: client.ping(timeout=PROBE_TIMEOUT), n=PING_SAMPLES,
+                                             warmup=5), "ms", 1e3)
+    noop = common.summarize(common.time_each(lambda: zr_server.run_to_result(client, "None", PROBE_TIMEOUT),
                                              n=NOOP_SAMPLES, warmup=3), "ms", 1e3)
     left = WINDOW - (time.perf_counter() - t0)
     if left > 0:

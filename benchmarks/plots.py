@@ -71,7 +71,8 @@ def records(c: dict, out: Path) -> Path:
     xs = [p["records"] for p in pts]
     for key, label in (("execute", "execute -> result"), ("status", "status(id)"),
                        ("list", "list (all records)"), ("status_all", "status (all records)")):
-        lat.plot(xs, [p[key]["median_ms"] for p in pts], "o-", label=label)
+        ys = [(p["records"], p[key]["median_ms"]) for p in pts if "median_ms" in p[key]]
+        lat.plot([x for x, _ in ys], [y for _, y in ys], "o-", label=label)
     lat.plot(xs, [p["execute"]["p90_ms"] for p in pts], "o--", color="C0", alpha=0.4, label="execute: p90")
     lat.set_yscale("log")
     lat.set_ylabel("median latency (ms, log)")

@@ -12,6 +12,10 @@ from benchmarks.report import Row, error_of, fmt, get, verdict
 FLAT = 1.5  # records: the last level within 1.5x of the first counts as flat
 
 
+def _num(x):
+    return x if isinstance(x, (int, float)) else None
+
+
 def _c(r: dict, key: str, *path):
     return get(r, key, "curve", *path)
 
@@ -71,13 +75,17 @@ def records_rows(r: dict) -> list[Row]:
              "status_first_ms": m(first, "status"), "status_last_ms": m(last, "status"),
              "execute_growth": g_exec, "status_growth": g_stat}),
         Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: list, status(all)",
-            f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.0f')} ms",
+            f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.0f')} ms; "
             f"status(all) {fmt(m(first, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.0f')} ms",
+            f"another client's ping meanwhile: {fmt(_num(last.get('ping_during_status_all_ms')), ',.0f', ' ms')}",
             f"{fmt((last.get('list') or {}).get('us_per_record'), '.1f')} / "
             f"{fmt((last.get('status_all') or {}).get('us_per_record'), '.1f')} us per record",
-            "O(n) by design", "n/a", err,
+            "O(n) by design", "n/a",
+            err or next((f"{k} at {fmt(hi, ',')}: {last[k]['error']}" for k in ("list", "status_all")
+                         if isinstance(last.get(k), dict) and "error" in last[k]), ""),
             {"list_first_ms": m(first, "list"), "list_last_ms": m(last, "list"),
-             "status_all_last_ms": m(last, "status_all")}),
+             "status_all_last_ms": m(last, "status_all"),
+             "ping_during_status_all_ms": _num(last.get("ping_during_status_all_ms"))}),
         Row("records: server memory", fmt(bpr, ",.0f", " bytes/record"),
             f"RSS {fmt(first.get('server_rss_bytes') and first['server_rss_bytes'] / 2**20, '.0f')} -> "
             f"{fmt(last.get('server_rss_bytes') and last['server_rss_bytes'] / 2**20, '.0f', ' MiB')}",
