@@ -11,6 +11,8 @@ largest level.  It is filled with no-op executions (async client,
 ``execute_many`` batches) up to each level (100, 1,000, 10,000, 100,000); at each level:
 
   * ``execute``: ``execute("None")`` -> result, one at a time (median, p90);
+  * ``execute_value``: the same with ``"1"`` (a value to keep: finishing it
+    runs the server's result-retention check);
   * ``status``: ``get_status(id)`` of the oldest execution;
   * ``list`` / ``status_all``: ``list_executions()`` / ``get_status()``, also
     per record;
@@ -109,6 +111,8 @@ def level_point(client, port: int, oldest: str, records: int, pid: int) -> dict:
     point = {
         "records": records,
         "execute": timed(lambda: zr_server.run_to_result(client, NOOP), SAMPLES),
+        # an execution with a value: finishing it runs the server's result-retention check
+        "execute_value": timed(lambda: zr_server.run_to_result(client, "1"), SAMPLES),
         "status": timed(lambda: client.get_status(oldest), SAMPLES),
         "status_all": common.guarded(timed, lambda: client.get_status(timeout=BIG_TIMEOUT), LIST_SAMPLES),
         "server_rss_bytes": rss_of(pid),
@@ -126,8 +130,8 @@ def level_point(client, port: int, oldest: str, records: int, pid: int) -> dict:
     return point
 
 
-def profile_server(client, pid: int) -> dict:
-    """py-spy the server for PROFILE_S seconds while it serves no-op executions."""
+def profile_server(client, pid: int, code: str = NOOP) -> dict:
+    """py-spy the server for PROFILE_S seconds while it serves executions of ``code``."""
     exe = shutil.which("py-spy") or str(Path(os.sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         return {"error": "py-spy not installed (pip install py-spy)"}
@@ -138,7 +142,7 @@ def profile_server(client, pid: int) -> dict:
     try:
         end = time.monotonic() + PROFILE_S + 1
         while time.monotonic() < end and proc.poll() is None:
-            zr_server.run_to_result(client, NOOP)
+            zr_server.run_to_result(client, code)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -192,13 +196,15 @@ def measure_curve(client, port: int) -> dict:
         have += SAMPLES + 5  # the execute samples are records too
     first, last = points[0], points[-1]
     slope = (last["server_rss_bytes"] - first["server_rss_bytes"]) / max(1, last["retained"] - first["retained"])
-    growth = {k: last[k]["median_ms"] / first[k]["median_ms"] for k in ("execute", "status", "list", "status_all")
+    growth = {k: last[k]["median_ms"] / first[k]["median_ms"]
+              for k in ("execute", "execute_value", "status", "list", "status_all")
               if "median_ms" in last[k] and "median_ms" in first[k]}
     out = {"levels": list(LEVELS), "points": points, "bytes_per_record": slope, "growth": growth}
     out["flat"] = growth["execute"] <= FLAT and growth["status"] <= FLAT
     out["execute_p90_growth"] = last["execute"]["p90_ms"] / first["execute"]["p90_ms"]
     if not common.SMOKE:  # at the last level: where the server's time goes, flat or not
         out["profile"] = common.guarded(profile_server, client, pid)
+        out["profile_value"] = common.guarded(profile_server, client, pid, "1")
     return out
 
 

@@ -61,19 +61,23 @@ def records_rows(r: dict) -> list[Row]:
 
     lo, hi = first.get("records"), last.get("records")
     g_exec, g_stat = _c(r, "curve_records", "growth", "execute"), _c(r, "curve_records", "growth", "status")
+    g_val = _c(r, "curve_records", "growth", "execute_value")
     bpr = _c(r, "curve_records", "bytes_per_record")
     err = _err(r, "curve_records")
     return [
-        Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: execute, status(id)",
+        Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: execute, with value, status(id)",
             f"exec {fmt(m(first, 'execute'), '.2f')} -> {fmt(m(last, 'execute'), '.2f')} ms; "
+            f"exec(value) {fmt(m(first, 'execute_value'), '.2f')} -> {fmt(m(last, 'execute_value'), '.2f')} ms; "
             f"status {fmt(m(first, 'status'), '.2f')} -> {fmt(m(last, 'status'), '.2f')} ms",
             f"exec p90 {fmt((first.get('execute') or {}).get('p90_ms'), '.1f')} -> "
             f"{fmt((last.get('execute') or {}).get('p90_ms'), '.1f')} ms",
-            f"{fmt(g_exec, '.2f', 'x')} / {fmt(g_stat, '.2f', 'x')}", f"flat (<= {FLAT}x)",
-            verdict(g_exec <= FLAT if g_exec else None, g_stat <= FLAT if g_stat else None), err,
+            f"{fmt(g_exec, '.2f', 'x')} / {fmt(g_val, '.2f', 'x')} / {fmt(g_stat, '.2f', 'x')}", f"flat (<= {FLAT}x)",
+            verdict(g_exec <= FLAT if g_exec else None, g_stat <= FLAT if g_stat else None,
+                    *([g_val <= FLAT] if g_val else [])), err,
             {"execute_first_ms": m(first, "execute"), "execute_last_ms": m(last, "execute"),
              "status_first_ms": m(first, "status"), "status_last_ms": m(last, "status"),
-             "execute_growth": g_exec, "status_growth": g_stat}),
+             "execute_value_first_ms": m(first, "execute_value"), "execute_value_last_ms": m(last, "execute_value"),
+             "execute_growth": g_exec, "execute_value_growth": g_val, "status_growth": g_stat}),
         Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: list, status(all)",
             f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.0f')} ms; "
             f"status(all) {fmt(m(first, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.0f')} ms",
