@@ -157,7 +157,7 @@ def hottest(collapsed: str, top: int = 12) -> dict:
     """Where the samples went, from py-spy's collapsed stacks.
 
     ``inclusive_pct``: share of samples with the function anywhere on the stack
-    (frames on nearly every stack -- ``main``, ``serve`` -- left out);
+    (frames on over 99 % of stacks -- ``main``, ``serve`` -- left out);
     ``self_pct``: share with the function on top (where the time is spent).
     """
     inclusive: collections.Counter = collections.Counter()
@@ -175,7 +175,7 @@ def hottest(collapsed: str, top: int = 12) -> dict:
             inclusive[frame] += n
     if not total:
         return {"samples": 0}
-    pct = {f: round(100 * c / total, 1) for f, c in inclusive.most_common() if c < 0.95 * total}
+    pct = {f: round(100 * c / total, 1) for f, c in inclusive.most_common() if c < 0.99 * total}
     return {"samples": total,
             "inclusive_pct": dict(list(pct.items())[:top]),
             "self_pct": {f: round(100 * c / total, 1) for f, c in leaf.most_common(top)}}
