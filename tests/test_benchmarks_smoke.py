@@ -40,7 +40,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--budget", "380", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     doc = json.loads(out.read_text())
@@ -89,7 +89,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
         from benchmarks import plots
     except ImportError:
         drawn_cli = subprocess.run([sys.executable, "-m", "benchmarks", "--plots", str(out)], cwd=ROOT,
-                                   env=env, capture_output=True, text=True, timeout=60)
+                                   env=env, capture_output=True, text=True, timeout=60, check=False)
         assert drawn_cli.returncode == 2 and "--plots needs matplotlib" in drawn_cli.stderr
     else:
         drawn = plots.draw_all(results, tmp_path / "plots")
@@ -98,7 +98,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
         assert all(p.stat().st_size > 10_000 for p in drawn)
     # ... and compared with itself.
     cmp = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(out), str(out)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=60)
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
     assert cmp.returncode == 0, cmp.stderr
     assert "no-op execute->result vs Ray: verdict" in cmp.stdout and "x1.00" in cmp.stdout
 
@@ -113,7 +113,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
 def test_bad_flags_are_refused_before_anything_runs(tmp_path: Path, args: list, message: str) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out", str(out)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not out.exists() and "[bench]" not in proc.stdout
 
@@ -151,6 +151,6 @@ def test_bad_plots_and_compare_flags_are_refused(tmp_path: Path, make_args, mess
     """--plots FILE and --compare read saved runs: a wrong file is a clear error, nothing runs."""
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *make_args(tmp_path), "--out", str(out)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not out.exists() and "[bench]" not in proc.stdout
