@@ -7,7 +7,8 @@ a trivial cell <= 50 ms median with 50 panels streaming.
 Set-up as in zr_kernel.py (a real ipykernel via jupyter_client, its own
 runtime dir and server port, ``%load_ext zmqruntime_jupyter``,
 ``%zmq connect``), reusing its ``Kernel`` driver.  The server runs
-N_max + 1 workers so every job runs at once.  For each N: N non-blocking
+N_max + 1 workers so every job runs at once, each job in a session of
+its own (a notebook's cells share one session and would run one by one).  For each N: N non-blocking
 ``%%zmqexec`` jobs, each sleeping 10 ms per item under
 ``progress(..., min_interval=0.02)`` (about 50 events/s each, 2,500/s at 50);
 once the last one's progress bar moves, ``CELLS`` trivial ``1+1`` cells
@@ -28,7 +29,7 @@ from benchmarks import common, zr_kernel, zr_server
 PANELS = (0, 1, 2) if common.SMOKE else (0, 1, 10, 50)
 CELLS = common.scaled(30, minimum=5) if not common.QUICK else 15
 JOB_MAX_S = 120.0
-JOB = """%%zmqexec --name bench-panel-{k}
+JOB = """%%zmqexec --name bench-panel-{k} --session bench-panel-{k}
 from zmqruntime import progress
 import time
 _end = time.monotonic() + {max_s}
