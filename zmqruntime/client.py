@@ -63,6 +63,21 @@ class _BaseClient:
         self.timeout = check_timeout(timeout, allow_none=False)
         self.session = Session(info.key)
 
+    def _new_socket(self, context: zmq.Context) -> Any:
+        """A control DEALER, set up alike for both clients.
+
+        ``IMMEDIATE``: a request is queued only toward a connected server, never
+        toward one that is gone (or a CURVE handshake that never completes);
+        the send then waits for a peer, so both clients bound it by the
+        request's timeout.
+        """
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        secure_client_socket(sock, self.info)
+        sock.connect(self.info.control_url)
+        return sock
+
     def _unavailable(self, timeout: float, what: str) -> ServerUnavailable:
         return ServerUnavailable(
             f"no reply to {what!r} from the zmqruntime server at {self.info.control_url} within {timeout:g} s "
@@ -95,11 +110,7 @@ class ZMQClient(_BaseClient):
             raise ServerUnavailable("this client is closed")
         sock = getattr(self._local, "sock", None)
         if sock is None or sock.closed:
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.IMMEDIATE, 1)
-            secure_client_socket(sock, self.info)
-            sock.connect(self.info.control_url)
+            sock = self._new_socket(self.context)
             self._local.sock = sock
             self._local.poller = zmq.Poller()
             self._local.poller.register(sock, zmq.POLLIN)
@@ -160,13 +171,13 @@ class AsyncZMQClient(_BaseClient):
         self._sock: Optional[zmq.asyncio.Socket] = None
         self._pending: dict[str, asyncio.Future] = {}
         self._reader: Optional[asyncio.Task] = None
+        self.closed = False
 
     def _socket(self) -> zmq.asyncio.Socket:
+        if self.closed:
+            raise ServerUnavailable("this client is closed")
         if self._sock is None:
-            self._sock = self.context.socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
-            secure_client_socket(self._sock, self.info)
-            self._sock.connect(self.info.control_url)
+            self._sock = self._new_socket(self.context)
             self._reader = asyncio.ensure_future(self._read_replies(self._sock))
         return self._sock
 
@@ -196,8 +207,7 @@ class AsyncZMQClient(_BaseClient):
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
         try:
-            await self._socket().send_multipart(frames, copy=not buffers)
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(self._send_and_wait(frames, bool(buffers), fut), timeout)
         except asyncio.TimeoutError:
             self._pending.pop(msg_id, None)
             # A fresh socket drops whatever is still queued for a server that may be gone, but
@@ -208,10 +218,16 @@ class AsyncZMQClient(_BaseClient):
         finally:
             self._pending.pop(msg_id, None)
 
+    async def _send_and_wait(self, frames: list[Any], zero_copy: bool, fut: asyncio.Future) -> Message:
+        """Send (it waits for a connected server: IMMEDIATE), then the reply; both under one timeout."""
+        await self._socket().send_multipart(frames, copy=not zero_copy)
+        return await fut
+
     async def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return reply_content(await self.request(msg_type, content, **kwargs))
 
     def close(self) -> None:
+        self.closed = True
         self._reset()
         for fut in self._pending.values():
             fut.cancel()

@@ -97,6 +97,29 @@ def event_topic(execution_id: str, event_type: str) -> bytes:
     return f"{execution_id}.{event_type}".encode()
 
 
+def progress_batch_events(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``progress`` event contents a ``progress_batch`` content stands for, in order.
+
+    Each row of ``events`` pairs with ``fields``; ``execution_id`` is the
+    batch's. ValueError when the shape is wrong (a bad row, a non-integer seq).
+    """
+    fields, rows, exec_id = content.get("fields"), content.get("events"), content.get("execution_id", "")
+    if not isinstance(fields, list) or "seq" not in fields or not isinstance(rows, list):
+        raise ValueError("'fields' must be a list naming 'seq' and 'events' a list")
+    events = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(fields):
+            raise ValueError(f"a row of {len(row) if isinstance(row, list) else type(row).__name__} "
+                             f"values for {len(fields)} fields")
+        event = dict(zip(fields, row))
+        event["execution_id"] = exec_id
+        seq = event["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"seq must be an integer, got {seq!r}")
+        events.append(event)
+    return events
+
+
 def is_execution_id(value: Any) -> bool:
     return (isinstance(value, str) and len(value) == EXECUTION_ID_LENGTH
             and all(c in "0123456789abcdef" for c in value))
