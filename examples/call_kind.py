@@ -11,7 +11,9 @@ Run a server with it and submit from a matching client::
 
 The server side validates the task before queueing it (``validate_task``)
 and the worker side runs it (``execute_task``); the client turns a Python
-value into the JSON-friendly request (``serialize_task``).
+value into the JSON-friendly request (``serialize_task``). The ``config``
+of ``execute(task, config)`` reaches both as the task's ``config`` field:
+here, default keyword arguments (``client.execute(("builtins:round", [2.567]), {"ndigits": 1})``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class CallServer(ExecutionServer):
                 raise RequestError("bad_request", "'function' must be 'module:name'")
             if not isinstance(task.get("args", []), list) or not isinstance(task.get("kwargs", {}), dict):
                 raise RequestError("bad_request", "'args' must be a list and 'kwargs' an object")
+            if not isinstance(task.get("config") or {}, dict):
+                raise RequestError("bad_request", "config failed: a call task's config must be an object of "
+                                                  "keyword arguments")
             return task
         return super().validate_task(task)
 
@@ -41,12 +46,16 @@ class CallServer(ExecutionServer):
             return super().execute_task(task, ctx)
         module, _, name = task["function"].partition(":")
         function = getattr(importlib.import_module(module), name)
-        return {"_": function(*task.get("args", []), **task.get("kwargs", {}))}
+        kwargs = {**(task.get("config") or {}), **task.get("kwargs", {})}
+        return {"_": function(*task.get("args", []), **kwargs)}
 
 
 class CallClient(ExecutionClient):
-    def serialize_task(self, task: Any, results: Any = None) -> dict[str, Any]:
+    def serialize_task(self, task: Any, config: Any = None, results: Any = None) -> dict[str, Any]:
         if isinstance(task, tuple):
             function, args, *rest = task
-            return {"kind": "call", "function": function, "args": list(args), "kwargs": rest[0] if rest else {}}
-        return super().serialize_task(task, results=results)
+            spec = {"kind": "call", "function": function, "args": list(args), "kwargs": rest[0] if rest else {}}
+            if config is not None:
+                spec["config"] = config
+            return spec
+        return super().serialize_task(task, config, results=results)

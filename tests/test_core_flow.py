@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from zmqruntime import AsyncExecutionClient, ExecutionFailed, RemoteError
+from zmqruntime import AsyncExecutionClient, ExecutionFailed, ExecutionTimeout, RemoteError
 from zmqruntime.protocol import FINAL_STATES
 
 pytestmark = pytest.mark.timeout(60)
@@ -163,8 +163,10 @@ def test_results_of_unfinished_execution(server):
     client = server.client
     exec_id = client.execute("import time\ntime.sleep(30)")
     with pytest.raises(RemoteError) as info:
-        client.get_results(exec_id)
+        client.get_results(exec_id, wait=False)
     assert info.value.code == "not_finished"
+    with pytest.raises(ExecutionTimeout):  # "retrieve when ready", bounded by its timeout
+        client.get_results(exec_id, timeout=0.3)
     client.cancel(exec_id)
     assert client.wait(exec_id, timeout=10)["status"] == "cancelled"
 

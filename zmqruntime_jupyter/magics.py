@@ -365,7 +365,7 @@ class ZMQMagics(Magics):
         handle = self.state.handles.get(args.id)
         if handle is not None and handle.connection is conn:
             return handle.result()
-        return conn.client.get_results(args.id).get("_")
+        return conn.client.get_results(args.id, wait=False).get("_")
 
     def _zmq_handle(self, args: argparse.Namespace) -> ExecutionHandle:
         conn = self._existing(args)

@@ -299,14 +299,19 @@ class ExecutionClient(ClientCore):
         """Cancel one execution (queued: removed; running: interrupted)."""
         return self._client.call("cancel", self._cancel_content(execution_id, reason), timeout=timeout)
 
-    def get_results(self, execution_id: str, release: bool = False, timeout: Optional[float] = None) -> dict[str, Any]:
-        """The execution's results: ``{"_": last expression, name: value...}``.
+    def get_results(self, execution_id: str, release: bool = False, timeout: Optional[float] = None,
+                    wait: bool = True) -> dict[str, Any]:
+        """The execution's results, when ready: ``{"_": last expression, name: value...}``.
 
-        Raises ExecutionFailed (with the remote traceback), ExecutionCancelled,
-        or RemoteError ``not_finished`` / ``results_expired``. Results that
-        rode along in a 'done' event ``wait`` saw need no request.
+        An execution still queued or running is waited for (``timeout`` bounds
+        the whole call: ExecutionTimeout); ``wait=False`` raises RemoteError
+        ``not_finished`` instead. Raises ExecutionFailed (with the remote
+        traceback), ExecutionCancelled, or RemoteError ``results_expired``.
+        Results that rode along in a 'done' event ``wait`` saw need no request.
+        ``release=True`` frees them on the server once received.
         """
-        return self._drive(self._results_flow(execution_id, release, timeout))
+        _check_wait(wait)
+        return self._drive(self._results_flow(self._waiter() if wait else None, execution_id, release, timeout))
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Block until the execution is final; return its status.
@@ -361,6 +366,11 @@ class ExecutionClient(ClientCore):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_wait(wait: Any) -> None:
+    if not isinstance(wait, bool):
+        raise TypeError(f"wait must be True or False, got {wait!r}")
 
 
 def _check_callback(callback: Any) -> None:
@@ -591,10 +601,12 @@ class AsyncExecutionClient(ClientCore):
         """Cancel one execution (queued: removed; running: interrupted)."""
         return await self._client.call("cancel", self._cancel_content(execution_id, reason), timeout=timeout)
 
-    async def get_results(self, execution_id: str, release: bool = False,
-                          timeout: Optional[float] = None) -> dict[str, Any]:
-        """The execution's results (see ExecutionClient.get_results)."""
-        return await self._drive(self._results_flow(execution_id, release, timeout))
+    async def get_results(self, execution_id: str, release: bool = False, timeout: Optional[float] = None,
+                          wait: bool = True) -> dict[str, Any]:
+        """The execution's results, when ready (see ExecutionClient.get_results)."""
+        _check_wait(wait)
+        return await self._drive(self._results_flow(self._done_channel() if wait else None, execution_id,
+                                                    release, timeout))
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the execution to be final; return its status (ExecutionTimeout past ``timeout``)."""

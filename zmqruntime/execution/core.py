@@ -33,7 +33,7 @@ from typing import Any, Generator, Mapping, Optional, Protocol, Sequence, Union
 
 from .. import serialize
 from ..client import check_timeout
-from ..errors import ExecutionTimeout, ServerUnavailable
+from ..errors import ExecutionTimeout, RemoteError, ServerUnavailable
 from ..protocol import FINAL_STATES, Message, new_execution_id, new_id
 from ..transport import ConnectionInfo
 from .events import Event
@@ -260,8 +260,6 @@ class ClientCore:
 
     def _submit_many_flow(self, contents: list[dict[str, Any]]) -> Flow:
         """Several executes as one ``execute_many``, retried like one: the per-execution answers."""
-        from ..errors import RemoteError
-
         total = self.timeout
         for attempt_timeout in self._attempt_timeouts(total):
             try:
@@ -325,20 +323,37 @@ class ClientCore:
         results = results_in_done_event((yield from self._wait_flow(channel, execution_id, timeout)))
         if results is not None:
             return results
-        return (yield from self._results_flow(execution_id, False, None))
+        return (yield from self._results_flow(None, execution_id, False, None))
 
-    def _results_flow(self, execution_id: str, release: bool, timeout: Optional[float]) -> Flow:
-        """``get_results``: a kept 'done' event's results when it has them, else a ``results`` request."""
+    def _results_flow(self, channel: Optional[DoneChannel], execution_id: str, release: bool,
+                      timeout: Optional[float]) -> Flow:
+        """``get_results``: a kept 'done' event's results when it has them, else a ``results`` request.
+
+        With a ``channel`` ("retrieve when ready"), an execution still queued or
+        running is waited for (``timeout`` bounds the whole call), then fetched.
+        """
         check_id(execution_id)
         if not isinstance(release, bool):
             raise TypeError(f"release must be True or False, got {release!r}")
+        timeout = check_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._kept_lock:
             done = self._kept_done.pop(execution_id, None)
         results = None if release else results_in_done_event(done)
         if results is not None:
             return results
-        msg = yield Request("results", {"execution_id": execution_id, "release": release}, (), timeout, raw=True)
-        return decode_results(msg)
+        content = {"execution_id": execution_id, "release": release}
+        try:
+            return decode_results((yield Request("results", content, (), timeout, raw=True)))
+        except RemoteError as exc:
+            if exc.code != "not_finished" or channel is None:
+                raise
+        left = None if deadline is None else max(0.001, deadline - time.monotonic())
+        results = None if release else results_in_done_event((yield from self._wait_flow(channel, execution_id, left)))
+        if results is not None:
+            return results
+        left = None if deadline is None else max(0.001, deadline - time.monotonic())
+        return decode_results((yield Request("results", content, (), left and min(left, self.timeout), raw=True)))
 
     # -- helpers ------------------------------------------------------------------
     def _keep_done_event(self, event: Event) -> None:

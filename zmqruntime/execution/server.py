@@ -80,6 +80,23 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
     return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes)}
 
 
+def check_python_config(config: Any) -> None:
+    """A python task's ``config``: null, source that compiles, or an object of names to values."""
+    if config is None:
+        return
+    if isinstance(config, str):
+        try:
+            compile(config, "<zmqexec-config>", "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise RequestError("syntax_error", f"config failed: {exc.msg} (line {exc.lineno})",
+                               lineno=exc.lineno, text=exc.text, where="config") from None
+        return
+    if not isinstance(config, dict) or not all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)
+                                               for k in config):
+        raise RequestError("bad_request", "'config' must be Python source (a string) or an object whose keys "
+                                          "are variable names")
+
+
 def describe_exit(exit_code: int) -> str:
     """'exit code 3' or 'killed by signal SIGSEGV (11)', from a Popen return code."""
     if exit_code < 0:
@@ -149,6 +166,7 @@ class ExecutionServer(ZMQServer):
                 compile(task["code"], "<zmqexec>", "exec", dont_inherit=True)
             except SyntaxError as exc:
                 raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno, text=exc.text) from None
+            check_python_config(task.get("config"))
         return task
 
     def on_start(self) -> None:

@@ -334,6 +334,7 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last_expr = ast.Expression(tree.body.pop().value)
     ns = ctx.namespace
+    _apply_config(task.get("config"), ns, ctx.execution_id)
     exec(compile(tree, filename, "exec"), ns)
     results: dict[str, Any] = {}
     if last_expr is not None:
@@ -346,6 +347,25 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for name in task.get("results", []):
         results[name] = ns[name]
     return results
+
+
+class ConfigError(Exception):
+    """The task's ``config`` raised: reported as "config failed: ..." (the cause chained)."""
+
+
+def _apply_config(config: Any, ns: dict[str, Any], execution_id: str) -> None:
+    """``config`` first, in the task's namespace: source code run, or names bound."""
+    if config is None:
+        return
+    try:
+        if isinstance(config, str):
+            filename = f"<zmqexec-{execution_id}-config>"
+            _remember_source(filename, config)
+            exec(compile(config, filename, "exec"), ns)
+        else:
+            ns.update(config)
+    except Exception as exc:
+        raise ConfigError(f"config failed: {type(exc).__name__}: {exc}") from exc
 
 
 #: Sources of this many recent executions stay in linecache, so tracebacks through
