@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -31,44 +30,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from .errors import RemoteError, ServerStartError, ServerUnavailable
-from .transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type (shared with the %%zmqexec magic): seconds > 0."""
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def nonnegative_seconds(text: str) -> float:
-    """argparse type: seconds >= 0."""
-    value = _seconds(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
-    return value
+from .options import format_table, load_class, nonnegative_seconds, port_number, positive_seconds  # noqa: F401 (re-exported)
+from .transport import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,10 +141,8 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
     from .execution.server import ExecutionServer
     from traitlets import TraitError
 
-    from .execution.worker import _load_class
-
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cls = _load_class(args.server_class) if args.server_class else ExecutionServer
+    cls = load_class(args.server_class) if args.server_class else ExecutionServer
     given = dict(
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
@@ -330,25 +291,6 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 COMMANDS = {"ping": cmd_ping, "submit": cmd_submit, "status": cmd_status, "cancel": cmd_cancel,
             "list": cmd_list, "watch": cmd_watch, "shutdown": cmd_shutdown}
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A readable table of execution summaries (used by the CLI and %zmq)."""
-    if not rows:
-        return "(no executions)"
-    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT")
-    lines = [header]
-    now = time.time()
-    for r in rows:
-        p = r.get("progress") or {}
-        prog = ""
-        if p:
-            prog = f"{p['done']:g}/{p['total']:g}" if p.get("total") else f"{p['done']:g}"
-        result = f"{r.get('result_nbytes', 0)} B" if r.get("has_results") else (r.get("reason") or "")[:40]
-        lines.append((r["execution_id"], (r.get("name") or "")[:24], r["status"], prog,
-                      f"{now - r['created']:.0f}s", result))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
 
 
 class TerminalBar:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from zmqruntime.errors import ZMQRuntimeError
 from zmqruntime.execution.client import Event
-from zmqruntime.protocol import FINAL_STATES
+from zmqruntime.protocol import FINAL_STATES, OUTPUT_KEEP_CHARS, progress_state
 
 from .stream import Coalescer, pump
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("zmqruntime.jupyter")
 
 #: Output kept per handle (the server keeps the same amount per stream).
-OUTPUT_KEEP_CHARS = 1 << 20
 #: Watchdog: first status poll this soon after following (catches a 'done'
 #: published before the subscription took effect), doubling up to the
 #: silence limit; any event pushes the next poll to the silence limit.
@@ -322,7 +321,7 @@ class ExecutionHandle:
         c = event.content
         kind = event.type
         if kind == "progress":
-            self.state["progress"] = {k: c.get(k) for k in ("done", "total", "desc", "rate", "elapsed")}
+            self.state["progress"] = progress_state(c)
         elif kind == "stream":
             self._append(c.get("name", "stdout"), c.get("text", ""))
         elif kind == "status":

@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from zmqruntime.cli import format_table, nonnegative_seconds, port_number, positive_seconds
+from zmqruntime.options import format_table, nonnegative_seconds, port_number, positive_seconds
 from zmqruntime.errors import (
     ExecutionCancelled,
     ExecutionFailed,
@@ -35,6 +35,7 @@ from zmqruntime.errors import (
     ServerUnavailable,
     ZMQRuntimeError,
 )
+from zmqruntime.protocol import ACTIVE_STATES, FINAL_STATES, STATES
 from zmqruntime.serialize import SerializationError
 from zmqruntime.transport import pid_alive
 
@@ -110,7 +111,7 @@ def _zmq_parser() -> _ZmqParser:
     p.add_argument("id", nargs="?", help="an execution id")
     _server_options(p)
     p = sub.add_parser("list", help="a table of the server's executions")
-    p.add_argument("--status", choices=["queued", "running", "complete", "failed", "cancelled"], default=None)
+    p.add_argument("--status", choices=list(STATES), default=None)
     _server_options(p)
     p = sub.add_parser("cancel", help="cancel executions (by id, or --all unfinished ones)")
     p.add_argument("ids", nargs="*", metavar="ID")
@@ -342,7 +343,7 @@ class ZMQMagics(Magics):
         conn = self._existing(args)
         ids = list(args.ids)
         if args.all:
-            ids += [r["execution_id"] for r in conn.client.list_executions() if r["status"] in ("queued", "running")]
+            ids += [r["execution_id"] for r in conn.client.list_executions() if r["status"] in ACTIVE_STATES]
         if not ids:
             raise UsageError("%zmq cancel: give one or more execution ids, or --all")
         rows = [("ID", "RESULT")]
@@ -375,7 +376,7 @@ class ZMQMagics(Magics):
             return handle
         status = conn.client.get_status(args.id)
         panel = None
-        if status["status"] not in ("complete", "failed", "cancelled"):
+        if status["status"] not in FINAL_STATES:
             panel = self._panel(args.id, status.get("name") or "", 0.0)
         handle = handle_from_status(status, conn, panel=panel)
         self.state.register(handle)

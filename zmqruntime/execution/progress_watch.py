@@ -4,7 +4,7 @@ One background thread owns one SUB socket (ZeroMQ sockets are not
 thread-safe), so the threads that submit executions never touch it: they
 queue "watch"/"unwatch" commands and wake the thread through an inproc
 pair. The thread subscribes to ``<id>.progress`` (which also matches the
-``<id>.progress.batch`` topic) and ``<id>.done`` of each watched execution,
+``<id>.progress_batch`` topic) and ``<id>.done`` of each watched execution,
 calls the callback for each progress event (a batch expanded, in ``seq``
 order, duplicates dropped), and unsubscribes when the execution's ``done``
 event arrives or the client closes.

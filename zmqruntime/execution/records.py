@@ -29,10 +29,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from ..protocol import FINAL_STATES
+from ..protocol import FINAL_STATES, OUTPUT_KEEP_CHARS, progress_state
 
 #: Characters of each output stream kept per execution for late subscribers.
-OUTPUT_KEEP_CHARS = 1 << 20
 #: Relayed events kept raw before they are folded into the record.
 MAX_PENDING_EVENTS = 4096
 
@@ -96,10 +95,10 @@ class ExecutionRecord:
             msg_type = json.loads(header)["msg_type"]
             self.seq = max(self.seq, content["seq"])
             if msg_type == "progress":
-                self.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+                self.progress = progress_state(content)
             elif msg_type == "progress_batch":  # only the newest row matters to the record
                 latest = dict(zip(content["fields"], content["events"][-1]))
-                self.progress = {k: latest[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+                self.progress = progress_state(latest)
             elif msg_type == "stream":
                 self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
 
