@@ -69,6 +69,7 @@ class ExecutionRecord:
     result_digests: list[bytes] = field(default_factory=list)
     result_nbytes: int = 0
     result_error: Optional[str] = None
+    result_json: Optional[str] = None  # the JSON form, when every value is JSON-able (json_results.py)
     results_fetched: bool = False
     results_expired: bool = False
     # worker events relayed but not yet folded into the fields above
@@ -222,6 +223,7 @@ class RecordStore:
             count -= 1
             rec.result_frames = []
             rec.result_digests = []
+            rec.result_json = None
             rec.results_expired = True
             evicted.append(rec.execution_id)
         return evicted

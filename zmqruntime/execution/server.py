@@ -44,6 +44,7 @@ from traitlets import Float, Int, Unicode
 from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .pool import LocalWorkerPool
+from .json_results import RESULT_FORMATS
 from .records import ExecutionRecord, RecordStore
 from .worker import TaskContext, run_python_source
 
@@ -95,6 +96,14 @@ def check_python_config(config: Any) -> None:
                                                for k in config):
         raise RequestError("bad_request", "'config' must be Python source (a string) or an object whose keys "
                                           "are variable names")
+
+
+def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
+    """A ``results`` reply with ``format: "json"``: the values inline, or ``not_json``."""
+    if rec.result_json is None and rec.result_names:
+        raise RequestError("not_json", f"the results of {rec.execution_id} are not plain JSON values (or are larger "
+                                       "than 1 MiB): fetch them with format 'pickle'", names=rec.result_names)
+    return {**content, "format": "json", "values": json.loads(rec.result_json or "{}")}
 
 
 def describe_exit(exit_code: int) -> str:
@@ -224,6 +233,7 @@ class ExecutionServer(ZMQServer):
             rec.result_frames = list(buffers)
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
+            rec.result_json = result.get("json")
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -447,6 +457,9 @@ class ExecutionServer(ZMQServer):
         release = msg.content.get("release", False)
         if not isinstance(release, bool):
             raise RequestError("bad_request", "'release' must be true or false")
+        fmt = msg.content.get("format", "pickle")
+        if fmt not in RESULT_FORMATS:
+            raise RequestError("bad_request", f"'format' must be one of {list(RESULT_FORMATS)}, got {fmt!r}")
         if not rec.final:
             raise RequestError("not_finished", f"execution {rec.execution_id} is still {rec.status}", status=rec.status)
         if rec.status == "failed":
@@ -459,10 +472,12 @@ class ExecutionServer(ZMQServer):
         if rec.results_expired:
             raise RequestError("results_expired", f"results of {rec.execution_id} were dropped by the retention policy")
         frames, digests = rec.result_frames, rec.result_digests
-        rec.results_fetched = True
         content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
+        if fmt == "json":
+            content, frames, digests = json_reply(rec, content), [], []
+        rec.results_fetched = True
         if release:
-            rec.result_frames, rec.result_digests = [], []
+            rec.result_frames, rec.result_digests, rec.result_json = [], [], None
             rec.results_expired = True
         return content, frames, digests
 

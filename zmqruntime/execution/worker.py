@@ -40,6 +40,7 @@ import zmq
 
 from .. import reporting as progress_mod
 from .. import serialize
+from .json_results import json_form
 from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, buffer_digest, event_topic,
                         pack_frames, send_frames)
 
@@ -316,8 +317,9 @@ class Worker:
         except serialize.SerializationError as exc:
             return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
         digests = [buffer_digest(f).hex() for f in frames]
-        return {"names": sorted(results), "digests": digests,
-                "nbytes": serialize.nbytes(frames), "error": None}, frames
+        nbytes = serialize.nbytes(frames)
+        return {"names": sorted(results), "digests": digests, "nbytes": nbytes, "error": None,
+                "json": json_form(results, nbytes)}, frames
 
 
 def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
