@@ -10,8 +10,9 @@ order, duplicates dropped), and unsubscribes when the execution's ``done``
 event arrives or the client closes.
 
 Events the server published before the subscription reached it are not
-replayed: ``event.missed`` counts a gap, ``get_status`` has the latest
-progress.
+replayed (``get_status`` has the latest progress). The subscription is
+filtered (progress and done only), so the other events' ``seq`` numbers
+are gaps that mean nothing: ``event.missed`` is always 0 here.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class ProgressWatch:
                 if event.type == "done":
                     self._unsubscribe(event.execution_id)
                 elif event.type == "progress":
+                    event.missed = 0  # a filtered subscription: gaps are the other event types
                     try:
                         self.callback(event)
                     except Exception:
