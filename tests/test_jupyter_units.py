@@ -42,7 +42,7 @@ class FakeConnection:
     """Just what a handle uses; background calls run inline (loop=None)."""
 
     def __init__(self) -> None:
-        self.key = "/tmp/fake.json"
+        self.connection_file = "/tmp/fake.json"
         self.loop = None
         self.closed = False
         self.client = FakeClient()

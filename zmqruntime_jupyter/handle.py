@@ -65,7 +65,7 @@ class ExecutionHandle:
         self.id = execution_id
         self.name = name
         self.connection: Optional["Connection"] = connection
-        self.connection_key = connection.key
+        self.connection_key = connection.connection_file
         self.panel = panel
         self.out_name = out_name
         self._user_ns = user_ns
@@ -562,7 +562,7 @@ class ExecutionHandle:
     def attach(self, connection: "Connection") -> None:
         """Follow again through a (new) connection, e.g. after ``%reload_ext``."""
         self.connection = connection
-        self.connection_key = connection.key
+        self.connection_key = connection.connection_file
         self._loop = connection.loop
         self.coalescer = Coalescer(self._render, connection.loop)
         self._unnote("detached")
