@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,7 +50,7 @@ def _port_pair_free(port: int, offset: int = 1000) -> bool:
 def test_the_papers_example_runs_verbatim(runtime_dir):
     """Port 5555 as printed; only if 5555 or 6555 is taken on this machine does the test use a free port
     (the text is otherwise unchanged), since another process's port is not ours to take."""
-    from conftest import free_port
+    from helpers import free_port
 
     source = PAPER_EXAMPLE
     if not _port_pair_free(5555):

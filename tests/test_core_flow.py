@@ -43,7 +43,7 @@ def test_full_flow_with_events(any_server):
     # Make sure the subscription is live before submitting (PUB/SUB slow joiner):
     probe = client.execute("None")
     client.wait(probe, timeout=10)
-    from conftest import wait_until
+    from helpers import wait_until
 
     wait_until(lambda: any(e.execution_id == probe and e.type == "done" for e in events))
 
@@ -372,7 +372,7 @@ def test_subscribe_to_one_execution_only(server):
     other = client.execute("print('other')")
     client.wait(other, timeout=20)
     client.wait(target, timeout=20)
-    from conftest import wait_until
+    from helpers import wait_until
 
     wait_until(lambda: any(e.type == "done" for e in seen))
     sub.close()
@@ -403,7 +403,7 @@ def test_progress_flood_arrives_batched_and_complete(server):
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(client.info.data_url)
     try:
-        from conftest import wait_until
+        from helpers import wait_until
 
         def probe_seen() -> bool:  # the subscription is live once a probe's 'done' arrives
             client.wait(client.execute("None"), timeout=10)

@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 from zmqruntime.protocol import Session
-from conftest import server_env, wait_until
+from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

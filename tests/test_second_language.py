@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from zmqruntime import RemoteError
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 
