@@ -266,3 +266,36 @@ def test_the_asyncio_client_times_out_against_a_silent_server(start_server):
             client.close()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_the_asyncio_client_subscribes_and_takes_a_progress_callback(server):
+    seen: list = []
+    progress: list = []
+    got_done = threading.Event()
+
+    def on_event(event):
+        seen.append(event.type)
+        if event.type == "done":
+            got_done.set()
+
+    async def main():
+        client = await AsyncExecutionClient.connect(connection_file=str(server.connection_file),
+                                                    progress_callback=progress.append)
+        try:
+            exec_id = await client.execute("from zmqruntime import progress\nfor _ in progress(range(4)): pass\n7",
+                                           "unused = 1")
+            sub = client.subscribe(on_event, exec_id)
+            assert await client.result(exec_id, timeout=30) == {"_": 7}
+            for _ in range(250):  # the last progress event may still be on its way to the callback thread
+                if progress and progress[-1]["done"] == 4:
+                    break
+                await asyncio.sleep(0.02)
+            return sub, client._progress_watch
+        finally:
+            client.close()
+
+    sub, watch = asyncio.run(asyncio.wait_for(main(), 60))
+    assert progress and progress[-1]["done"] == 4
+    assert not watch._thread.is_alive() and not sub._thread.is_alive()  # both closed with the client
+    with pytest.raises(TypeError, match="progress_callback must be callable"):
+        AsyncExecutionClient(server.client.info, progress_callback=42)

@@ -60,7 +60,9 @@ def ok_or_raise(content: dict[str, Any]) -> dict[str, Any]:
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
-        self.timeout = check_timeout(timeout, allow_none=False)
+        checked = check_timeout(timeout, allow_none=False)
+        assert checked is not None  # allow_none=False
+        self.timeout: float = checked
         self.session = Session(info.key)
 
     def _new_socket(self, context: zmq.Context) -> Any:

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .protocol import SIGNATURE_SCHEME
+
 DEFAULT_PORT = 7777
 DEFAULT_CONTROL_OFFSET = 1000
 DEFAULT_IP = "127.0.0.1"
@@ -74,7 +76,7 @@ class ConnectionInfo:
     data_url: str
     control_url: str
     key: str
-    signature_scheme: str = "hmac-sha256"
+    signature_scheme: str = SIGNATURE_SCHEME
     pid: int = 0
     start_time: float = 0.0
     name: str = ""

@@ -311,7 +311,7 @@ class ExecutionClient(ClientCore):
         ``release=True`` frees them on the server once received.
         """
         _check_wait(wait)
-        return self._drive(self._results_flow(self._waiter() if wait else None, execution_id, release, timeout))
+        return self._drive(self._results_flow(self._waiter if wait else None, execution_id, release, timeout))
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Block until the execution is final; return its status.
@@ -337,16 +337,7 @@ class ExecutionClient(ClientCore):
         Events of one execution (``execution_id``) or of all. Close the
         returned Subscription to stop.
         """
-        return self._new_subscription(callback, execution_id)
-
-    def _new_subscription(self, callback: Callable[[Event], Any], execution_id: Optional[str]) -> "Subscription":
-        if not callable(callback):
-            raise TypeError("callback must be callable")
-        if execution_id is not None:
-            check_id(execution_id)
-        sub = Subscription(self.info, self.session, callback, execution_id, zmq.Context.instance())
-        self._subs.append(sub)
-        return sub
+        return _open_subscription(self, callback, execution_id)
 
     def shutdown(self, timeout: Optional[float] = None) -> dict[str, Any]:
         """Ask the server to stop (running executions are cancelled)."""
@@ -366,6 +357,17 @@ class ExecutionClient(ClientCore):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _open_subscription(owner: Any, callback: Callable[[Event], Any], execution_id: Optional[str]) -> "Subscription":
+    """``subscribe`` of both clients: a Subscription thread, closed with its owner."""
+    if not callable(callback):
+        raise TypeError("callback must be callable")
+    if execution_id is not None:
+        check_id(execution_id)
+    sub = Subscription(owner.info, owner.session, callback, execution_id, zmq.Context.instance())
+    owner._subs.append(sub)
+    return sub
 
 
 def _check_wait(wait: Any) -> None:
@@ -605,7 +607,7 @@ class AsyncExecutionClient(ClientCore):
                           wait: bool = True) -> dict[str, Any]:
         """The execution's results, when ready (see ExecutionClient.get_results)."""
         _check_wait(wait)
-        return await self._drive(self._results_flow(self._done_channel() if wait else None, execution_id,
+        return await self._drive(self._results_flow(self._done_channel if wait else None, execution_id,
                                                     release, timeout))
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
@@ -623,7 +625,7 @@ class AsyncExecutionClient(ClientCore):
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> "Subscription":
         """Call ``callback(event)`` on a background thread for each event (see ExecutionClient.subscribe)."""
-        return ExecutionClient._new_subscription(self, callback, execution_id)  # type: ignore[arg-type]
+        return _open_subscription(self, callback, execution_id)
 
     async def shutdown(self, timeout: Optional[float] = None) -> dict[str, Any]:
         """Ask the server to stop (running executions are cancelled)."""

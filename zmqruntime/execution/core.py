@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Generator, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Callable, Generator, Mapping, Optional, Protocol, Sequence, Union
 
 from .. import serialize
 from ..client import check_timeout
@@ -325,12 +325,13 @@ class ClientCore:
             return results
         return (yield from self._results_flow(None, execution_id, False, None))
 
-    def _results_flow(self, channel: Optional[DoneChannel], execution_id: str, release: bool,
+    def _results_flow(self, channel: Optional[Callable[[], DoneChannel]], execution_id: str, release: bool,
                       timeout: Optional[float]) -> Flow:
         """``get_results``: a kept 'done' event's results when it has them, else a ``results`` request.
 
-        With a ``channel`` ("retrieve when ready"), an execution still queued or
-        running is waited for (``timeout`` bounds the whole call), then fetched.
+        With a ``channel`` factory ("retrieve when ready"), an execution still
+        queued or running is waited for (``timeout`` bounds the whole call),
+        then fetched; the channel is opened only then.
         """
         check_id(execution_id)
         if not isinstance(release, bool):
@@ -349,7 +350,7 @@ class ClientCore:
             if exc.code != "not_finished" or channel is None:
                 raise
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
-        results = None if release else results_in_done_event((yield from self._wait_flow(channel, execution_id, left)))
+        results = None if release else results_in_done_event((yield from self._wait_flow(channel(), execution_id, left)))
         if results is not None:
             return results
         left = None if deadline is None else max(0.001, deadline - time.monotonic())

@@ -40,7 +40,7 @@ class ProgressWatch:
             raise TypeError(f"progress_callback must be callable, got {type(callback).__name__}")
         self.callback = callback
         self._session = session
-        context = zmq.Context.instance()
+        context: zmq.Context = zmq.Context.instance()
         self._sub = context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.RCVHWM, 0)
