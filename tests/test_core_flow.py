@@ -183,9 +183,10 @@ def test_list_and_status_all(server):
     assert set(ids) <= {s["execution_id"] for s in client.get_status()}
 
 
-def test_concurrency_runs_executions_in_parallel(start_server):
+def test_concurrency_runs_two_sessions_in_parallel(start_server):
+    """Two clients are two sessions: with concurrency 2 their executions run at once."""
     server = start_server("--concurrency", "2")
-    client = server.client
+    client, other = server.client, server.new_client()
     # Two tasks that each wait for the other's file: they only finish if both run at once.
     import tempfile
 
@@ -199,10 +200,12 @@ while not os.path.exists(os.path.join({d!r}, {other!r})):
     time.sleep(0.01)
 """
     a = client.execute(code.format(d=d, me="a", other="b"))
-    b = client.execute(code.format(d=d, me="b", other="a"))
+    b = other.execute(code.format(d=d, me="b", other="a"))
     assert client.wait(a, timeout=30)["status"] == "complete"
-    assert client.wait(b, timeout=30)["status"] == "complete"
-    assert len(client.ping()["workers"]) == 2
+    assert other.wait(b, timeout=30)["status"] == "complete"
+    sessions = {w["session"] for w in client.ping()["workers"] if w["session"]}
+    assert sessions == {client.session_name, other.session_name}
+    other.close()
 
 
 def test_many_threads_share_one_client(server):

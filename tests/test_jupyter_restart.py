@@ -14,7 +14,7 @@ from conftest_jupyter import LONG_JOB, KernelDriver, PanelView, jkernel, jupyter
 def test_restart_keeps_server_executions_and_results(jkernel: KernelDriver):
     k = jkernel
     k.ok("%load_ext zmqruntime_jupyter")
-    done = PanelView(k, k.ok("%%zmqexec --name before-restart\nsum(range(100))"))
+    done = PanelView(k, k.ok("%%zmqexec --name before-restart\nmarker = 'kept'\nsum(range(100))"))
     done.wait_status("complete")
     running = PanelView(k, k.ok(LONG_JOB.format(opts="--name survivor", n=60, desc="survivor")))
     running.wait_status("running")
@@ -34,3 +34,5 @@ def test_restart_keeps_server_executions_and_results(jkernel: KernelDriver):
     if "running" in k.ok("print(h.status)").stdout:
         assert res.comm_opens("ButtonModel")  # a live panel for the execution started before the restart
     assert k.ok("print(h.wait(timeout=30)['status'], h.progress['done'])").stdout == "complete 60\n"
+    # the same notebook finds its session again: its remote variables are still there
+    assert k.ok("%%zmqexec --block\nmarker").result_text == "'kept'"

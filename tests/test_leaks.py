@@ -131,8 +131,8 @@ def test_worker_keeps_a_bounded_number_of_sources_for_tracebacks():
     """Each execution's source goes to linecache (tracebacks show its lines); only the newest stay."""
     import linecache
 
-    from zmqruntime.execution import worker
-    from zmqruntime.execution.worker import LINECACHE_KEEP, TaskContext, run_python_source
+    from zmqruntime.execution import runner
+    from zmqruntime.execution.runner import LINECACHE_KEEP, TaskContext, run_python_source
 
     ns: dict = {}
     before = len(linecache.cache)
@@ -142,4 +142,4 @@ def test_worker_keeps_a_bounded_number_of_sources_for_tracebacks():
     assert len(ours) == LINECACHE_KEEP and len(linecache.cache) <= before + LINECACHE_KEEP
     assert f"<zmqexec-{LINECACHE_KEEP + 49:012x}>" in linecache.cache  # the newest is kept
     assert "<zmqexec-000000000000>" not in linecache.cache  # the oldest went
-    assert ns["x"] == LINECACHE_KEEP + 49 and len(worker._remembered_sources) == LINECACHE_KEEP
+    assert ns["x"] == LINECACHE_KEEP + 49 and len(runner._remembered_sources) == LINECACHE_KEEP

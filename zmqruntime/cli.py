@@ -30,7 +30,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from .errors import RemoteError, ServerStartError, ServerUnavailable
-from .options import format_table, load_class, nonnegative_seconds, port_number, positive_seconds  # noqa: F401 (re-exported)
+from .options import (format_sessions, format_table, load_class, nonnegative_seconds,  # noqa: F401 (re-exported)
+                      port_number, positive_seconds, session_name)
 from .transport import DEFAULT_PORT
 
 
@@ -64,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encrypt both channels with CurveZMQ (clients pick the key up from the connection file)")
     p.add_argument("--transport", choices=["tcp", "ipc"], default=None, help="default tcp")
     p.add_argument("--name", default=None, help="IPC server name (default: the port)")
-    p.add_argument("--concurrency", type=int, default=None, help="executions run at once (default 1)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="executions run at once over all sessions (default: the machine's cores)")
+    p.add_argument("--backend", default=None,
+                   help="where code runs: 'local' (default, worker processes) or 'dask' (see the README's Scale out)")
+    p.add_argument("--session-idle-timeout", type=positive_seconds, default=None,
+                   help="seconds before an idle session's worker is released (default 1800)")
     p.add_argument("--connection-file", default=None, help="where to write the connection file")
     p.add_argument("--parent-pid", type=int, default=None, help="child mode: exit when this pid dies")
     p.add_argument("--server-class", default="", help="module:Class, an ExecutionServer subclass")
@@ -76,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="run a Python file on the server")
     client_opts(p)
+    p.add_argument("--session", default="cli", type=session_name,
+                   help="the session (namespace and queue) to run in (default 'cli', shared by every submit)")
     p.add_argument("file", help="Python file to run ('-' for standard input)")
     p.add_argument("--wait", action="store_true", help="wait, showing progress and output, then print the result")
     p.add_argument("--exec-timeout", type=positive_seconds, default=None, help="cancel the execution after N seconds")
@@ -92,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
 
     p = sub.add_parser("list", help="list executions")
+    client_opts(p)
+    p.add_argument("--json", action="store_true", help="print raw JSON")
+    p.add_argument("--session", default=None, type=session_name, help="only this session's executions")
+    p.add_argument("--sessions", action="store_true", help="list sessions instead (as 'zmqruntime sessions')")
+
+    p = sub.add_parser("sessions", help="list sessions: worker, queue, idle time")
     client_opts(p)
     p.add_argument("--json", action="store_true", help="print raw JSON")
 
@@ -146,6 +160,7 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
     given = dict(
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
+        backend_class=args.backend, session_idle_timeout=args.session_idle_timeout,
         parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind, curve=args.curve,
         cancel_grace_period=args.cancel_grace_period,
         worker_server_class=args.server_class or None,
@@ -166,7 +181,8 @@ def _client(args: argparse.Namespace, spawn: bool = False):
     from .execution.client import ExecutionClient
 
     return ExecutionClient(args.port, transport=args.transport, name=args.name,
-                           connection_file=args.connection_file, timeout=args.timeout, auto_spawn=spawn)
+                           connection_file=args.connection_file, timeout=args.timeout, auto_spawn=spawn,
+                           session=getattr(args, "session", None) if args.command == "submit" else None)
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -270,9 +286,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.sessions:
+        return cmd_sessions(args)
     with _client(args) as client:
-        rows = client.list_executions()
+        rows = client.list_executions(session=args.session)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        rows = client.sessions()
+    print(json.dumps(rows, indent=1) if args.json else format_sessions(rows))
     return 0
 
 
@@ -290,7 +315,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ping": cmd_ping, "submit": cmd_submit, "status": cmd_status, "cancel": cmd_cancel,
-            "list": cmd_list, "watch": cmd_watch, "shutdown": cmd_shutdown}
+            "list": cmd_list, "sessions": cmd_sessions, "watch": cmd_watch, "shutdown": cmd_shutdown}
 
 
 class TerminalBar:

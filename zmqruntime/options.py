@@ -51,11 +51,21 @@ def port_number(text: str) -> int:
     return value
 
 
+def session_name(text: str) -> str:
+    """argparse type (shared with the magics): a session name the server accepts."""
+    from .execution.sessions import check_session_name
+
+    try:
+        return check_session_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A readable table of execution summaries (used by the CLI and %zmq)."""
     if not rows:
         return "(no executions)"
-    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT")
+    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT", "SESSION")
     lines = [header]
     now = time.time()
     for r in rows:
@@ -65,9 +75,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             prog = f"{p['done']:g}/{p['total']:g}" if p.get("total") else f"{p['done']:g}"
         result = f"{r.get('result_nbytes', 0)} B" if r.get("has_results") else (r.get("reason") or "")[:40]
         lines.append((r["execution_id"], (r.get("name") or "")[:24], r["status"], prog,
-                      f"{now - r['created']:.0f}s", result))
+                      f"{now - r['created']:.0f}s", result, (r.get("session") or "")[:32]))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_sessions(rows: list[dict[str, Any]]) -> str:
+    """A readable table of sessions (used by the CLI and %zmq sessions)."""
+    if not rows:
+        return "(no sessions)"
+    lines = [("SESSION", "WORKER", "RUNNING", "QUEUED", "RUNS", "IDLE")]
+    for r in rows:
+        worker = r.get("worker") or {}
+        where = worker.get("address") or (f"pid {worker['pid']}" if worker.get("pid") else "-")
+        lines.append((r["session"][:40], where, r.get("running") or "-", str(r["queued"]), str(r["executions"]),
+                      f"{r['idle_seconds']:.0f}s"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def load_class(spec: str) -> Any:

@@ -44,7 +44,8 @@ SIGNATURE_FRAME_LEN = len(MARKER) + 64
 SIGNATURE_SCHEME = "hmac-sha256"
 
 #: Control requests a server understands; replies are ``<type>_reply``.
-REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "shutdown")
+REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
+                 "shutdown")
 #: Data-channel message types. The topic is always ``<execution_id>.<msg_type>``;
 #: a client dispatches on the signed header's ``msg_type``.
 EVENT_TYPES = ("status", "progress", "progress_batch", "stream", "done")

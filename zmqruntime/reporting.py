@@ -9,6 +9,7 @@ iterable is passed through unchanged, so task code runs anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -23,6 +24,16 @@ DEFAULT_MIN_INTERVAL = 0.1
 def _set_sink(sink: Optional[Callable[..., None]]) -> None:
     global _sink
     _sink = sink
+
+
+@contextlib.contextmanager
+def sink(fn: Callable[..., None]) -> Iterator[None]:
+    """Reports go to ``fn`` inside the block (a backend's runner installs it around a task)."""
+    _set_sink(fn)
+    try:
+        yield
+    finally:
+        _set_sink(None)
 
 
 class Reporter:

@@ -17,6 +17,7 @@ with an error reply and never dispatched (:mod:`.replay`).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import ipaddress
 import itertools
@@ -122,6 +123,9 @@ class ZMQServer(Configurable):
         self._sockets: list[zmq.Socket] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._soon: list[Callable[[], None]] = []
+        # callbacks handed over from other threads, and the pipe that wakes the loop for them
+        self._from_threads: collections.deque[Callable[[], None]] = collections.deque()
+        self._wake_r, self._wake_w = -1, -1
         self._timer_ids = itertools.count()
         self._running = False
         self.connection_path: Optional[Path] = None
@@ -198,11 +202,28 @@ class ZMQServer(Configurable):
     def add_socket(self, sock: zmq.Socket, handler: Callable[[], None]) -> None:
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = handler
-        self._sockets = list(self._handlers)
+        self._sockets = [s for s in self._handlers if isinstance(s, zmq.Socket)]  # the spin reads zmq sockets only
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current request has been answered."""
         self._soon.append(callback)
+
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the server's loop, from any thread (a backend's callbacks)."""
+        self._from_threads.append(callback)
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):  # full pipe: the loop is already woken
+                pass
+
+    def _on_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except (BlockingIOError, OSError):
+            pass
+        while self._from_threads:
+            self._soon.append(self._from_threads.popleft())
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), callback))
@@ -214,6 +235,10 @@ class ZMQServer(Configurable):
         if self.parent_pid:
             self.call_later(0.5, self._watch_parent)
         self._install_signal_handlers()
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self.add_socket(self._wake_r, self._on_wake)  # type: ignore[arg-type]  # zmq polls plain fds too
         self.on_start()
         served = False
         try:
@@ -272,6 +297,10 @@ class ZMQServer(Configurable):
             pass
 
     def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self.connection_path is not None:
             try:
                 # only remove the file if it is still ours

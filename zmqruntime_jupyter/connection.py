@@ -15,6 +15,7 @@ server that was replaced on the same port is noticed instead of timing out.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from tornado.ioloop import PeriodicCallback
 
 from zmqruntime.errors import ServerUnavailable, ZMQRuntimeError
 from zmqruntime.execution.client import Event, ExecutionClient
+from zmqruntime.execution.sessions import SESSION_MAX_LENGTH
 from zmqruntime.spawn import connection_path, find_server
 from zmqruntime.transport import DEFAULT_PORT, pid_alive, read_connection_file
 
@@ -196,6 +198,8 @@ class ExtensionState:
         self.loop = getattr(kernel, "io_loop", None)
         self.connections: dict[str, Connection] = {}
         self.default_file: Optional[str] = None
+        #: This notebook's session on every server: its namespace and queue.
+        self.session = kernel_session()
         self.handles: "OrderedDict[str, ExecutionHandle]" = OrderedDict()
         self.closed = False
 
@@ -226,7 +230,7 @@ class ExtensionState:
             if port is None:  # exactly the server of a connection file: never spawn
                 if not os.path.exists(path):
                     raise ServerUnavailable(f"connection file {path} does not exist")
-                client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT)
+                client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT, session=self.session)
                 try:
                     client.ping(timeout=2.0)
                 except ServerUnavailable:
@@ -243,10 +247,11 @@ class ExtensionState:
     def _client_for_port(self, port: int, spawn: bool) -> tuple[ExecutionClient, bool]:
         path = connection_path(port)
         if find_server(path, timeout=2.0) is not None:
-            return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=False), False
+            return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=False, session=self.session), False
         if not spawn:
             raise ServerUnavailable(f"no zmqruntime server answers on port {port} (looked for {path})")
-        return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=True, spawn_mode="persistent"), True
+        return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=True, spawn_mode="persistent",
+                               session=self.session), True
 
     def connection_for_file(self, path: str) -> Connection:
         """Re-open a connection by its connection file (re-attaching handles)."""
@@ -255,7 +260,7 @@ class ExtensionState:
             return conn
         if conn is not None:
             self.drop(conn, "the server went away or was replaced")
-        client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT)
+        client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT, session=self.session)
         conn = Connection(path, client, self.loop)
         self.connections[path] = conn
         return conn
@@ -297,6 +302,28 @@ class ExtensionState:
         self.connections.clear()
         self.default_file = None
         return live
+
+
+def kernel_session() -> str:
+    """The session of this notebook, the same again after a kernel restart.
+
+    Jupyter Server tells a kernel its notebook's path (``JPY_SESSION_NAME``);
+    without it the kernel's connection file (kept across restarts) names it;
+    in a plain IPython, the process does.
+    """
+    path = os.environ.get("JPY_SESSION_NAME")
+    if path:
+        text = f"nb:{path}"
+        if len(text) > SESSION_MAX_LENGTH or not text.isprintable():
+            text = "nb:" + hashlib.sha256(path.encode()).hexdigest()[:32]
+        return text
+    try:
+        from ipykernel import get_connection_file
+
+        name = os.path.basename(get_connection_file())
+    except Exception:  # not in a kernel
+        return f"ipython:{os.getpid()}"
+    return "kernel:" + name.removeprefix("kernel-").removesuffix(".json")
 
 
 def _port_from_file(path: str) -> Optional[int]:

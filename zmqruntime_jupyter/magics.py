@@ -25,7 +25,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from zmqruntime.options import format_table, nonnegative_seconds, port_number, positive_seconds
+from zmqruntime.options import (format_sessions, format_table, nonnegative_seconds, port_number, positive_seconds,
+                                session_name)
 from zmqruntime.errors import (
     ExecutionCancelled,
     ExecutionFailed,
@@ -110,8 +111,15 @@ def _zmq_parser() -> _ZmqParser:
     p = sub.add_parser("status", help="the server (and a table of executions), or one execution in detail")
     p.add_argument("id", nargs="?", help="an execution id")
     _server_options(p)
-    p = sub.add_parser("list", help="a table of the server's executions")
+    p = sub.add_parser("list", help="a table of this notebook's executions (--all: every session's)")
     p.add_argument("--status", choices=list(STATES), default=None)
+    p.add_argument("--all", action="store_true", help="every session's executions, not only this notebook's")
+    p.add_argument("--session", type=session_name, default=None, help="that session's executions")
+    _server_options(p)
+    p = sub.add_parser("sessions", help="the server's sessions: worker, queue, idle time")
+    _server_options(p)
+    p = sub.add_parser("reset", help="drop this notebook's remote namespace (its variables) on purpose")
+    p.add_argument("--session", type=session_name, default=None, help="another session (default: this notebook's)")
     _server_options(p)
     p = sub.add_parser("cancel", help="cancel executions (by id, or --all unfinished ones)")
     p.add_argument("ids", nargs="*", metavar="ID")
@@ -159,6 +167,9 @@ class ZMQMagics(Magics):
     @argument("--out", type=_identifier, default=None, metavar="NAME",
               help="bind NAME in the notebook: to the handle now, to the value of the cell's last "
                    "expression once it completes")
+    @argument("--session", type=session_name, default=None, metavar="NAME",
+              help="run in this session (namespace and queue) instead of this notebook's own; "
+                   "a name shares one between notebooks")
     @argument("--quiet", action="store_true",
               help="no widgets (scripts, CI); with --block remote output is printed in the cell")
     @argument("--progress-after", type=nonnegative_seconds, default=0.0, metavar="SECONDS",
@@ -191,7 +202,7 @@ class ZMQMagics(Magics):
         block = args.block or self.state.loop is None
         conn = self._connection(args.port, args.connection_file, spawn=True)
         try:
-            exec_id = conn.client.execute(code, name=args.name, timeout=args.timeout, push=push)
+            exec_id = conn.client.execute(code, name=args.name, timeout=args.timeout, push=push, session=args.session)
         except RemoteError as exc:
             if exc.code == "syntax_error":
                 text = (exc.details.get("text") or "").rstrip("\n")
@@ -328,6 +339,8 @@ class ZMQMagics(Magics):
                 ("up", f"{info.get('uptime', 0):.1f} s"),
                 ("control", client.info.control_url), ("data", client.info.data_url),
                 ("concurrency", str(info.get("concurrency", ""))),
+                ("backend", str((info.get("backend") or {}).get("name", ""))),
+                ("session", self.state.session),
                 ("workers", workers or "-"),
                 ("running", ", ".join(info.get("running", [])) or "-"),
                 ("queued", ", ".join(info.get("queued", [])) or "-"),
@@ -337,7 +350,21 @@ class ZMQMagics(Magics):
         print(format_table(client.list_executions()))
 
     def _zmq_list(self, args: argparse.Namespace) -> None:
-        print(format_table(self._existing(args).client.list_executions(status=args.status)))
+        if args.all and args.session:
+            raise UsageError("%zmq list: use --all or --session, not both")
+        session = None if args.all else (args.session or self.state.session)
+        print(format_table(self._existing(args).client.list_executions(status=args.status, session=session)))
+
+    def _zmq_sessions(self, args: argparse.Namespace) -> None:
+        rows = self._existing(args).client.sessions()
+        print(format_sessions(rows))
+        print(f"(this notebook's session: {self.state.session})")
+
+    def _zmq_reset(self, args: argparse.Namespace) -> None:
+        session = args.session or self.state.session
+        reply = self._existing(args).client.reset_session(session)
+        print(f"session {session}: " + ("remote namespace dropped; the next cell starts afresh"
+                                         if reply["reset"] else "had no remote namespace; nothing to drop"))
 
     def _zmq_cancel(self, args: argparse.Namespace) -> None:
         conn = self._existing(args)

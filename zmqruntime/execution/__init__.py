@@ -2,6 +2,6 @@
 
 from .client import AsyncExecutionClient, Event, ExecutionClient, Subscription
 from .server import ExecutionServer
-from .worker import TaskContext
+from .runner import TaskContext
 
 __all__ = ["AsyncExecutionClient", "Event", "ExecutionClient", "ExecutionServer", "Subscription", "TaskContext"]

@@ -204,6 +204,8 @@ class ExecutionClient(ClientCore):
     ``ExecutionClient(port=7777)`` connects to the server of that port,
     starting a persistent one if none answers (``auto_spawn=False`` to
     refuse). ``connection_file=`` connects to exactly that server.
+    ``session`` names the server-side session (namespace and queue) this
+    client's executions run in; by default a new one of its own.
     ``progress_callback=cb`` calls ``cb(event)`` on a background thread for
     every progress event of the executions this client submits.
     """
@@ -212,8 +214,10 @@ class ExecutionClient(ClientCore):
                  name: Optional[str] = None, connection_file: Optional[str] = None,
                  timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                  spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
-                 server_args: Sequence[str] = (), progress_callback: Optional[Callable[[Event], Any]] = None):
+                 server_args: Sequence[str] = (), session: Optional[str] = None,
+                 progress_callback: Optional[Callable[[Event], Any]] = None):
         _check_callback(progress_callback)
+        self.session_name = self._choose_session(session)
         self.info = discover(port, ip=ip, transport=transport, name=name, connection_file=connection_file,
                              timeout=timeout, auto_spawn=auto_spawn, spawn_mode=spawn_mode,
                              spawn_timeout=spawn_timeout, control_port_offset=control_port_offset,
@@ -272,18 +276,19 @@ class ExecutionClient(ClientCore):
 
     def execute(self, task: Any, config: Any = None, *, name: Optional[str] = None, timeout: Optional[float] = None,
                 results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
-                request_id: Optional[str] = None) -> str:
+                request_id: Optional[str] = None, session: Optional[str] = None) -> str:
         """Queue ``task``; return its execution id at once.
 
         ``config`` (Python source, or a mapping of names to JSON values) runs
         first in the task's namespace; ``timeout`` bounds the run on the
         server; ``results`` names variables to return; ``push`` binds values
-        (any picklable object) before the task runs. Retried with the same
+        (any picklable object) before the task runs; ``session`` runs it in
+        that session instead of this client's own. Retried with the same
         ``request_id`` when a reply is lost, so the task is queued exactly
         once; pass ``request_id`` yourself to make a retry across calls
         (after ServerUnavailable) safe as well.
         """
-        content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
         return self._drive(self._execute_flow(self._waiter(), content, buffers))
 
     def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
@@ -291,9 +296,18 @@ class ExecutionClient(ClientCore):
         reply = self._client.call("status", self._status_content(execution_id), timeout=timeout)
         return self._status_of(reply, execution_id)
 
-    def list_executions(self, status: Optional[str] = None, timeout: Optional[float] = None) -> list[dict[str, Any]]:
-        """A one-line summary of each execution the server remembers (``status`` filters)."""
-        return self._client.call("list", self._list_content(status), timeout=timeout)["executions"]
+    def list_executions(self, status: Optional[str] = None, session: Optional[str] = None,
+                        timeout: Optional[float] = None) -> list[dict[str, Any]]:
+        """A one-line summary of each execution the server remembers (``status``, ``session`` filter)."""
+        return self._client.call("list", self._list_content(status, session), timeout=timeout)["executions"]
+
+    def sessions(self, timeout: Optional[float] = None) -> list[dict[str, Any]]:
+        """The server's sessions: worker, queue length, running execution, idle time."""
+        return self._client.call("sessions", {}, timeout=timeout)["sessions"]
+
+    def reset_session(self, session: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Drop a session's namespace (default: this client's); refused while it has work."""
+        return self._client.call("reset_session", self._reset_content(session), timeout=timeout)
 
     def cancel(self, execution_id: str, reason: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
         """Cancel one execution (queued: removed; running: interrupted)."""
@@ -470,9 +484,10 @@ class AsyncExecutionClient(ClientCore):
     the event loop travel as one ``execute_many`` request.
     """
 
-    def __init__(self, info: ConnectionInfo, timeout: float = 10.0, *,
+    def __init__(self, info: ConnectionInfo, timeout: float = 10.0, *, session: Optional[str] = None,
                  progress_callback: Optional[Callable[[Event], Any]] = None):
         _check_callback(progress_callback)
+        self.session_name = self._choose_session(session)
         self.info = info
         self._client = AsyncZMQClient(info, timeout=timeout)
         self.timeout = self._client.timeout
@@ -489,16 +504,18 @@ class AsyncExecutionClient(ClientCore):
                       name: Optional[str] = None, connection_file: Optional[str] = None,
                       timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                       spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
-                      server_args: Sequence[str] = (),
+                      server_args: Sequence[str] = (), session: Optional[str] = None,
                       progress_callback: Optional[Callable[[Event], Any]] = None) -> "AsyncExecutionClient":
         """The asyncio twin of ``ExecutionClient(...)``: same arguments, discovery in a thread."""
         _check_callback(progress_callback)
+        if session is not None:
+            cls._choose_session(session)  # bad input fails before any discovery
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, lambda: discover(
             port, ip=ip, transport=transport, name=name, connection_file=connection_file, timeout=timeout,
             auto_spawn=auto_spawn, spawn_mode=spawn_mode, spawn_timeout=spawn_timeout,
             control_port_offset=control_port_offset, server_args=server_args))
-        return cls(info, timeout=timeout, progress_callback=progress_callback)
+        return cls(info, timeout=timeout, session=session, progress_callback=progress_callback)
 
     @property
     def closed(self) -> bool:
@@ -582,10 +599,11 @@ class AsyncExecutionClient(ClientCore):
 
     async def execute(self, task: Any, config: Any = None, *, name: Optional[str] = None,
                       timeout: Optional[float] = None, results: Optional[Sequence[str]] = None,
-                      push: Optional[Mapping[str, Any]] = None, request_id: Optional[str] = None) -> str:
+                      push: Optional[Mapping[str, Any]] = None, request_id: Optional[str] = None,
+                      session: Optional[str] = None) -> str:
         """Queue ``task``; return its id (see ExecutionClient.execute). Concurrent calls are pipelined:
         those of one loop turn go as one ``execute_many``, each accepted or refused on its own."""
-        content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id)
+        content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
         return await self._drive(self._execute_flow(self._done_channel(), content, buffers))
 
     async def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
@@ -593,10 +611,18 @@ class AsyncExecutionClient(ClientCore):
         reply = await self._client.call("status", self._status_content(execution_id), timeout=timeout)
         return self._status_of(reply, execution_id)
 
-    async def list_executions(self, status: Optional[str] = None,
+    async def list_executions(self, status: Optional[str] = None, session: Optional[str] = None,
                               timeout: Optional[float] = None) -> list[dict[str, Any]]:
-        """A one-line summary of each execution the server remembers (``status`` filters)."""
-        return (await self._client.call("list", self._list_content(status), timeout=timeout))["executions"]
+        """A one-line summary of each execution the server remembers (``status``, ``session`` filter)."""
+        return (await self._client.call("list", self._list_content(status, session), timeout=timeout))["executions"]
+
+    async def sessions(self, timeout: Optional[float] = None) -> list[dict[str, Any]]:
+        """The server's sessions: worker, queue length, running execution, idle time."""
+        return (await self._client.call("sessions", {}, timeout=timeout))["sessions"]
+
+    async def reset_session(self, session: Optional[str] = None, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Drop a session's namespace (default: this client's); refused while it has work."""
+        return await self._client.call("reset_session", self._reset_content(session), timeout=timeout)
 
     async def cancel(self, execution_id: str, reason: Optional[str] = None,
                      timeout: Optional[float] = None) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from ..errors import ExecutionTimeout, RemoteError, ServerUnavailable
 from ..protocol import FINAL_STATES, Message, new_execution_id, new_id
 from ..transport import ConnectionInfo
 from .events import Event
+from .sessions import DEFAULT_SESSION, check_session_name
 
 log = logging.getLogger("zmqruntime.client")
 
@@ -149,6 +150,8 @@ class ClientCore:
 
     info: ConnectionInfo
     timeout: float
+    #: The session this client's executions run in (its namespace and queue on the server).
+    session_name: str = DEFAULT_SESSION
 
     def _init_core(self) -> None:
         self._kept_done: dict[str, Event] = {}
@@ -159,6 +162,15 @@ class ClientCore:
         raise NotImplementedError
 
     # -- requests -------------------------------------------------------------
+    @staticmethod
+    def _choose_session(session: Optional[str]) -> str:
+        """``session`` checked, or a new one of this client's own."""
+        if session is None:
+            return f"client-{new_id()[:12]}"
+        if not isinstance(session, str):
+            raise TypeError(f"session must be a string, got {type(session).__name__}")
+        return check_session_name(session)
+
     def serialize_task(self, task: Any, config: Any = None, results: Optional[Sequence[str]] = None) -> dict[str, Any]:
         """The JSON-friendly task for ``task``: Python source by default, or a dict with a ``kind``.
 
@@ -184,7 +196,7 @@ class ClientCore:
 
     def _execute_request(self, task: Any, config: Any, name: Optional[str], timeout: Optional[float],
                          results: Optional[Sequence[str]], push: Optional[Mapping[str, Any]],
-                         request_id: Optional[str]) -> tuple[dict[str, Any], list[Any]]:
+                         request_id: Optional[str], session: Optional[str] = None) -> tuple[dict[str, Any], list[Any]]:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
@@ -192,7 +204,8 @@ class ClientCore:
         task_spec = self.serialize_task(task, config, results=results) if config is not None \
             else self.serialize_task(task, results=results)  # a subclass written before 'config' still works
         content = {"task": task_spec, "name": name or "", "timeout": check_timeout(timeout),
-                   "execution_id": new_execution_id(), "request_id": request_id or new_id()}
+                   "execution_id": new_execution_id(), "request_id": request_id or new_id(),
+                   "session": self.session_name if session is None else self._choose_session(session)}
         buffers: list[Any] = []
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
@@ -209,10 +222,20 @@ class ClientCore:
         return reply["executions"] if execution_id is None else reply["execution"]
 
     @staticmethod
-    def _list_content(status: Optional[str]) -> dict[str, Any]:
+    def _list_content(status: Optional[str], session: Optional[str]) -> dict[str, Any]:
         if status is not None and not isinstance(status, str):
             raise TypeError(f"status must be a state name (str) or None, got {type(status).__name__}")
-        return {"status": status} if status else {}
+        if session is not None and not isinstance(session, str):
+            raise TypeError(f"session must be a string or None, got {type(session).__name__}")
+        content: dict[str, Any] = {"status": status} if status else {}
+        if session is not None:
+            content["session"] = session
+        return content
+
+    def _reset_content(self, session: Optional[str]) -> dict[str, Any]:
+        if session is not None and not isinstance(session, str):
+            raise TypeError(f"session must be a string or None, got {type(session).__name__}")
+        return {"session": self.session_name if session is None else session}
 
     @staticmethod
     def _cancel_content(execution_id: str, reason: Optional[str]) -> dict[str, Any]:

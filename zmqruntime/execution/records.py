@@ -41,6 +41,7 @@ class ExecutionRecord:
     execution_id: str
     task: dict[str, Any]
     name: str = ""
+    session: str = "default"
     status: str = "queued"
     created: float = field(default_factory=time.time)
     created_clock: float = field(default_factory=time.monotonic)
@@ -58,6 +59,7 @@ class ExecutionRecord:
     error: Optional[dict[str, Any]] = None
     reason: Optional[str] = None
     worker_pid: Optional[int] = None
+    worker: Optional[str] = None  # where it ran, in the backend's words (a pid, a dask worker address)
     namespace_reset: bool = False
     push_frames: list[Any] = field(default_factory=list)
     # idempotent submit: the client's key and what the request looked like
@@ -123,6 +125,7 @@ class ExecutionRecord:
         return {
             "execution_id": self.execution_id,
             "name": self.name,
+            "session": self.session,
             "kind": self.task.get("kind"),
             "status": self.status,
             "created": self.created,
@@ -146,6 +149,7 @@ class ExecutionRecord:
             output_truncated=self.output_truncated,
             error=self.error,
             worker_pid=self.worker_pid,
+            worker=self.worker,
             namespace_reset=self.namespace_reset,
             result_names=self.result_names,
             result_error=self.result_error,

@@ -1,26 +1,23 @@
-"""ExecutionServer: the queue, the workers, cancel and results.
+"""ExecutionServer: records, sessions and their queues, cancel and results.
 
-User code never runs in the server's process: each of ``concurrency``
-worker processes (``worker.py``) runs one task at a time, so the control
-loop keeps answering in microseconds while tasks burn CPU.
-
-Where code runs is one small interface, ``pool.py`` (free_worker / run /
-interrupt, and a listener for what workers report); a distributed back end
-(dask.distributed) is meant to plug in behind the same calls later.
+User code never runs in the server's process: an ``ExecutionBackend``
+(``backend.py``; the local process pool by default, or a dask cluster) runs
+it, so the control loop keeps answering in microseconds while tasks burn
+CPU. The server keeps the one scheduler: each session (``sessions.py``: a
+namespace and a FIFO queue) runs one execution at a time, sessions run side
+by side up to ``concurrency``, served round robin.
 
 Lifecycle of an execution and who emits which event::
 
     execute  -> queued   (server: status, seq 1)
     dispatch -> running  (server: status)
-    task     -> progress / stream events (worker, signed, forwarded as is)
+    task     -> progress / stream events (backend; numbered after 'running')
     finish   -> complete | failed | cancelled (server: status, then done)
 
 Cancel of a queued execution removes it. Cancel of a running one asks the
-pool to interrupt it: SIGINT (KeyboardInterrupt in the task); if the task
-has not ended after ``cancel_grace_period`` the worker gets SIGTERM, then
-SIGKILL after ``kill_grace_period``, and a fresh worker is started (its
-namespace is new; the record says so). A per-execution ``timeout`` takes
-the same path.
+backend to interrupt it (locally: SIGINT, then SIGTERM and SIGKILL after
+grace periods; the session's namespace is then lost and its next execution
+says so). A per-execution ``timeout`` takes the same path.
 
 Custom task kinds: subclass, add the kind to ``task_kinds``, validate it in
 ``validate_task`` (server side) and run it in ``execute_task`` (worker side:
@@ -34,19 +31,20 @@ import json
 import keyword
 import logging
 import math
-import signal
+import os
 import time
-from collections import deque
 from typing import Any, Optional
 
+from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode
 
 from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
-from .pool import LocalWorkerPool
+from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
 from .records import ExecutionRecord, RecordStore
-from .worker import TaskContext, run_python_source
+from .sessions import SessionState, SessionTable, check_session_name
+from .runner import TaskContext, run_python_source
 
 log = logging.getLogger("zmqruntime.execution")
 
@@ -66,7 +64,8 @@ def check_request_id(value: Any) -> Optional[str]:
     return value
 
 
-def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: list[Any]) -> dict[str, str]:
+def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: list[Any],
+                        session: str) -> dict[str, str]:
     """What must match for a repeated ``request_id`` to be the same request.
 
     Pushed buffers are compared by count and sizes: hashing them again would
@@ -78,7 +77,8 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
     def digest(value: Any) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
-    return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes)}
+    return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes),
+            "session": digest(session)}
 
 
 def check_python_config(config: Any) -> None:
@@ -106,23 +106,15 @@ def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
     return {**content, "format": "json", "values": json.loads(rec.result_json or "{}")}
 
 
-def describe_exit(exit_code: int) -> str:
-    """'exit code 3' or 'killed by signal SIGSEGV (11)', from a Popen return code."""
-    if exit_code < 0:
-        return f"killed by signal {signal_name(-exit_code)} ({-exit_code})"
-    return f"exit code {exit_code}"
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-
 class ExecutionServer(ZMQServer):
-    concurrency = Int(1, help="How many executions run at once (one worker process each).").tag(config=True)
+    concurrency = Int(os.cpu_count() or 1,
+                      help="Executions running at once, over all sessions (default: the machine's cores).").tag(config=True)
+    backend_class = AnyTrait("local", help="Where code runs: 'local', 'dask', 'module:Class' or an "
+                                           "ExecutionBackend subclass.").tag(config=True)
+    session_idle_timeout = Float(1800.0, help="Seconds a session's worker may sit idle before it is released "
+                                              "(its next execution says namespace_reset).").tag(config=True)
+    max_session_workers = Int(64, help="Sessions holding a namespace at once; past it the least recently "
+                                       "used idle one is released.").tag(config=True)
     cancel_grace_period = Float(2.0, help="Seconds after SIGINT before the worker is terminated.").tag(config=True)
     kill_grace_period = Float(1.0, help="Seconds after SIGTERM before the worker is killed.").tag(config=True)
     max_records = Int(1000, help="Executions remembered (oldest finished ones forgotten first).").tag(config=True)
@@ -143,12 +135,18 @@ class ExecutionServer(ZMQServer):
             super(ZMQServer, self).__init__(**kwargs)
             return
         super().__init__(**kwargs)
-        for name in ("concurrency", "max_batch"):
+        for name in ("concurrency", "max_batch", "max_session_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_session_workers < self.concurrency:
+            raise ValueError(f"max_session_workers ({self.max_session_workers}) must be >= concurrency "
+                             f"({self.concurrency})")
+        if not self.session_idle_timeout > 0:
+            raise ValueError(f"session_idle_timeout must be > 0, got {self.session_idle_timeout}")
+        self.backend_type = resolve_backend(self.backend_class)
         self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
-        self.queue: deque[str] = deque()
-        self.pool: Optional[LocalWorkerPool] = None
+        self.sessions = SessionTable()
+        self.backend: Optional[ExecutionBackend] = None
 
     # -- worker side: override these for custom task kinds -----------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -179,51 +177,66 @@ class ExecutionServer(ZMQServer):
         return task
 
     def on_start(self) -> None:
-        self.pool = LocalWorkerPool(
-            self, self, size=self.concurrency, key=self.key,
-            server_class=self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
-            cancel_grace=self.cancel_grace_period, kill_grace=self.kill_grace_period,
-        )
-        self.pool.start()
+        self.backend = self.backend_type(parent=self, **self._backend_settings())
+        self.backend.start(self)
         self.call_later(60.0, self._enforce_retention)
+        self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
+
+    def _backend_settings(self) -> dict[str, Any]:
+        """Server traits a backend shares by name (the cancel grace periods, the worker class)."""
+        shared = {"cancel_grace_period": self.cancel_grace_period, "kill_grace_period": self.kill_grace_period,
+                  "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}"}
+        return {k: v for k, v in shared.items() if self.backend_type.class_traits().get(k) is not None
+                and not self._configured(self.backend_type, k)}
+
+    def _configured(self, cls: type, name: str) -> bool:
+        return any(name in self.config.get(c.__name__, {}) for c in cls.__mro__)
 
     def on_stop(self) -> None:
         for rec in list(self.records):
             if not rec.final:
                 self._finish(rec, "cancelled", reason="server shut down")
-        if self.pool is not None:
-            self.pool.stop()
+        if self.backend is not None:
+            self.backend.stop()
 
     def ping_info(self) -> dict[str, Any]:
+        described = self.backend.describe() if self.backend else {}
         return {
             "concurrency": self.concurrency,
-            "queued": list(self.queue),
-            "running": self.pool.running_ids() if self.pool else [],
-            "workers": self.pool.describe() if self.pool else [],
+            "queued": self.sessions.queued(),
+            "running": [s.running for s in self.sessions if s.running],
+            "workers": described.get("workers", []),
+            "backend": described,
+            "sessions": len(self.sessions),
             "executions": len(self.records),
         }
 
-    # -- PoolListener: what the workers tell us ---------------------------------
-    def worker_ready(self) -> None:
-        self._schedule()
-
-    def worker_event(self, frames: list[bytes]) -> None:
-        """Forward a worker-signed event as is; the record parses it later.
+    # -- BackendHost: what the backend tells us ---------------------------------
+    def backend_signed_event(self, frames: list[bytes]) -> None:
+        """Forward a backend-signed event as is; the record parses it later.
 
         Nothing is decoded here (the topic starts with the execution id): the raw
         header/content pair is queued on the record and folded into its
         state when someone asks for it, which keeps the relay cheap under
         event floods.
         """
-        rec = self.records.get(frames[0][:EXECUTION_ID_LENGTH].decode())
+        rec = self.records.get(frames[0][:EXECUTION_ID_LENGTH].decode("ascii", "replace"))
         if rec is None or rec.final:
             return
         rec.queue_event(frames[2], frames[3])  # topic, signature, header, content
         if self.wants(frames[0]):
             send_frames(self.pub, frames)
 
-    def worker_finished(self, msg: dict[str, Any], buffers: list[Any]) -> None:
-        rec = self.records.get(msg["execution_id"])
+    def backend_event(self, execution_id: str, event_type: str, content: dict[str, Any]) -> None:
+        """An unsigned event from a backend whose events do not travel on their own: sign and relay."""
+        rec = self.records.get(execution_id)
+        if rec is None or rec.final:
+            return
+        frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, event_type))
+        self.backend_signed_event(frames)
+
+    def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
+        rec = self.records.get(execution_id)
         if rec is not None and not rec.final:
             rec.absorb_events()
             rec.seq = max(rec.seq, msg["seq"])
@@ -245,45 +258,87 @@ class ExecutionServer(ZMQServer):
             self._finish(rec, status, reason=reason, error=error)
         self._schedule()
 
-    def worker_lost(self, execution_id: Optional[str], exit_code: int, escalated: bool) -> None:
-        rec = self.records.get(execution_id) if execution_id else None
+    def backend_lost(self, loss: Loss) -> None:
+        state = self.sessions.get(loss.session)
+        if state is not None:
+            state.has_namespace = False
+            state.namespace_lost = True
+        rec = self.records.get(loss.execution_id) if loss.execution_id else None
         if rec is not None and not rec.final:
             rec.namespace_reset = True
-            if escalated and rec.reason:  # a cancel or timeout we escalated
+            if loss.escalated and rec.reason:  # a cancel or timeout we escalated
                 self._finish(rec, "cancelled",
                              reason=f"{rec.reason}; worker terminated after the grace period (remote namespace reset)")
             else:
-                how = describe_exit(exit_code)
                 self._finish(rec, "failed",
-                             reason=f"worker process died unexpectedly ({how}); remote namespace reset",
-                             error={"ename": "WorkerDied", "evalue": f"worker {how}", "traceback": [],
-                                    "exit_code": exit_code,
-                                    "signal": signal_name(-exit_code) if exit_code < 0 else None})
+                             reason=f"worker process died unexpectedly ({loss.description}); remote namespace reset",
+                             error={"ename": "WorkerDied", "evalue": f"worker {loss.description}", "traceback": [],
+                                    **loss.detail})
         self._schedule()
 
-    def _schedule(self) -> None:
-        while self.queue and self.pool is not None:
-            handle = self.pool.free_worker()
-            if handle is None:
-                return
-            self._dispatch(handle, self.records.get(self.queue.popleft()))
+    # -- scheduling -------------------------------------------------------------
+    def _capacity(self) -> int:
+        cap = self.backend.capacity if self.backend is not None else None
+        return self.concurrency if cap is None else min(self.concurrency, cap)
 
-    def _dispatch(self, handle: Any, rec: ExecutionRecord) -> None:
+    def _schedule(self) -> None:
+        while self.backend is not None and self.sessions.running < self._capacity():
+            picked = self.sessions.next()
+            if picked is None:
+                return
+            state, exec_id = picked
+            rec = self.records.get(exec_id)
+            if rec is None:  # forgotten while queued (cannot happen: queued records are never trimmed)
+                self.sessions.finished(state.name, exec_id)
+                continue
+            self._dispatch(state, rec)
+
+    def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> None:
+        assert self.backend is not None
         if rec.seq == 0:  # its 'queued' event is not out yet
             self._emit_status(rec)
+        if not state.has_namespace:
+            self._make_room_for(state)
         rec.status = "running"
         rec.started = time.time()
-        rec.worker_pid = handle.pid
-        # Start the worker first, then announce: the 'running' event keeps the
-        # seq it would have had, the worker numbers its events after it.
-        rec.seq += 1
-        if self.pool.run(handle, rec.execution_id, rec.task, rec.seq, rec.push_frames):
+        if state.namespace_lost:
             rec.namespace_reset = True
+            state.namespace_lost = False
+        state.has_namespace = True
+        # Hand over first, then announce: the 'running' event keeps the seq it
+        # would have had, the backend numbers its events after it.
+        rec.seq += 1
+        self.backend.submit(Job(rec.execution_id, state.name, rec.task, rec.seq, rec.push_frames))
         rec.push_frames = []
+        where = getattr(self.backend, "worker_pid", None)
+        rec.worker_pid = where(rec.execution_id) if where else None
+        rec.worker = self.backend.where(rec.execution_id)
         self._emit_status(rec, seq=rec.seq)
         if rec.timeout:
             exec_id = rec.execution_id
             self.call_later(rec.timeout, lambda: self._on_timeout(exec_id))
+
+    def _make_room_for(self, state: SessionState) -> None:
+        """Past ``max_session_workers`` namespaces, release the least recently used idle one."""
+        while self.sessions.with_namespace() >= self.max_session_workers:
+            victim = self.sessions.least_recently_used_idle(exclude=state.name)
+            if victim is None:
+                return
+            self._release_session(victim)
+
+    def _release_session(self, state: SessionState) -> None:
+        assert self.backend is not None
+        log.info("releasing session %r (idle %.0f s)", state.name, state.idle_for())
+        self.backend.release_session(state.name)
+        state.has_namespace = False
+        state.namespace_lost = True
+
+    def _reap_idle_sessions(self) -> None:
+        try:
+            for state in self.sessions.idle_with_namespace(self.session_idle_timeout):
+                self._release_session(state)
+        finally:
+            self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
 
     def _on_timeout(self, exec_id: str) -> None:
         rec = self.records.get(exec_id)
@@ -293,7 +348,8 @@ class ExecutionServer(ZMQServer):
     def _cancel_running(self, rec: ExecutionRecord, reason: str) -> None:
         if rec.reason is None:
             rec.reason = reason
-        self.pool.interrupt(rec.execution_id)
+        assert self.backend is not None
+        self.backend.cancel(rec.execution_id)
 
     # -- records and events ---------------------------------------------------
     def _emit_status(self, rec: ExecutionRecord, seq: Optional[int] = None) -> None:
@@ -309,6 +365,8 @@ class ExecutionServer(ZMQServer):
 
     def _finish(self, rec: ExecutionRecord, status: str, *, reason: Optional[str] = None,
                 error: Optional[dict[str, Any]] = None) -> None:
+        if rec.status == "running":
+            self.sessions.finished(rec.session, rec.execution_id)
         rec.status = status
         rec.finished = time.time()
         rec.finished_clock = time.monotonic()
@@ -381,8 +439,12 @@ class ExecutionServer(ZMQServer):
         exec_id = c.get("execution_id")
         if exec_id is not None and not is_execution_id(exec_id):
             raise RequestError("bad_request", f"'execution_id' must be 12 lowercase hex digits, got {exec_id!r}")
+        try:
+            session = check_session_name(c.get("session"))
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
         request_id = check_request_id(c.get("request_id"))
-        fingerprint = request_fingerprint(task, name, timeout, buffers) if request_id is not None else {}
+        fingerprint = request_fingerprint(task, name, timeout, buffers, session) if request_id is not None else {}
         if request_id is not None:
             seen = self.records.by_request_id(request_id)
             if seen is not None:  # a retry of a request already accepted: same execution, not run again
@@ -391,15 +453,16 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        rec = ExecutionRecord(exec_id, task, name=name, timeout=timeout, push_frames=buffers,
+        rec = ExecutionRecord(exec_id, task, name=name, session=session, timeout=timeout, push_frames=buffers,
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
-        self.queue.append(exec_id)
+        self.sessions.enqueue(session, exec_id)
         self.call_soon(lambda: self._submitted(rec))  # reply first, dispatch right after
         # Whether the '<id>.done' event will reach a subscriber: the client that
         # subscribed before submitting can then wait on the event alone.
         done_subscribed = self.wants(event_topic(exec_id, "done"))
-        return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed}
+        return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
+                "session": session}
 
     def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
@@ -431,9 +494,41 @@ class ExecutionServer(ZMQServer):
         status = msg.content.get("status")
         if status is not None and not isinstance(status, str):
             raise RequestError("bad_request", "'status' filter must be a string")
-        for r in self.records:
+        session = msg.content.get("session")
+        if session is not None:
+            session = self._session_name(session)
+        found = [r for r in self.records if (status is None or r.status == status)
+                 and (session is None or r.session == session)]
+        for r in found:
             r.absorb_events()
-        return {"executions": [r.summary() for r in self.records if status is None or r.status == status]}, [], None
+        return {"executions": [r.summary() for r in found]}, [], None
+
+    def handle_sessions(self, msg: Any) -> Reply:
+        """Every session: its worker, queue length, what runs, how long it has been idle."""
+        assert self.backend is not None
+        return {"sessions": [self.sessions.describe(s, self.backend.session_worker(s.name)) for s in self.sessions],
+                "idle_timeout": self.session_idle_timeout}, [], None
+
+    def handle_reset_session(self, msg: Any) -> Reply:
+        """Drop a session's namespace on purpose (``%zmq reset``); refused while it has work."""
+        name = self._session_name(msg.content.get("session"))
+        state = self.sessions.get(name)
+        if state is None:
+            raise RequestError("unknown_session", f"no session named {name!r}")
+        if state.busy:
+            raise RequestError("session_busy", f"session {name!r} has {'a running' if state.running else 'a queued'} "
+                                               "execution: cancel it first", running=state.running,
+                               queued=list(state.queue))
+        dropped = state.has_namespace
+        if dropped:
+            self._release_session(state)
+        return {"session": name, "reset": dropped}, [], None
+
+    def _session_name(self, value: Any) -> str:
+        try:
+            return check_session_name(value)
+        except ValueError as exc:
+            raise RequestError("bad_request", str(exc)) from None
 
     def handle_cancel(self, msg: Any) -> Reply:
         reason = msg.content.get("reason")
@@ -445,7 +540,7 @@ class ExecutionServer(ZMQServer):
             return {"execution_id": rec.execution_id, "cancelled": False, "status": rec.status,
                     "message": f"execution already {rec.status}"}, [], None
         if rec.status == "queued":
-            self.queue.remove(rec.execution_id)
+            self.sessions.remove_queued(rec.session, rec.execution_id)
             rec.push_frames = []
             self._finish(rec, "cancelled", reason=f"{reason} (before it started)")
         else:

@@ -20,29 +20,21 @@ multipart message is never cut in half.
 from __future__ import annotations
 
 import argparse
-import ast
-import collections
+import contextlib
 import importlib
-import io
 import json
-import linecache
-import math
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Iterator, Optional
 
 import zmq
 
-from .. import reporting as progress_mod
-from .. import serialize
-from .json_results import json_form
-from ..protocol import (PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, buffer_digest, event_topic,
-                        pack_frames, send_frames)
+from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames, send_frames
+from .runner import StreamCapture, finite, run_task
 
 KIND_EVENT = b"E"
 KIND_CONTROL = b"M"
@@ -52,7 +44,6 @@ STREAM_FLUSH_INTERVAL = 0.05
 #: alone costs more than the task itself; a lone event still goes at once.
 PROGRESS_BATCH_WINDOW = 0.005
 PROGRESS_BATCH_MAX = 1024
-STREAM_FLUSH_BYTES = 64 * 1024
 
 
 class InterruptGuard:
@@ -88,71 +79,22 @@ class InterruptGuard:
         self.armed = False
         raise KeyboardInterrupt("cancelled")
 
+    @contextlib.contextmanager
+    def armed_section(self) -> Iterator[None]:
+        """The block where SIGINT may raise: the user code of a task."""
+        self.pending = False
+        self.armed = True
+        try:
+            yield
+        finally:
+            self.armed = False
+
     def leave_critical(self) -> None:
         self.critical -= 1
         if not self.critical and self.pending and self.armed:
             self.pending = False
             self.armed = False
             raise KeyboardInterrupt("cancelled")
-
-
-@dataclass
-class TaskContext:
-    """What ``execute_task`` gets besides the task: the place to run it."""
-
-    execution_id: str
-    namespace: dict[str, Any]
-    pushed: dict[str, Any] = field(default_factory=dict)
-    progress: Callable[..., Any] = progress_mod.progress
-    reporter: type = progress_mod.Reporter
-
-
-class StreamCapture(io.TextIOBase):
-    """A text stream whose writes become ``stream`` events (buffered)."""
-
-    def __init__(self, worker: "Worker", name: str):
-        self.worker = worker
-        self.name = name
-        self._parts: list[str] = []
-        self._size = 0
-        self._lock = threading.Lock()
-        # held across take + emit, so the final flush of a task waits for a
-        # flusher-thread flush already under way instead of racing past it
-        self._flush_lock = threading.Lock()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:  # type: ignore[override]
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self._lock:
-            self._parts.append(text)
-            self._size += len(text)
-            big = self._size >= STREAM_FLUSH_BYTES
-        if big:
-            self.flush()
-        return len(text)
-
-    def take(self) -> str:
-        with self._lock:
-            text = "".join(self._parts)
-            self._parts.clear()
-            self._size = 0
-        return text
-
-    def flush(self) -> None:
-        with self._flush_lock:
-            text = self.take()
-            if text:
-                self.worker.emit("stream", {"name": self.name, "text": text})
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return "utf-8"
-
-    def isatty(self) -> bool:
-        return False
 
 
 class Worker:
@@ -170,8 +112,8 @@ class Worker:
         self.execution_id: Optional[str] = None
         self.seq = 0
         self.app = _load_class(server_class)(_worker_side=True)
-        self.stdout = StreamCapture(self, "stdout")
-        self.stderr = StreamCapture(self, "stderr")
+        self.stdout = StreamCapture(self.emit, "stdout")
+        self.stderr = StreamCapture(self.emit, "stderr")
         self._stop = threading.Event()
         self.parent_pid = parent_pid
         self._progress_rows: list[list[Any]] = []  # progress events waiting to go as one batch
@@ -209,8 +151,8 @@ class Worker:
             return
         with self.guard, self.lock:
             self.seq += 1
-            self._progress_rows.append([self.seq, time.time(), _finite(done), _finite(total), desc,
-                                        _finite(rate), elapsed])
+            self._progress_rows.append([self.seq, time.time(), finite(done), finite(total), desc,
+                                        finite(rate), elapsed])
             last = self._progress_sent
             if (last is None or time.monotonic() - last >= PROGRESS_BATCH_WINDOW
                     or len(self._progress_rows) >= PROGRESS_BATCH_MAX):
@@ -279,122 +221,17 @@ class Worker:
         exec_id = msg["execution_id"]
         self.execution_id = exec_id
         self.seq = msg["seq"]
-        status, error, results = "complete", None, {}
-        old_out, old_err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = self.stdout, self.stderr
-        progress_mod._set_sink(self._progress_sink)
-        try:
-            pushed = serialize.loads(buffers) if buffers else {}
-            ctx = TaskContext(exec_id, self.namespace, pushed)
-            self.namespace.update(pushed)
-            self.guard.pending = False
-            self.guard.armed = True
-            try:
-                results = self.app.execute_task(msg["task"], ctx) or {}
-            finally:
-                self.guard.armed = False
-        except KeyboardInterrupt:
-            status, error = "cancelled", _format_error(*sys.exc_info())
-        except BaseException:  # SystemExit too: the task failed, the worker lives
-            status, error = "failed", _format_error(*sys.exc_info())
-        finally:
-            progress_mod._set_sink(None)
-            sys.stdout, sys.stderr = old_out, old_err
-        self._flush_streams()
-        result_info, frames = self._pack_results(results, msg.get("results_wanted", True))
+        outcome = run_task(self.app, exec_id, msg["task"], buffers, self.namespace, self,
+                           streams=(self.stdout, self.stderr), interruptible=self.guard.armed_section())
         self.execution_id = None
-        self._send_control(
-            {"type": "finished", "execution_id": exec_id, "status": status, "error": error,
-             "seq": self.seq, "result": result_info},
-            frames,
-        )
+        self._send_control(outcome.message(exec_id, self.seq), outcome.frames)
 
-    def _pack_results(self, results: dict[str, Any], wanted: bool) -> tuple[dict[str, Any], list[Any]]:
-        if not results or not wanted:
-            return {"names": [], "digests": [], "nbytes": 0, "error": None}, []
-        try:
-            frames = serialize.dumps(results)
-        except serialize.SerializationError as exc:
-            return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
-        digests = [buffer_digest(f).hex() for f in frames]
-        nbytes = serialize.nbytes(frames)
-        return {"names": sorted(results), "digests": digests, "nbytes": nbytes, "error": None,
-                "json": json_form(results, nbytes)}, frames
+    # -- TaskSink ------------------------------------------------------------
+    def progress(self, done: float, total: Optional[float], desc: str, rate: float, elapsed: float) -> None:
+        self._progress_sink(done, total, desc, rate, elapsed)
 
-
-def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
-    """The built-in ``python`` task kind: exec source, keep the namespace.
-
-    Returns ``{"_": value of the last expression (if any), name: value ...}``
-    for the names listed in ``task["results"]``.
-    """
-    code: str = task["code"]
-    filename = f"<zmqexec-{ctx.execution_id}>"
-    _remember_source(filename, code)
-    tree = ast.parse(code, filename=filename, mode="exec")
-    last_expr = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last_expr = ast.Expression(tree.body.pop().value)
-    ns = ctx.namespace
-    _apply_config(task.get("config"), ns, ctx.execution_id)
-    exec(compile(tree, filename, "exec"), ns)
-    results: dict[str, Any] = {}
-    if last_expr is not None:
-        value = eval(compile(last_expr, filename, "eval"), ns)
-        if value is not None:
-            results["_"] = value
-    missing = [n for n in task.get("results", []) if n not in ns]
-    if missing:
-        raise NameError(f"result variable(s) not defined after the task ran: {', '.join(missing)}")
-    for name in task.get("results", []):
-        results[name] = ns[name]
-    return results
-
-
-class ConfigError(Exception):
-    """The task's ``config`` raised: reported as "config failed: ..." (the cause chained)."""
-
-
-def _apply_config(config: Any, ns: dict[str, Any], execution_id: str) -> None:
-    """``config`` first, in the task's namespace: source code run, or names bound."""
-    if config is None:
-        return
-    try:
-        if isinstance(config, str):
-            filename = f"<zmqexec-{execution_id}-config>"
-            _remember_source(filename, config)
-            exec(compile(config, filename, "exec"), ns)
-        else:
-            ns.update(config)
-    except Exception as exc:
-        raise ConfigError(f"config failed: {type(exc).__name__}: {exc}") from exc
-
-
-#: Sources of this many recent executions stay in linecache, so tracebacks through
-#: functions they defined show their lines; older ones are dropped (a long-lived
-#: worker would otherwise keep every source it ever ran).
-LINECACHE_KEEP = 1000
-_remembered_sources: "collections.deque[str]" = collections.deque()
-
-
-def _remember_source(filename: str, code: str) -> None:
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    _remembered_sources.append(filename)
-    while len(_remembered_sources) > LINECACHE_KEEP:
-        linecache.cache.pop(_remembered_sources.popleft(), None)
-
-
-def _finite(x: Any) -> Any:
-    """NaN and infinities are not JSON: report them as null."""
-    return x if x is None or math.isfinite(x) else None
-
-
-def _format_error(etype: type, value: BaseException, tb: Any) -> dict[str, Any]:
-    # Drop our own frames (execute_task dispatch) so the user sees their code first.
-    while tb is not None and tb.tb_next is not None and "zmqruntime" in tb.tb_frame.f_code.co_filename:
-        tb = tb.tb_next
-    lines = traceback.format_exception(etype, value, tb)
-    return {"ename": etype.__name__, "evalue": str(value), "traceback": lines}
+    def flush(self) -> None:
+        self.flush_progress()
 
 
 def _load_class(spec: str) -> Any:

@@ -1,0 +1,157 @@
+"""Where code runs: the ``ExecutionBackend`` interface.
+
+The ``ExecutionServer`` owns the records, the sessions' queues and the
+scheduling (which session goes next, how many run at once). A backend only
+runs what it is handed and reports back; it never queues or picks work
+itself. That keeps one scheduler in the project (the server's round robin
+over sessions) and leaves a cluster's own scheduler (dask's) to place tasks.
+
+A backend runs *sessions*: each session has one namespace, held by one
+worker of the backend, and runs one execution at a time (the server
+guarantees that it never submits to a session that is busy). A backend may
+drop a session's namespace (``release_session``) and must say when it lost
+one (``BackendHost.backend_lost``), so the next execution of that session
+can say ``namespace_reset``.
+
+Backends are chosen by ``ExecutionServer.backend_class`` (a class or
+``"module:Class"``, or one of the short names in ``BACKENDS``); each is a
+``LoggingConfigurable``, so its options are traits set like any other
+(``--LocalBackend.spare_workers=0``).
+
+Threads: the server's loop is single-threaded. A backend whose callbacks
+arrive on other threads (dask) hands them over with
+``host.call_soon_threadsafe``; every ``backend_*`` call happens on the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional, Protocol
+
+import zmq
+from traitlets.config import LoggingConfigurable
+
+#: ``--backend NAME`` short names.
+BACKENDS = {
+    "local": "zmqruntime.execution.local:LocalBackend",
+    "dask": "zmqruntime.execution.dask:DaskBackend",
+}
+
+
+@dataclass
+class Job:
+    """One execution handed to a backend."""
+
+    execution_id: str
+    session: str
+    task: dict[str, Any]
+    #: The seq of the 'running' event: the backend numbers its own events after it.
+    seq: int
+    #: Pushed values (pickle-5 frames), bound in the namespace before the task runs.
+    buffers: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Loss:
+    """A session's worker (and so its namespace) is gone."""
+
+    session: str
+    #: What it was running, if anything.
+    execution_id: Optional[str]
+    #: Human words: "exit code 3", "killed by signal SIGKILL (9)", "dask worker tcp://… left".
+    description: str
+    #: True when our own cancel escalation ended it (the execution is 'cancelled', not 'failed').
+    escalated: bool = False
+    #: Extra fields for the execution's error (exit_code, signal, worker …).
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class BackendHost(Protocol):
+    """What a backend gets from the server: its loop, and where to report."""
+
+    context: zmq.Context
+    key: str
+
+    def add_socket(self, sock: zmq.Socket, handler: Callable[[], None]) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None: ...
+
+    def backend_event(self, execution_id: str, event_type: str, content: dict[str, Any]) -> None:
+        """An event of a running execution; the server numbers nothing, it signs and publishes."""
+
+    def backend_signed_event(self, frames: list[bytes]) -> None:
+        """An event the backend signed itself (``[topic, signature, header, content]``)."""
+
+    def backend_finished(self, execution_id: str, outcome: dict[str, Any], buffers: list[Any]) -> None:
+        """The execution ended: ``outcome`` as ``runner.Outcome.message``, ``buffers`` its result frames."""
+
+    def backend_lost(self, loss: Loss) -> None:
+        """A session's worker is gone (killed, crashed, left the cluster)."""
+
+
+class ExecutionBackend(LoggingConfigurable):
+    """Runs the executions the server hands it, one per session at a time."""
+
+    #: Shown by ``ping`` and ``%zmq status``.
+    name: ClassVar[str] = "backend"
+
+    def start(self, host: BackendHost) -> None:
+        """Connect or start whatever runs code; raise a clear error if that is impossible."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop every worker this backend started; never blocks for long."""
+        raise NotImplementedError
+
+    @property
+    def capacity(self) -> Optional[int]:
+        """Executions it can run at once (None: as many as the server allows)."""
+        return None
+
+    def submit(self, job: Job) -> None:
+        """Run ``job`` in its session's namespace; report through the host."""
+        raise NotImplementedError
+
+    def cancel(self, execution_id: str) -> bool:
+        """Interrupt a running execution (escalating as needed); False if it is not running here."""
+        raise NotImplementedError
+
+    def release_session(self, session: str) -> None:
+        """Drop the session's namespace and whatever holds it (idle reaping, a deliberate reset)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What ``ping`` shows of the backend: its name, workers, addresses."""
+        return {"name": self.name}
+
+    def session_worker(self, session: str) -> Optional[dict[str, Any]]:
+        """Which worker holds a session's namespace (None: none yet)."""
+        return None
+
+    def where(self, execution_id: str) -> Optional[str]:
+        """Where a running execution runs (a pid, a worker address), for status."""
+        return None
+
+
+def resolve_backend(spec: Any) -> type:
+    """A backend class from a class, a short name in ``BACKENDS`` or ``"module:Class"``."""
+    if isinstance(spec, type):
+        cls = spec
+    elif isinstance(spec, str):
+        path = BACKENDS.get(spec, spec)
+        module, sep, name = path.partition(":")
+        if not sep or not module or not name:
+            raise ValueError(f"unknown backend {spec!r}: use one of {sorted(BACKENDS)} or 'module:Class'")
+        import importlib
+
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError as exc:
+            raise ValueError(f"backend {spec!r} cannot be imported: {exc}") from None
+        except AttributeError:
+            raise ValueError(f"backend {spec!r}: module {module} has no {name}") from None
+    else:
+        raise ValueError(f"backend must be a name or a class, got {type(spec).__name__}")
+    if not (isinstance(cls, type) and issubclass(cls, ExecutionBackend)):
+        raise ValueError(f"backend {spec!r} is not an ExecutionBackend")
+    return cls

@@ -1,0 +1,310 @@
+"""The local backend: one worker process per session, on this machine.
+
+Each session's namespace lives in its own worker process (``worker.py``),
+started on the session's first execution and kept until the server releases
+the session (idle reaping, a deliberate reset) or the process dies. One
+spare worker is kept started and idle, so a new session's first execution
+does not wait for a Python interpreter to boot.
+
+Workers connect to a ROUTER on a private IPC endpoint; messages are
+``[b"M", json, *buffers]`` (control: ready / run / finished / exit) or
+``[b"E", packed event]`` (a data-channel event the worker signed itself,
+relayed byte for byte). Interrupting is a ladder: SIGINT (KeyboardInterrupt
+in the task), then SIGTERM after ``cancel_grace_period``, then SIGKILL after
+``kill_grace_period``; the session's namespace goes with the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import zmq
+from traitlets import Float, Int, Unicode
+
+from ..polling import EVENTS, POLLIN
+from ..protocol import new_id, send_frames, unpack_frames
+from ..transport import runtime_dir
+from .backend import BackendHost, ExecutionBackend, Job, Loss
+from .worker import KIND_CONTROL, KIND_EVENT
+
+CHECK_INTERVAL = 0.05
+#: Longest wait before a spare worker that keeps dying at start is tried again.
+MAX_SPARE_BACKOFF = 30.0
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    process: subprocess.Popen
+    session: Optional[str] = None
+    ready: bool = False
+    execution_id: Optional[str] = None
+    pending: Optional[Job] = None  # handed over before the worker said 'ready'
+    escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
+    released: bool = False  # we asked it to exit: its exit is no loss
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def describe_exit(exit_code: int) -> str:
+    """'exit code 3' or 'killed by signal SIGSEGV (11)', from a Popen return code."""
+    if exit_code < 0:
+        return f"killed by signal {signal_name(-exit_code)} ({-exit_code})"
+    return f"exit code {exit_code}"
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class LocalBackend(ExecutionBackend):
+    name = "local"
+
+    cancel_grace_period = Float(2.0, help="Seconds after SIGINT before the worker is terminated.").tag(config=True)
+    kill_grace_period = Float(1.0, help="Seconds after SIGTERM before the worker is killed.").tag(config=True)
+    spare_workers = Int(1, help="Workers kept started and idle, so a new session starts at once.").tag(config=True)
+    server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
+                           help="module:Class the workers import to run tasks (its execute_task).").tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.host: Optional[BackendHost] = None
+        self.workers: dict[str, WorkerHandle] = {}
+        self.by_session: dict[str, WorkerHandle] = {}
+        self.spares: list[WorkerHandle] = []
+        self.sock: Optional[zmq.Socket] = None
+        self.url = ""
+        self.running = False
+        self._spare_backoff = 0.0
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, host: BackendHost) -> None:
+        if self.spare_workers < 0:
+            raise ValueError(f"spare_workers must be >= 0, got {self.spare_workers}")
+        self.host = host
+        self.sock = host.context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
+        self.sock.bind(self.url)
+        host.add_socket(self.sock, self._on_message)
+        self.running = True
+        self._top_up_spares()
+        host.call_later(CHECK_INTERVAL, self._check)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        import time
+
+        self.running = False
+        for handle in self.workers.values():
+            self._send(handle, {"type": "exit"})
+        deadline = time.monotonic() + timeout
+        for handle in self.workers.values():
+            try:
+                handle.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                handle.process.kill()
+                handle.process.wait(5)
+        self.workers.clear()
+        self.by_session.clear()
+        self.spares.clear()
+        if self.sock is not None:
+            self.sock.close()
+            try:
+                os.unlink(self.url[len("ipc://"):])
+            except OSError:
+                pass
+
+    # -- the interface the server uses -----------------------------------------
+    def submit(self, job: Job) -> None:
+        handle = self.by_session.get(job.session)
+        if handle is None:
+            handle = self.spares.pop(0) if self.spares else self._spawn()
+            handle.session = job.session
+            self.by_session[job.session] = handle
+            self._top_up_spares()
+        handle.execution_id = job.execution_id
+        if handle.ready:
+            self._run(handle, job)
+        else:
+            handle.pending = job
+
+    def cancel(self, execution_id: str) -> bool:
+        handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
+        if handle is None or handle.escalation:
+            return False
+        if handle.pending is not None:  # not started yet: nothing to interrupt, just drop it
+            handle.pending = None
+            handle.execution_id = None
+            self._release(handle)
+            assert self.host is not None
+            self.host.backend_lost(Loss(handle.session or "", execution_id, "cancelled before the worker started",
+                                        escalated=True))
+            return True
+        self._escalate(handle, execution_id)
+        return True
+
+    def release_session(self, session: str) -> None:
+        handle = self.by_session.get(session)
+        if handle is not None:
+            self._release(handle)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "workers": [
+            {"pid": h.pid, "ready": h.ready, "session": h.session, "execution_id": h.execution_id}
+            for h in self.workers.values()]}
+
+    def session_worker(self, session: str) -> Optional[dict[str, Any]]:
+        handle = self.by_session.get(session)
+        return None if handle is None else {"pid": handle.pid, "ready": handle.ready}
+
+    def where(self, execution_id: str) -> Optional[str]:
+        handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
+        return None if handle is None else f"pid {handle.pid}"
+
+    def worker_pid(self, execution_id: str) -> Optional[int]:
+        handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
+        return None if handle is None else handle.pid
+
+    # -- internals --------------------------------------------------------------
+    def _spawn(self) -> WorkerHandle:
+        worker_id = f"w-{new_id()[:8]}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
+             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid())],
+            env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key if self.host else ""),
+            stdin=subprocess.DEVNULL,
+        )
+        handle = WorkerHandle(worker_id, process)
+        self.workers[worker_id] = handle
+        self.log.info("started worker %s (pid %d)", worker_id, process.pid)
+        return handle
+
+    def _top_up_spares(self) -> None:
+        while self.running and len(self.spares) < self.spare_workers:
+            self.spares.append(self._spawn())
+
+    def _run(self, handle: WorkerHandle, job: Job) -> None:
+        handle.pending = None
+        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq},
+                   job.buffers)
+
+    def _send(self, handle: WorkerHandle, msg: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
+        if self.sock is None:
+            return
+        try:
+            send_frames(self.sock, [handle.worker_id.encode(), KIND_CONTROL, json.dumps(msg).encode(), *buffers])
+        except zmq.ZMQError as exc:
+            self.log.warning("could not reach worker %s: %s", handle.worker_id, exc)
+
+    def _release(self, handle: WorkerHandle) -> None:
+        handle.released = True
+        if handle.session is not None and self.by_session.get(handle.session) is handle:
+            del self.by_session[handle.session]
+        self._send(handle, {"type": "exit"})
+        assert self.host is not None
+        self.host.call_later(2.0, lambda: _kill_if_alive(handle))
+
+    def _check(self) -> None:
+        """Reap dead workers and report the sessions that lost their namespace."""
+        assert self.host is not None
+        try:
+            for handle in list(self.workers.values()):
+                code = handle.process.poll()
+                if code is not None:
+                    self._reap(handle, code)
+        except Exception:  # a periodic check must outlive its own bugs
+            self.log.exception("worker check failed")
+        if self.running:
+            self.host.call_later(CHECK_INTERVAL, self._check)
+
+    def _reap(self, handle: WorkerHandle, code: int) -> None:
+        assert self.host is not None
+        del self.workers[handle.worker_id]
+        if handle in self.spares:  # died before anyone used it: start another, backing off if it keeps dying
+            self.spares.remove(handle)
+            self.log.warning("spare worker (pid %d) exited with %s", handle.pid, describe_exit(code))
+            self._spare_backoff = min(MAX_SPARE_BACKOFF, max(0.5, self._spare_backoff * 2))
+            self.host.call_later(self._spare_backoff, self._top_up_spares)
+            return
+        if handle.ready:
+            self._spare_backoff = 0.0
+        if handle.released:
+            return
+        session = handle.session or ""
+        if self.by_session.get(session) is handle:
+            del self.by_session[session]
+        how = describe_exit(code)
+        self.log.warning("worker %s (pid %d, session %r) exited: %s", handle.worker_id, handle.pid, session, how)
+        self.host.backend_lost(Loss(session, handle.execution_id, how, escalated=handle.escalation > 0,
+                                    detail={"exit_code": code, "signal": signal_name(-code) if code < 0 else None,
+                                            "pid": handle.pid}))
+
+    def _escalate(self, handle: WorkerHandle, execution_id: str) -> None:
+        if handle.execution_id != execution_id or handle.worker_id not in self.workers or handle.escalation >= 3:
+            return
+        sig, wait = [(signal.SIGINT, self.cancel_grace_period), (signal.SIGTERM, self.kill_grace_period),
+                     (signal.SIGKILL, None)][handle.escalation]
+        handle.escalation += 1
+        self.log.info("cancel %s: sending %s to worker pid %d", execution_id, sig.name, handle.pid)
+        try:
+            os.kill(handle.pid, sig)
+        except ProcessLookupError:
+            return
+        if wait is not None:
+            assert self.host is not None
+            self.host.call_later(wait, lambda: self._escalate(handle, execution_id))
+
+    def _on_message(self) -> None:
+        sock, host = self.sock, self.host
+        assert sock is not None and host is not None
+        for _ in range(1024):  # drain, but let the control channel have a turn
+            if not sock.getsockopt(EVENTS) & POLLIN:
+                return
+            handle = self.workers.get(sock.recv().decode("utf-8", "replace"))
+            kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else b""
+            if not sock.getsockopt(zmq.RCVMORE):
+                self.log.error("malformed message on the worker link; dropped")
+                continue
+            if kind == KIND_EVENT:  # the hot path: small, copied, one frame
+                event = unpack_frames(sock.recv())
+                if sock.getsockopt(zmq.RCVMORE):  # not what a worker sends: drop the rest of it
+                    sock.recv_multipart()
+                    continue
+                if handle is not None and len(event) == 4:
+                    host.backend_signed_event(event)
+                continue
+            rest = sock.recv_multipart(copy=False)  # may carry large result buffers: zero-copy
+            if handle is None or kind != KIND_CONTROL:
+                continue
+            try:
+                msg = json.loads(rest[0].bytes)
+                msg_type = msg["type"]
+            except (ValueError, KeyError, TypeError):
+                self.log.error("worker %s sent an unreadable message; ignored", handle.worker_id)
+                continue
+            if msg_type == "ready":
+                handle.ready = True
+                if handle.pending is not None:
+                    self._run(handle, handle.pending)
+            elif msg_type == "finished":
+                handle.execution_id = None
+                handle.escalation = 0
+                host.backend_finished(msg["execution_id"], msg, rest[1:])
+
+
+def _kill_if_alive(handle: WorkerHandle) -> None:
+    """A released worker that did not exit when asked."""
+    if handle.process.poll() is None:
+        handle.process.kill()
