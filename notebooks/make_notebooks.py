@@ -276,6 +276,110 @@ stops it.
     return _notebook(cells)
 
 
+def scale_out() -> nbformat.NotebookNode:
+    cells = [
+        md("""
+# Scale out: the same cells on a dask cluster
+
+A zmqruntime server can run its sessions on **dask.distributed** instead of local
+worker processes. Everything else stays the same: live progress and output in the
+panel, **Cancel**, results back, variables kept between cells, and
+`parallel_map` fans one call out over every worker with one progress bar.
+
+This notebook starts its own server with `--backend dask`: with no scheduler
+address it starts a `LocalCluster` (one worker process per core). Against an
+existing cluster, connect with `%zmq connect PORT --scheduler tcp://host:8786`.
+"""),
+        code("""
+import os
+PORT = int(os.environ.get("ZMQRUNTIME_SCALE_PORT", 7787))  # CI runs the notebooks on private ports
+
+%load_ext zmqruntime_jupyter
+%zmq connect $PORT --backend dask"""),
+        code("%zmq status"),
+        md("""
+## A cell on a dask worker
+
+The panel follows the execution; `%zmq status ID` (or the handle's `info`) names
+the worker that ran it.
+"""),
+        code("""
+%%zmqexec --name on-dask
+from zmqruntime import progress
+import os, time
+
+for step in progress(range(20), desc="on a dask worker"):
+    time.sleep(0.05)
+print("ran in process", os.getpid())
+data = [i * i for i in range(1000)]
+len(data)
+"""),
+        code("""
+on_dask = _
+print(on_dask.result(), "-", on_dask.status)
+%zmq status {on_dask.id}
+"""),
+        md("""
+## Variables stay on the session's worker
+
+The session is pinned to one worker; its namespace lives there between cells.
+"""),
+        code("""
+%%zmqexec --block
+sum(data)
+"""),
+        md("""
+## `parallel_map`: one call, every worker, one bar
+
+A function defined in the cell is sent by value. Results come back in order.
+"""),
+        code("""
+%%zmqexec --block --name fan-out
+from zmqruntime import parallel_map
+
+def cpu_heavy(n):
+    total = 0
+    for i in range(200_000):
+        total += (i * n) % 7
+    return total
+
+results = parallel_map(cpu_heavy, range(24), desc="fan-out")
+len(results), results[:3]
+"""),
+        md("""
+## Cancel stops running work
+
+A long loop on a dask worker, cancelled with its **Cancel** button (clicked from
+code here, since this notebook also runs headless in CI).
+"""),
+        code("""
+%%zmqexec --name forever --out forever
+import time
+print("looping")
+while True:
+    time.sleep(0.01)
+"""),
+        code("""
+import asyncio
+for _ in range(200):                 # until it is running on its worker
+    if forever.status == "running":
+        break
+    await asyncio.sleep(0.05)
+forever.panel.cancel_button.click()
+forever.wait(timeout=60)
+print(forever.status, "-", forever.info["reason"])
+"""),
+        md("""
+## Shut down
+
+`%zmq shutdown` stops the server and the `LocalCluster` it started (a cluster
+given by address is left running).
+"""),
+        code("%zmq shutdown"),
+    ]
+    return _notebook(cells)
+
+
 def _notebook(cells: list) -> nbformat.NotebookNode:
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -284,7 +388,8 @@ def _notebook(cells: list) -> nbformat.NotebookNode:
 
 
 def main() -> None:
-    for name, build in (("quickstart", quickstart), ("cancel_and_monitor", cancel_and_monitor)):
+    for name, build in (("quickstart", quickstart), ("cancel_and_monitor", cancel_and_monitor),
+                        ("scale_out", scale_out)):
         nb = build()
         nbformat.validate(nb)
         nbformat.write(nb, HERE / f"{name}.ipynb")

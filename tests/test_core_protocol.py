@@ -30,7 +30,7 @@ def raw(server):
     ctx.term()
 
 
-def recv_reply(sock, session, timeout_ms=3000):
+def recv_reply(sock, session, timeout_ms=10000):
     if not sock.poll(timeout_ms):
         return None
     return session.deserialize(sock.recv_multipart())

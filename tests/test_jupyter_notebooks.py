@@ -39,9 +39,9 @@ def private_server(tmp_path_factory: pytest.TempPathFactory):
         stop_servers(runtime)
 
 
-def run_notebook(name: str) -> nbformat.NotebookNode:
+def run_notebook(name: str, timeout: int = 60) -> nbformat.NotebookNode:
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     return nb
 
 
@@ -68,3 +68,17 @@ def test_cancel_and_monitor_notebook(private_server):
     assert "queued: cancelled - cancelled from the notebook (before it started)" in text
     assert "blocker: cancelled" in text
     assert re.search(r"long-job\s+cancelled", text)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+def test_scale_out_notebook_runs_on_a_local_dask_cluster(private_server, monkeypatch):
+    monkeypatch.setenv("ZMQRUNTIME_SCALE_PORT", str(free_port()))
+    nb = run_notebook("scale_out", timeout=180)
+    text = _text(nb)
+    assert re.search(r"backend\s+dask tcp://127\.0\.0\.1:\d+", text)
+    assert re.search(r"worker\s+tcp://127\.0\.0\.1:\d+", text) and "ran in process" in text
+    assert "1000 - complete" in text and "332833500" in text
+    assert "(24, [0, 599994, 599997])" in text
+    assert "cancelled - cancelled with the Cancel button" in text
+    assert "has shut down" in text

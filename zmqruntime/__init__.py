@@ -17,10 +17,11 @@ from .errors import (  # noqa: E402
     ZMQRuntimeError,
 )
 from .execution import AsyncExecutionClient, Event, ExecutionClient, ExecutionServer, Subscription, TaskContext  # noqa: E402
+from .parallel import parallel_map  # noqa: E402
 from .reporting import Reporter, progress  # noqa: E402
 
 __all__ = [
     "AsyncExecutionClient", "Event", "ExecutionCancelled", "ExecutionClient", "ExecutionFailed",
     "ExecutionServer", "ExecutionTimeout", "RemoteError", "Reporter", "ServerStartError",
-    "ServerUnavailable", "Subscription", "TaskContext", "ZMQRuntimeError", "progress", "__version__",
+    "ServerUnavailable", "Subscription", "TaskContext", "ZMQRuntimeError", "parallel_map", "progress", "__version__",
 ]

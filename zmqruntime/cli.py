@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="executions run at once over all sessions (default: the machine's cores)")
     p.add_argument("--backend", default=None,
                    help="where code runs: 'local' (default, worker processes) or 'dask' (see the README's Scale out)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="with --backend dask: an existing cluster's scheduler, e.g. tcp://127.0.0.1:8786 "
+                        "(default: start a LocalCluster)")
     p.add_argument("--session-idle-timeout", type=positive_seconds, default=None,
                    help="seconds before an idle session's worker is released (default 1800)")
     p.add_argument("--connection-file", default=None, help="where to write the connection file")
@@ -146,7 +149,12 @@ def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     try:
-        return KVArgParseConfigLoader(extra).load_config()
+        from .execution.dask_backend import DaskBackend
+        from .execution.local import LocalBackend
+        from .execution.server import ExecutionServer
+
+        # with the classes, values are parsed by their traits' types (a Dict from JSON, …)
+        return KVArgParseConfigLoader(extra, classes=[ExecutionServer, LocalBackend, DaskBackend]).load_config()
     except Exception as exc:  # traitlets raises several types for bad syntax
         parser.error(f"bad configuration option {' '.join(extra)}: {exc}")
 
@@ -165,6 +173,15 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         cancel_grace_period=args.cancel_grace_period,
         worker_server_class=args.server_class or None,
     )
+    if args.scheduler is not None:
+        if args.backend not in (None, "dask"):
+            print("zmqruntime serve: --scheduler goes with --backend dask", file=sys.stderr)
+            return 2
+        from traitlets.config import Config
+
+        config = config if config is not None else Config()
+        config.DaskBackend.scheduler_address = args.scheduler
+        given["backend_class"] = "dask"
     kwargs: dict[str, Any] = {"config": config, **{k: v for k, v in given.items() if v is not None}}
     try:
         server = cls(**kwargs)
@@ -173,7 +190,11 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         print(f"zmqruntime serve: {exc}", file=sys.stderr)
         return 3
     print(f"zmqruntime server pid {os.getpid()} ready: control {info.control_url}, data {info.data_url}", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except ServerStartError as exc:  # the backend could not start (an unreachable scheduler …)
+        print(f"zmqruntime serve: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from tornado.ioloop import PeriodicCallback
 
@@ -39,6 +39,8 @@ log = logging.getLogger("zmqruntime.jupyter")
 #: Environment variable giving the default server port (tests, CI, notebooks).
 PORT_ENV = "ZMQRUNTIME_PORT"
 REQUEST_TIMEOUT = 10.0
+#: A server started from the notebook may start a dask LocalCluster first: seconds.
+SPAWN_TIMEOUT = 60.0
 TICK_MS = 50
 #: How long still_current waits for a ping from a server whose pid is not local.
 STALE_CHECK_TIMEOUT = 1.0
@@ -205,7 +207,8 @@ class ExtensionState:
 
     # -- connections --------------------------------------------------------------
     def connect(self, port: Optional[int] = None, connection_file: Optional[str] = None, *,
-                spawn: bool = True, make_default: bool = False) -> tuple[Connection, bool]:
+                spawn: bool = True, make_default: bool = False,
+                server_args: Sequence[str] = ()) -> tuple[Connection, bool]:
         """The connection to use; ``(connection, started_a_server)``.
 
         With neither argument: the default connection (set by ``%zmq connect``
@@ -237,21 +240,21 @@ class ExtensionState:
                     client.close()
                     raise
             else:
-                client, started = self._client_for_port(port, spawn)
+                client, started = self._client_for_port(port, spawn, server_args)
             conn = Connection(path, client, self.loop)
             self.connections[path] = conn
         if make_default or self.default_file is None:
             self.default_file = path
         return conn, started
 
-    def _client_for_port(self, port: int, spawn: bool) -> tuple[ExecutionClient, bool]:
+    def _client_for_port(self, port: int, spawn: bool, server_args: Sequence[str] = ()) -> tuple[ExecutionClient, bool]:
         path = connection_path(port)
         if find_server(path, timeout=2.0) is not None:
             return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=False, session=self.session), False
         if not spawn:
             raise ServerUnavailable(f"no zmqruntime server answers on port {port} (looked for {path})")
         return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=True, spawn_mode="persistent",
-                               session=self.session), True
+                               session=self.session, server_args=server_args, spawn_timeout=SPAWN_TIMEOUT), True
 
     def connection_for_file(self, path: str) -> Connection:
         """Re-open a connection by its connection file (re-attaching handles)."""

@@ -135,6 +135,9 @@ def _zmq_parser() -> _ZmqParser:
     p.add_argument("port", nargs="?", type=port_number, default=None, help="data port (default $ZMQRUNTIME_PORT or 7777)")
     p.add_argument("--connection-file", default=None, metavar="FILE")
     p.add_argument("--no-spawn", action="store_true", help="fail instead of starting a server")
+    p.add_argument("--backend", default=None, help="for a server started here: where code runs ('local', 'dask')")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="for a server started here: the dask scheduler to use (implies --backend dask)")
     p = sub.add_parser("shutdown", help="stop the server (it is persistent: it outlives kernels)")
     _server_options(p)
     sub.add_parser("help", help="show this help")
@@ -316,9 +319,11 @@ class ZMQMagics(Magics):
             raise UsageError("%zmq connect: give a PORT or --connection-file, not both")
         port = args.port if args.port is not None or args.connection_file else default_port()
         try:
+            server_args = [*(["--backend", args.backend] if args.backend else []),
+                           *(["--scheduler", args.scheduler] if args.scheduler else [])]
             conn, started = self.state.connect(port=port if not args.connection_file else None,
                                                connection_file=args.connection_file,
-                                               spawn=not args.no_spawn, make_default=True)
+                                               spawn=not args.no_spawn, make_default=True, server_args=server_args)
         except (ServerUnavailable, ServerStartError, ValueError, OSError) as exc:
             raise ZMQExecError(_no_server_message(exc, port, args.connection_file, not args.no_spawn)) from None
         info = conn.client.ping()
@@ -333,13 +338,15 @@ class ZMQMagics(Magics):
             print(_describe(client.get_status(args.id)))
             return
         info = client.ping()
-        workers = ", ".join(f"pid {w['pid']}" + (f" → {w['execution_id']}" if w.get("execution_id") else "")
+        workers = ", ".join((w.get("address") or f"pid {w['pid']}")
+                            + (f" → {w['execution_id']}" if w.get("execution_id") else "")
                             for w in info.get("workers", []))
         rows = [("server", f"{info.get('server_id', '')} (pid {info.get('pid')})"),
                 ("up", f"{info.get('uptime', 0):.1f} s"),
                 ("control", client.info.control_url), ("data", client.info.data_url),
                 ("concurrency", str(info.get("concurrency", ""))),
-                ("backend", str((info.get("backend") or {}).get("name", ""))),
+                ("backend", " ".join(str(v) for v in ((info.get("backend") or {}).get("name", ""),
+                                                      (info.get("backend") or {}).get("scheduler")) if v)),
                 ("session", self.state.session),
                 ("workers", workers or "-"),
                 ("running", ", ".join(info.get("running", [])) or "-"),
@@ -482,7 +489,8 @@ def _describe(st: dict[str, Any]) -> str:
         from .panel import progress_text
 
         prog = f"{p.get('desc') or ''} {progress_text(p)}".strip()
-    rows = [("id", st["execution_id"]), ("name", st.get("name") or "-"), ("status", st["status"]),
+    rows = [("id", st["execution_id"]), ("name", st.get("name") or "-"), ("session", st.get("session") or "-"),
+            ("worker", st.get("worker") or "-"), ("status", st["status"]),
             ("reason", st.get("reason") or "-"), ("progress", prog),
             ("created", ts(st.get("created"))), ("started", ts(st.get("started"))),
             ("finished", ts(st.get("finished"))),

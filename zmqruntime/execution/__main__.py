@@ -6,4 +6,5 @@ and run as ``__main__`` (runpy warns about that).
 
 from .worker import main
 
-main()
+if __name__ == "__main__":  # not when multiprocessing's spawn re-imports the main module (parallel_map)
+    main()

@@ -34,7 +34,7 @@ from traitlets.config import LoggingConfigurable
 #: ``--backend NAME`` short names.
 BACKENDS = {
     "local": "zmqruntime.execution.local:LocalBackend",
-    "dask": "zmqruntime.execution.dask:DaskBackend",
+    "dask": "zmqruntime.execution.dask_backend:DaskBackend",
 }
 
 

@@ -45,7 +45,7 @@ from ..protocol import Session, event_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 from .core import (EXECUTE_ATTEMPTS, MAX_KEPT_DONE_EVENTS, AwaitDone, ClientCore, Flow, Request, Submit,
-                   check_id, results_in_done_event)
+                   check_id, parallel_map_request, results_in_done_event)
 from .events import Event, SequenceTracker, expand_progress_batch, parse_event, parse_events
 from .progress_watch import ProgressWatch
 
@@ -344,6 +344,15 @@ class ExecutionClient(ClientCore):
     def run(self, task: Any, config: Any = None, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
         """execute + result, for scripts (``timeout`` is the wait's; raises as get_results does)."""
         return self.result(self.execute(task, config, **kwargs), timeout=timeout)
+
+    def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, timeout: Optional[float] = None,
+                     name: Optional[str] = None) -> list[Any]:
+        """``[fn(x) for x in items]`` on the server's backend (its cores, or its dask cluster), in order.
+
+        One execution of this client's session with one progress bar; cancel it like any other.
+        """
+        task, push = parallel_map_request(fn, items)
+        return self.run(task, timeout=timeout, push=push, name=name or "parallel_map")["_"]
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> "Subscription":
         """Call ``callback(event)`` on a background thread for each event.
@@ -648,6 +657,12 @@ class AsyncExecutionClient(ClientCore):
                   **kwargs: Any) -> dict[str, Any]:
         """execute + result (``timeout`` is the wait's)."""
         return await self.result(await self.execute(task, config, **kwargs), timeout=timeout)
+
+    async def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *,
+                           timeout: Optional[float] = None, name: Optional[str] = None) -> list[Any]:
+        """``[fn(x) for x in items]`` on the server's backend, in order (see ``ExecutionClient.parallel_map``)."""
+        task, push = parallel_map_request(fn, items)
+        return (await self.run(task, timeout=timeout, push=push, name=name or "parallel_map"))["_"]
 
     def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> "Subscription":
         """Call ``callback(event)`` on a background thread for each event (see ExecutionClient.subscribe)."""

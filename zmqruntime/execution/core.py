@@ -141,6 +141,18 @@ def decode_results(msg: Message) -> dict[str, Any]:
     return serialize.loads(msg.buffers)
 
 
+def parallel_map_request(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """The task and pushed values of a client-side ``parallel_map``: the function travels pickled by value."""
+    from ..parallel import pickle_function
+
+    if not callable(fn):
+        raise TypeError(f"parallel_map needs a callable, got {type(fn).__name__}")
+    code = ("from zmqruntime.parallel import parallel_map as _zr_parallel_map\n"
+            "import cloudpickle as _zr_cloudpickle\n"
+            "_zr_parallel_map(_zr_cloudpickle.loads(_zr_map_fn), _zr_map_items)")
+    return code, {"_zr_map_fn": pickle_function(fn), "_zr_map_items": list(items)}
+
+
 class ClientCore:
     """Requests, replies and the algorithms shared by both clients (see the module docstring).
 

@@ -138,11 +138,17 @@ def redirected(stdout: Optional[TextIO], stderr: Optional[TextIO]) -> Any:
 
 def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[Any], namespace: dict[str, Any],
              sink: TaskSink, *, streams: tuple[Optional[StreamCapture], Optional[StreamCapture]] = (None, None),
-             interruptible: Optional[ContextManager[Any]] = None) -> Outcome:
-    """Run ``task`` with ``app.execute_task`` in ``namespace``; never raises for the task's own errors."""
+             interruptible: Optional[ContextManager[Any]] = None, install_progress: bool = True) -> Outcome:
+    """Run ``task`` with ``app.execute_task`` in ``namespace``; never raises for the task's own errors.
+
+    ``streams`` replace ``sys.stdout``/``sys.stderr`` for the task, and the progress
+    sink is installed (``install_progress``): right for a process running one task at a
+    time. A backend running tasks in threads routes both per thread itself instead.
+    """
     status, error, results = "complete", None, {}
     stdout, stderr = streams
-    with redirected(stdout, stderr), reporting.sink(sink.progress):
+    progress_sink = reporting.sink(sink.progress) if install_progress else contextlib.nullcontext()
+    with redirected(stdout, stderr), progress_sink:
         try:
             pushed = serialize.loads(buffers) if buffers else {}
             ctx = TaskContext(execution_id, namespace, pushed)

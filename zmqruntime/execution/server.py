@@ -38,7 +38,7 @@ from typing import Any, Optional
 from traitlets import Any as AnyTrait
 from traitlets import Float, Int, Unicode
 
-from ..protocol import EXECUTION_ID_LENGTH, event_topic, is_execution_id, new_execution_id, send_frames
+from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
@@ -146,7 +146,9 @@ class ExecutionServer(ZMQServer):
         self.backend_type = resolve_backend(self.backend_class)
         self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
         self.sessions = SessionTable()
-        self.backend: Optional[ExecutionBackend] = None
+        # Made now, so bad backend settings fail before any socket is bound; started in on_start.
+        self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
+        self._backend_started = False
 
     # -- worker side: override these for custom task kinds -----------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -177,8 +179,8 @@ class ExecutionServer(ZMQServer):
         return task
 
     def on_start(self) -> None:
-        self.backend = self.backend_type(parent=self, **self._backend_settings())
         self.backend.start(self)
+        self._backend_started = True
         self.call_later(60.0, self._enforce_retention)
         self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
 
@@ -196,11 +198,11 @@ class ExecutionServer(ZMQServer):
         for rec in list(self.records):
             if not rec.final:
                 self._finish(rec, "cancelled", reason="server shut down")
-        if self.backend is not None:
+        if self._backend_started:
             self.backend.stop()
 
     def ping_info(self) -> dict[str, Any]:
-        described = self.backend.describe() if self.backend else {}
+        described = self.backend.describe()
         return {
             "concurrency": self.concurrency,
             "queued": self.sessions.queued(),
@@ -232,7 +234,8 @@ class ExecutionServer(ZMQServer):
         rec = self.records.get(execution_id)
         if rec is None or rec.final:
             return
-        frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, event_type))
+        topic_type = PROGRESS_BATCH_TOPIC if event_type == "progress_batch" else event_type
+        frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, topic_type))
         self.backend_signed_event(frames)
 
     def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
@@ -247,6 +250,8 @@ class ExecutionServer(ZMQServer):
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
             rec.result_json = result.get("json")
+            if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
+                rec.namespace_reset = True
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -278,11 +283,11 @@ class ExecutionServer(ZMQServer):
 
     # -- scheduling -------------------------------------------------------------
     def _capacity(self) -> int:
-        cap = self.backend.capacity if self.backend is not None else None
+        cap = self.backend.capacity
         return self.concurrency if cap is None else min(self.concurrency, cap)
 
     def _schedule(self) -> None:
-        while self.backend is not None and self.sessions.running < self._capacity():
+        while self.sessions.running < self._capacity():
             picked = self.sessions.next()
             if picked is None:
                 return
@@ -294,7 +299,6 @@ class ExecutionServer(ZMQServer):
             self._dispatch(state, rec)
 
     def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> None:
-        assert self.backend is not None
         if rec.seq == 0:  # its 'queued' event is not out yet
             self._emit_status(rec)
         if not state.has_namespace:
@@ -327,7 +331,6 @@ class ExecutionServer(ZMQServer):
             self._release_session(victim)
 
     def _release_session(self, state: SessionState) -> None:
-        assert self.backend is not None
         log.info("releasing session %r (idle %.0f s)", state.name, state.idle_for())
         self.backend.release_session(state.name)
         state.has_namespace = False
@@ -348,7 +351,6 @@ class ExecutionServer(ZMQServer):
     def _cancel_running(self, rec: ExecutionRecord, reason: str) -> None:
         if rec.reason is None:
             rec.reason = reason
-        assert self.backend is not None
         self.backend.cancel(rec.execution_id)
 
     # -- records and events ---------------------------------------------------
@@ -505,7 +507,6 @@ class ExecutionServer(ZMQServer):
 
     def handle_sessions(self, msg: Any) -> Reply:
         """Every session: its worker, queue length, what runs, how long it has been idle."""
-        assert self.backend is not None
         return {"sessions": [self.sessions.describe(s, self.backend.session_worker(s.name)) for s in self.sessions],
                 "idle_timeout": self.session_idle_timeout}, [], None
 
