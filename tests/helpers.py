@@ -67,20 +67,26 @@ def _processes_under(runtime_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
+def stop_servers(runtime_dir: Path, timeout: float = 5.0, by_environment: bool = True) -> None:
     """Shut down every zmqruntime server of ``runtime_dir``; kill whatever is left.
 
-    Servers are found by their connection files *and* by environment (a
-    process whose ``ZMQRUNTIME_RUNTIME_DIR`` is this private directory is
-    ours by construction), so nothing outlives the test module.
+    Servers are found by their connection files and, with ``by_environment``,
+    by environment too: a process whose ``ZMQRUNTIME_RUNTIME_DIR`` is this
+    private directory is ours by construction (the Jupyter tests' kernels and
+    the servers they spawned), so nothing outlives the test module. A plain
+    test's teardown passes False: a module-scoped helper (a dask cluster, say)
+    may have inherited the variable from the test that started it.
     """
     from zmqruntime.execution.client import ExecutionClient
 
     runtime_dir = Path(runtime_dir)
+    pids = []
     for path in sorted(runtime_dir.glob("server-*.json")):
         try:
-            if not pid_alive(int(json.loads(path.read_text()).get("pid") or 0)):
+            pid = int(json.loads(path.read_text()).get("pid") or 0)
+            if not pid_alive(pid):
                 continue  # a server that is gone (killed by the test): nothing to ask
+            pids.append(pid)
             client = ExecutionClient(connection_file=str(path), timeout=2.0, auto_spawn=False)
             try:
                 client.shutdown()
@@ -88,7 +94,7 @@ def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
                 client.close()
         except Exception:
             pass
-    procs = _processes_under(runtime_dir)
+    procs = _processes_under(runtime_dir) if by_environment else _existing(pids)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for proc in alive:
         try:
@@ -99,6 +105,16 @@ def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
     assert not still, f"processes survived SIGKILL: {still}"
 
 
+def _existing(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return found
+
+
 @pytest.fixture
 def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # AF_UNIX paths are limited to ~107 bytes: keep IPC runtime dirs short.
@@ -107,7 +123,7 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = Path(tempfile.mkdtemp(prefix="zr-", dir="/tmp"))
     monkeypatch.setenv("ZMQRUNTIME_RUNTIME_DIR", str(d))
     yield d
-    stop_servers(d)  # whatever a test left running under this directory, workers included
+    stop_servers(d, by_environment=False)  # the servers a test left running (their workers follow)
 
 
 @pytest.fixture
