@@ -259,7 +259,13 @@ def comparisons(results: dict) -> list[Row]:
     return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
-            kernel_row(results), kernel_widget_row(results)]
+            kernel_row(results), kernel_widget_row(results), *_scaleout_rows(results)]
+
+
+def _scaleout_rows(results: dict) -> list[Row]:
+    from benchmarks.rows_scaleout import dask_rows, session_rows
+
+    return [*session_rows(results), *dask_rows(results)]
 
 
 def baseline_lines(r: dict) -> list[str]:

@@ -45,6 +45,9 @@ MODULES = {
     "zr_cancel": ("zr_cancel", 90),
     "zr_coldstart": ("zr_coldstart", 60),
     "zr_kernel": ("zr_kernel", 180),
+    "zr_sessions": ("zr_sessions", 300),
+    "zr_dask": ("zr_dask", 420),
+    "zr_bulk": ("zr_bulk", 900),
 }
 # Groups run in this order; the bool says whether the group is interleaved over rounds.
 GROUPS = [
@@ -54,6 +57,9 @@ GROUPS = [
     (("zr_cancel",), False),
     (("zr_coldstart",), False),
     (("zr_kernel",), False),
+    (("zr_sessions",), False),
+    (("zr_dask",), False),
+    (("zr_bulk",), False),
 ]
 MIN_SLOT = 15  # seconds: don't start a benchmark with less budget than this
 

@@ -18,10 +18,12 @@ from typing import Iterator
 
 import pytest
 
-from helpers import ServerProcess, wait_until
+from helpers import ROOT, ServerProcess, wait_until
 from zmqruntime import ExecutionClient, RemoteError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+EXAMPLES = str(ROOT / "examples")
 
 
 def _free() -> int:
@@ -37,7 +39,9 @@ class DaskCluster:
         self.port = _free()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.log = open(os.path.join(tmp, "dask.log"), "w")
-        common = {"stdout": self.log, "stderr": subprocess.STDOUT, "start_new_session": True, "cwd": tmp}
+        # the workers can import the project and its examples (a custom task kind), as the server can
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), EXAMPLES, os.environ.get("PYTHONPATH", "")]))
+        common = {"stdout": self.log, "stderr": subprocess.STDOUT, "start_new_session": True, "cwd": tmp, "env": env}
         self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
                                         "127.0.0.1", "--port", str(self.port), "--no-dashboard"], **common)]
         for _ in range(2):
@@ -73,12 +77,16 @@ def dask_cluster(tmp_path_factory) -> Iterator[DaskCluster]:
         cluster.stop()
 
 
+KINDS = '--ExecutionServer.task_kind_classes={"call": "call_kind:CallKind"}'
+
+
 @pytest.fixture(params=["local", "dask"])
 def backend(request, start_server) -> ServerProcess:
     if request.param == "local":
-        return start_server("--cancel-grace-period", "1")
+        return start_server("--cancel-grace-period", "1", KINDS, extra_path=EXAMPLES)
     cluster = request.getfixturevalue("dask_cluster")
-    return start_server("--backend", "dask", "--scheduler", cluster.address, "--cancel-grace-period", "1")
+    return start_server("--backend", "dask", "--scheduler", cluster.address, "--cancel-grace-period", "1", KINDS,
+                        extra_path=EXAMPLES)
 
 
 def is_dask(server: ServerProcess) -> bool:
@@ -104,6 +112,14 @@ def test_progress_and_output_stream_live_with_sequence_numbers(backend):
     assert done and done[-1] == 20
     status = client.get_status(eid)
     assert status["progress"]["done"] == 20 and status["worker"]
+
+
+def test_a_custom_task_kind_runs_on_every_backend(backend):
+    task = {"kind": "call", "function": "math:factorial", "args": [20]}
+    assert backend.client.run(task, timeout=60) == {"_": 2432902008176640000}
+    with pytest.raises(RemoteError) as info:
+        backend.client.execute({"kind": "call", "function": "no colon"})
+    assert info.value.code == "bad_request"
 
 
 def test_variables_persist_within_a_session_and_not_across(backend):

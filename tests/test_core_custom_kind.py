@@ -15,7 +15,7 @@ EXAMPLES = str(ROOT / "examples")
 @pytest.fixture
 def call_server(start_server, monkeypatch):
     monkeypatch.syspath_prepend(EXAMPLES)
-    return start_server("--server-class", "call_kind:CallServer", extra_path=EXAMPLES)
+    return start_server('--ExecutionServer.task_kind_classes={"call": "call_kind:CallKind"}', extra_path=EXAMPLES)
 
 
 def test_custom_kind_runs_and_python_kind_still_works(call_server):
@@ -59,3 +59,14 @@ def test_plain_server_rejects_custom_kind(server):
     with pytest.raises(RemoteError) as info:
         server.client.execute({"kind": "call", "function": "math:factorial", "args": [3]})
     assert info.value.code == "unknown_task_kind"
+
+
+def test_a_task_kind_that_cannot_be_loaded_is_refused_at_serve_time(runtime_dir):
+    import subprocess
+    import sys
+
+    for spec, words in (('{"call": "no_such_module:Kind"}', "cannot import 'no_such_module:Kind'"),
+                        ('{"call": "os:path"}', "is not a TaskKind class")):
+        out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", "1",
+                              f"--ExecutionServer.task_kind_classes={spec}"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 3 and words in out.stderr, out.stderr

@@ -219,14 +219,18 @@ def test_client_killed_mid_request_does_not_disturb_the_server(server):
         other.close()
 
 
-def test_client_killed_mid_reply_frees_the_queued_reply(server):
+def test_client_killed_mid_reply_frees_the_queued_reply(start_server):
     """A 200 MiB reply to a client that stops reading, then dies.
+
+    The result is held in the server's memory (shared-memory result files
+    off), which is the case where a queued reply could pin it.
 
     libzmq's ROUTER keeps what is queued for a connected peer; when the peer's
     connection goes, the queue goes with it (ROUTER_MANDATORY off: later
     replies to that peer are dropped). With ``release=True`` the record gave
     its copy up too, so the server's memory must come back down.
     """
+    server = start_server("--cancel-grace-period", "0.5", "--ExecutionServer.shm_result_bytes=0")
     client = server.client
     big = client.execute("import numpy as np\nnp.ones(200 * 2**20, dtype=np.uint8)")
     assert client.wait(big, timeout=60)["status"] == "complete"

@@ -8,9 +8,9 @@ asserted as timings.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -247,3 +247,30 @@ def test_the_backend_seam_runs_a_backend_that_is_not_the_local_pool(start_server
         sub.close()
     finally:
         other.close()
+
+
+def test_the_async_client_has_its_own_session_and_can_name_one(server):
+    import asyncio
+
+    from zmqruntime import AsyncExecutionClient
+
+    async def main() -> tuple:
+        mine = AsyncExecutionClient(server.client.info, session="async-one")
+        other = AsyncExecutionClient(server.client.info)
+        try:
+            first = await mine.execute("value = 'async'")
+            await mine.result(first, timeout=30)
+            seen = await other.execute("'value' in globals()")
+            named = await other.execute("value", session="async-one")
+            listed = await mine.list_executions(session="async-one")
+            return ((await other.result(seen, timeout=30))["_"], (await other.result(named, timeout=30))["_"],
+                    {r["session"] for r in listed}, other.session_name)
+        finally:
+            mine.close()
+            other.close()
+
+    seen, named, sessions, other_name = asyncio.run(asyncio.wait_for(main(), 60))
+    assert seen is False and named == "async" and sessions == {"async-one"}
+    assert other_name.startswith("client-")
+    with pytest.raises(TypeError, match="session"):
+        AsyncExecutionClient(server.client.info, session=3)

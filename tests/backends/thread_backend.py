@@ -19,7 +19,7 @@ from zmqruntime.execution.runner import StreamCapture, run_task
 
 
 class _Sink:
-    def __init__(self, backend: "ThreadBackend", job: Job):
+    def __init__(self, backend: ThreadBackend, job: Job):
         self.backend, self.job, self.seq = backend, job, job.seq
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:

@@ -44,7 +44,8 @@ from ..polling import EVENTS, POLLIN
 from ..protocol import Session, event_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
-from .core import (EXECUTE_ATTEMPTS, MAX_KEPT_DONE_EVENTS, AwaitDone, ClientCore, Flow, Request, Submit,
+from .. import receive
+from .core import (EXECUTE_ATTEMPTS, MAX_KEPT_DONE_EVENTS, AwaitDone, ClientCore, FetchInto, Flow, Request, Submit,
                    check_id, parallel_map_request, results_in_done_event)
 from .events import Event, SequenceTracker, expand_progress_batch, parse_event, parse_events
 from .progress_watch import ProgressWatch
@@ -259,7 +260,15 @@ class ExecutionClient(ClientCore):
             return self._waiter().wait_done(step.execution_id, step.seconds)
         if type(step) is Submit:
             return self._drive(self._submit_flow(step.content, step.buffers))
+        if type(step) is FetchInto:
+            return receive.fetch_into(self._results_request, step.execution_id, step.into, step.release)
         raise TypeError(f"unknown step {step!r}")
+
+    def _results_request(self, content: dict[str, Any]) -> Any:
+        """One verified ``results`` reply (raises its error): what receive.fetch_into asks with."""
+        msg = self._client.request("results", content, copy=False)
+        reply_content(msg)
+        return msg
 
     def _waiter(self) -> "DoneWaiter":
         waiter = getattr(self._local, "waiter", None)
@@ -289,7 +298,7 @@ class ExecutionClient(ClientCore):
         (after ServerUnavailable) safe as well.
         """
         content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
-        return self._drive(self._execute_flow(self._waiter(), content, buffers))
+        return self._drive(self._execute_flow(self._waiter(), content, buffers, push))
 
     def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
@@ -314,7 +323,7 @@ class ExecutionClient(ClientCore):
         return self._client.call("cancel", self._cancel_content(execution_id, reason), timeout=timeout)
 
     def get_results(self, execution_id: str, release: bool = False, timeout: Optional[float] = None,
-                    wait: bool = True) -> dict[str, Any]:
+                    wait: bool = True, *, into: Any = None, shm: Optional[bool] = None) -> dict[str, Any]:
         """The execution's results, when ready: ``{"_": last expression, name: value...}``.
 
         An execution still queued or running is waited for (``timeout`` bounds
@@ -323,9 +332,14 @@ class ExecutionClient(ClientCore):
         traceback), ExecutionCancelled, or RemoteError ``results_expired``.
         Results that rode along in a 'done' event ``wait`` saw need no request.
         ``release=True`` frees them on the server once received.
+        ``into=DIR``: written to files in DIR (new or empty) part by part as
+        they arrive, arrays returned memory-mapped: for results larger than
+        memory (see ``zmqruntime.receive``). ``shm``: map large buffers from
+        shared memory (default: when the server is on this host).
         """
         _check_wait(wait)
-        return self._drive(self._results_flow(self._waiter if wait else None, execution_id, release, timeout))
+        return self._drive(self._results_flow(self._waiter if wait else None, execution_id, release, timeout,
+                                              into, shm))
 
     def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Block until the execution is final; return its status.
@@ -556,7 +570,15 @@ class AsyncExecutionClient(ClientCore):
             if step.buffers:  # pushed values go alone
                 return await self._drive(self._submit_flow(step.content, step.buffers))
             return await self._submit_batched(step.content)
+        if type(step) is FetchInto:
+            return await receive.fetch_into_async(self._results_request, step.execution_id, step.into, step.release)
         raise TypeError(f"unknown step {step!r}")
+
+    async def _results_request(self, content: dict[str, Any]) -> Any:
+        """One verified ``results`` reply (raises its error): what receive.fetch_into_async asks with."""
+        msg = await self._client.request("results", content)
+        reply_content(msg)
+        return msg
 
     def _done_channel(self) -> AsyncDoneChannel:
         if self._channel is None:
@@ -613,7 +635,7 @@ class AsyncExecutionClient(ClientCore):
         """Queue ``task``; return its id (see ExecutionClient.execute). Concurrent calls are pipelined:
         those of one loop turn go as one ``execute_many``, each accepted or refused on its own."""
         content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
-        return await self._drive(self._execute_flow(self._done_channel(), content, buffers))
+        return await self._drive(self._execute_flow(self._done_channel(), content, buffers, push))
 
     async def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
         """One execution's full state, or a list of all when no id is given."""
@@ -639,11 +661,11 @@ class AsyncExecutionClient(ClientCore):
         return await self._client.call("cancel", self._cancel_content(execution_id, reason), timeout=timeout)
 
     async def get_results(self, execution_id: str, release: bool = False, timeout: Optional[float] = None,
-                          wait: bool = True) -> dict[str, Any]:
+                          wait: bool = True, *, into: Any = None, shm: Optional[bool] = None) -> dict[str, Any]:
         """The execution's results, when ready (see ExecutionClient.get_results)."""
         _check_wait(wait)
         return await self._drive(self._results_flow(self._done_channel if wait else None, execution_id,
-                                                    release, timeout))
+                                                    release, timeout, into, shm))
 
     async def wait(self, execution_id: str, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the execution to be final; return its status (ExecutionTimeout past ``timeout``)."""

@@ -31,8 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Mapping, Optional, Protocol, Sequence, Union
 
-from .. import serialize
-from ..client import check_timeout
+from .. import receive, serialize
+from ..client import check_timeout, ok_or_raise
 from ..errors import ExecutionTimeout, RemoteError, ServerUnavailable
 from ..protocol import FINAL_STATES, Message, new_execution_id, new_id
 from ..transport import ConnectionInfo
@@ -71,6 +71,15 @@ class Submit:
 
 
 @dataclass
+class FetchInto:
+    """Step: stream an execution's results into a directory part by part (``get_results(into=)``)."""
+
+    execution_id: str
+    into: Any
+    release: bool
+
+
+@dataclass
 class AwaitDone:
     """Step: wait up to ``seconds`` for the 'done' Event of a subscribed execution (None if it did not come)."""
 
@@ -78,7 +87,7 @@ class AwaitDone:
     seconds: float
 
 
-Step = Union[Request, Submit, AwaitDone]
+Step = Union[Request, Submit, AwaitDone, FetchInto]
 Flow = Generator[Step, Any, Any]
 
 
@@ -162,6 +171,8 @@ class ClientCore:
 
     info: ConnectionInfo
     timeout: float
+    #: Push large values through shared memory when the server is on this host (IPC or loopback).
+    push_shm = True
     #: The session this client's executions run in (its namespace and queue on the server).
     session_name: str = DEFAULT_SESSION
 
@@ -222,8 +233,21 @@ class ClientCore:
         if push:
             if not isinstance(push, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in push):
                 raise TypeError("push must be a mapping of variable names to values")
-            buffers = serialize.dumps(dict(push))
+            buffers, files = receive.prepare_push(push, self.push_shm and receive.same_host(self.info))
+            if files:  # large values wait in shared-memory files the server takes over
+                content["shm"] = files
         return content, buffers
+
+    @staticmethod
+    def _push_over_socket(content: dict[str, Any], push: Any) -> tuple[dict[str, Any], list[Any]]:
+        """The request again with every pushed byte in its buffers (the server found no shm file)."""
+        receive.discard_push(content.pop("shm", []))
+        return content, receive.prepare_push(push, False)[0]
+
+    @staticmethod
+    def _check_shm(shm: Any) -> None:
+        if shm is not None and not isinstance(shm, bool):
+            raise TypeError(f"shm must be True, False or None (automatic), got {shm!r}")
 
     @staticmethod
     def _status_content(execution_id: Optional[str]) -> dict[str, Any]:
@@ -259,13 +283,21 @@ class ClientCore:
         return content
 
     # -- flows ------------------------------------------------------------------
-    def _execute_flow(self, channel: DoneChannel, content: dict[str, Any], buffers: list[Any]) -> Flow:
+    def _execute_flow(self, channel: DoneChannel, content: dict[str, Any], buffers: list[Any],
+                      push: Optional[Mapping[str, Any]] = None) -> Flow:
         """Subscribe to the 'done' event, then submit: a fast task's event is not missed by wait()."""
         proposed = content["execution_id"]
         channel.subscribe(proposed)
         self._watch_progress(proposed)
         try:
-            reply = yield Submit(content, buffers)
+            try:
+                reply = yield Submit(content, buffers)
+            except RemoteError as exc:
+                if exc.code != "shm_unavailable":
+                    raise
+                reply = yield Submit(*self._push_over_socket(content, push))
+            finally:
+                receive.discard_push(content.get("shm", []))  # those the server did not take
         except BaseException:  # refused or unanswered: nothing to wait for under this id
             channel.unsubscribe(proposed)
             self._unwatch_progress(proposed)
@@ -358,11 +390,11 @@ class ClientCore:
         results = results_in_done_event((yield from self._wait_flow(channel, execution_id, timeout)))
         if results is not None:
             return results
-        return (yield from self._results_flow(None, execution_id, False, None))
+        return (yield from self._results_flow(None, execution_id, False, None))  # after the wait: ready
 
     def _results_flow(self, channel: Optional[Callable[[], DoneChannel]], execution_id: str, release: bool,
-                      timeout: Optional[float]) -> Flow:
-        """``get_results``: a kept 'done' event's results when it has them, else a ``results`` request.
+                      timeout: Optional[float], into: Any = None, shm: Optional[bool] = None) -> Flow:
+        """``get_results``: a kept 'done' event's results when it has them, else fetched (``_fetch_flow``).
 
         With a ``channel`` factory ("retrieve when ready"), an execution still
         queued or running is waited for (``timeout`` bounds the whole call),
@@ -371,25 +403,42 @@ class ClientCore:
         check_id(execution_id)
         if not isinstance(release, bool):
             raise TypeError(f"release must be True or False, got {release!r}")
+        self._check_shm(shm)
         timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._kept_lock:
             done = self._kept_done.pop(execution_id, None)
-        results = None if release else results_in_done_event(done)
+        results = None if release or into is not None else results_in_done_event(done)
         if results is not None:
             return results
-        content = {"execution_id": execution_id, "release": release}
         try:
-            return decode_results((yield Request("results", content, (), timeout, raw=True)))
+            return (yield from self._fetch_flow(execution_id, release, timeout, into, shm))
         except RemoteError as exc:
             if exc.code != "not_finished" or channel is None:
                 raise
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
-        results = None if release else results_in_done_event((yield from self._wait_flow(channel(), execution_id, left)))
+        final = yield from self._wait_flow(channel(), execution_id, left)
+        results = None if release or into is not None else results_in_done_event(final)
         if results is not None:
             return results
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
-        return decode_results((yield Request("results", content, (), left and min(left, self.timeout), raw=True)))
+        return (yield from self._fetch_flow(execution_id, release, left and min(left, self.timeout), into, shm))
+
+    def _fetch_flow(self, execution_id: str, release: bool, timeout: Optional[float], into: Any,
+                    shm: Optional[bool]) -> Flow:
+        """The results from the server: into a directory, through shared memory (same host), or over the socket."""
+        if into is not None:
+            return (yield FetchInto(execution_id, into, release))
+        if shm if shm is not None else receive.same_host(self.info):
+            msg = yield Request("results", receive.shm_request(execution_id), (), timeout, raw=True)
+            ok_or_raise(msg.content)
+            results = receive.decode_shm_reply(msg)
+            if results is not None:
+                if release:
+                    yield Request("results", receive.release_request(execution_id), (), timeout)
+                return results
+        msg = yield Request("results", {"execution_id": execution_id, "release": release}, (), timeout, raw=True)
+        return decode_results(msg)
 
     # -- helpers ------------------------------------------------------------------
     def _keep_done_event(self, event: Event) -> None:

@@ -69,6 +69,8 @@ class DaskBackend(ExecutionBackend):
                                         "server's setting applies to every backend.").tag(config=True)
     server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
                            help="module:Class whose execute_task runs tasks on the workers.").tag(config=True)
+    task_kind_classes = Dict(Unicode(), help="Extra task kinds the workers load (name -> module:Class).").tag(
+        config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -156,7 +158,8 @@ class DaskBackend(ExecutionBackend):
 
         buffers = [bytes(b.buffer) if hasattr(b, "buffer") else bytes(b) for b in job.buffers]
         future = self.client.submit(run_execution, self.topic, job.execution_id, job.session, job.task, buffers,
-                                    job.seq, self.server_class, key=f"zmqr-{job.execution_id}", workers=[address],
+                                    job.seq, self.server_class, dict(self.task_kind_classes),
+                                    key=f"zmqr-{job.execution_id}", workers=[address],
                                     allow_other_workers=False, pure=False, retries=0)
         self.running[job.execution_id] = (future, job, address)
         future.add_done_callback(lambda f: self._collect(job, f))

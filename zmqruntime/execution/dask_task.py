@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, TextIO, cast
 
 from .. import reporting
 from ..protocol import PROGRESS_FIELDS
@@ -93,8 +93,8 @@ class ThreadRouter:
     def __init__(self) -> None:
         self.by_thread: dict[int, tuple[StreamCapture, StreamCapture, DaskSink]] = {}
         self.stdout, self.stderr = sys.stdout, sys.stderr
-        sys.stdout = _Routed(self, 0, self.stdout)  # type: ignore[assignment]
-        sys.stderr = _Routed(self, 1, self.stderr)  # type: ignore[assignment]
+        sys.stdout = cast(TextIO, _Routed(self, 0, self.stdout))
+        sys.stderr = cast(TextIO, _Routed(self, 1, self.stderr))
         reporting._set_sink(self.progress)
         threading.Thread(target=self._flusher, name="zmqruntime-dask-flush", daemon=True).start()
 
@@ -121,13 +121,15 @@ class _Routed:
     def __init__(self, router: ThreadRouter, index: int, fallback: Any):
         self.router, self.index, self.fallback = router, index, fallback
 
-    def write(self, text: str) -> int:
+    def _target(self) -> Any:
         found = self.router.by_thread.get(threading.get_ident())
-        return (found[self.index] if found is not None else self.fallback).write(text)
+        return found[self.index] if found is not None else self.fallback
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
 
     def flush(self) -> None:
-        found = self.router.by_thread.get(threading.get_ident())
-        (found[self.index] if found is not None else self.fallback).flush()
+        self._target().flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.fallback, name)
@@ -146,7 +148,7 @@ def router() -> ThreadRouter:
 
 
 def run_execution(topic: str, execution_id: str, session: str, task: dict[str, Any], buffers: list[Any],
-                  seq: int, app_class: str) -> dict[str, Any]:
+                  seq: int, app_class: str, task_kinds: dict[str, str]) -> dict[str, Any]:
     """The dask task of one execution: outcome message, result frames, where it ran."""
     from distributed import get_worker
 
@@ -163,7 +165,8 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
     routes.by_thread[ident] = (streams[0], streams[1], sink)
     RUNNING[execution_id] = ident
     try:
-        outcome = run_task(_load_class(app_class)(_worker_side=True), execution_id, task, buffers, namespace, sink,
+        app = _load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
+        outcome = run_task(app, execution_id, task, buffers, namespace, sink,
                            install_progress=False)
     finally:
         RUNNING.pop(execution_id, None)

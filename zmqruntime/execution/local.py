@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import zmq
-from traitlets import Float, Int, Unicode
+from traitlets import Dict, Float, Int, Unicode
 
 from ..polling import EVENTS, POLLIN
 from ..protocol import new_id, send_frames, unpack_frames
@@ -76,6 +76,8 @@ class LocalBackend(ExecutionBackend):
     spare_workers = Int(1, help="Workers kept started and idle, so a new session starts at once.").tag(config=True)
     server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
                            help="module:Class the workers import to run tasks (its execute_task).").tag(config=True)
+    task_kind_classes = Dict(Unicode(), help="Extra task kinds the workers load (name -> module:Class).").tag(
+        config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -182,7 +184,8 @@ class LocalBackend(ExecutionBackend):
         worker_id = f"w-{new_id()[:8]}"
         process = subprocess.Popen(
             [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
-             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid())],
+             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
+             "--task-kinds", json.dumps(dict(self.task_kind_classes))],
             env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key if self.host else ""),
             stdin=subprocess.DEVNULL,
         )
@@ -270,7 +273,7 @@ class LocalBackend(ExecutionBackend):
         sock, host = self.sock, self.host
         assert sock is not None and host is not None
         for _ in range(1024):  # drain, but let the control channel have a turn
-            if not sock.getsockopt(EVENTS) & POLLIN:
+            if not int(sock.getsockopt(EVENTS)) & POLLIN:
                 return
             handle = self.workers.get(sock.recv().decode("utf-8", "replace"))
             kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else b""

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
+from .. import spill
 from ..protocol import FINAL_STATES, OUTPUT_KEEP_CHARS, progress_state
 
 #: Characters of each output stream kept per execution for late subscribers.
@@ -62,6 +63,7 @@ class ExecutionRecord:
     worker: Optional[str] = None  # where it ran, in the backend's words (a pid, a dask worker address)
     namespace_reset: bool = False
     push_frames: list[Any] = field(default_factory=list)
+    push_files: list[spill.BufferFile] = field(default_factory=list)  # shared-memory pushes, deleted when final
     # idempotent submit: the client's key and what the request looked like
     request_id: Optional[str] = None
     request_fingerprint: dict[str, str] = field(default_factory=dict)
@@ -69,6 +71,7 @@ class ExecutionRecord:
     result_names: list[str] = field(default_factory=list)
     result_frames: list[Any] = field(default_factory=list)
     result_digests: list[bytes] = field(default_factory=list)
+    result_files: list[spill.BufferFile] = field(default_factory=list)  # buffers held in files (spill.py)
     result_nbytes: int = 0
     result_error: Optional[str] = None
     result_json: Optional[str] = None  # the JSON form, when every value is JSON-able (json_results.py)
@@ -84,6 +87,24 @@ class ExecutionRecord:
     @property
     def has_results(self) -> bool:
         return bool(self.result_frames)
+
+    def drop_results(self) -> None:
+        """Forget the result buffers and delete the files that held any."""
+        spill.delete(self.result_files)
+        self.result_files = []
+        self.result_frames = []
+        self.result_digests = []
+        self.result_json = None
+
+    def drop_push(self) -> None:
+        spill.delete(self.push_files)
+        self.push_files = []
+        self.push_frames = []
+
+    @property
+    def result_disk_bytes(self) -> int:
+        """Bytes of the result held in spill files on disk (the rest is in memory or shared memory)."""
+        return spill.disk_bytes(self.result_files)
 
     def queue_event(self, header: bytes, content: bytes) -> None:
         self.pending_events.append((header, content))
@@ -162,13 +183,15 @@ class ExecutionRecord:
 class RecordStore:
     """Records by id in creation order, with the retention policy."""
 
-    def __init__(self, max_records: int, max_results: int, max_result_bytes: int, max_result_age: float):
+    def __init__(self, max_records: int, max_results: int, max_result_bytes: int, max_result_age: float,
+                 max_spill_bytes: int = 1 << 62):
         self.records: "OrderedDict[str, ExecutionRecord]" = OrderedDict()
         self.by_request: dict[str, str] = {}  # request_id -> execution_id, for remembered records only
         self.max_records = max_records
         self.max_results = max_results
         self.max_result_bytes = max_result_bytes
         self.max_result_age = max_result_age
+        self.max_spill_bytes = max_spill_bytes
 
     def __contains__(self, exec_id: str) -> bool:
         return exec_id in self.records
@@ -204,6 +227,7 @@ class RecordStore:
                     break
         for rec in doomed:
             del self.records[rec.execution_id]
+            rec.drop_results()
             if rec.request_id is not None:
                 self.by_request.pop(rec.request_id, None)
 
@@ -216,18 +240,22 @@ class RecordStore:
         held = [r for r in self.records.values() if r.has_results]
         # fetched first, then oldest first
         held.sort(key=lambda r: (not r.results_fetched, r.finished_clock or r.created_clock))
-        total = sum(r.result_nbytes for r in held)
+        # memory (frames and shared memory) and disk (spill files) are counted apart
+        disk = {r.execution_id: r.result_disk_bytes for r in held}
+        total = sum(r.result_nbytes - disk[r.execution_id] for r in held)
+        total_disk = sum(disk.values())
         count = len(held)
         evicted = []
         for rec in held:
             too_old = now - (rec.finished_clock or rec.created_clock) > self.max_result_age
-            if not (too_old or count > self.max_results or total > self.max_result_bytes):
+            mem_bytes, disk_bytes = rec.result_nbytes - disk[rec.execution_id], disk[rec.execution_id]
+            if not (too_old or count > self.max_results or (total > self.max_result_bytes and mem_bytes)
+                    or (total_disk > self.max_spill_bytes and disk_bytes)):
                 continue
-            total -= rec.result_nbytes
+            total -= mem_bytes
+            total_disk -= disk_bytes
             count -= 1
-            rec.result_frames = []
-            rec.result_digests = []
-            rec.result_json = None
+            rec.drop_results()
             rec.results_expired = True
             evicted.append(rec.execution_id)
         return evicted

@@ -26,11 +26,9 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Optional, Protocol, TextIO
+from typing import Any, Callable, ContextManager, Optional, Protocol
 
-from .. import reporting
-from .. import serialize
-from ..protocol import buffer_digest
+from .. import reporting, serialize, spill
 from .json_results import json_form
 
 STREAM_FLUSH_BYTES = 64 * 1024
@@ -90,7 +88,7 @@ class StreamCapture(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, text: str) -> int:  # type: ignore[override]
+    def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         with self._lock:
@@ -123,7 +121,7 @@ class StreamCapture(io.TextIOBase):
 
 
 @contextlib.contextmanager
-def redirected(stdout: Optional[TextIO], stderr: Optional[TextIO]) -> Any:
+def redirected(stdout: Optional[io.TextIOBase], stderr: Optional[io.TextIOBase]) -> Any:
     """``sys.stdout``/``sys.stderr`` replaced for the block (None: left alone)."""
     old = sys.stdout, sys.stderr
     if stdout is not None:
@@ -145,12 +143,13 @@ def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[An
     sink is installed (``install_progress``): right for a process running one task at a
     time. A backend running tasks in threads routes both per thread itself instead.
     """
-    status, error, results = "complete", None, {}
+    status, error = "complete", None
+    results: dict[str, Any] = {}
     stdout, stderr = streams
     progress_sink = reporting.sink(sink.progress) if install_progress else contextlib.nullcontext()
     with redirected(stdout, stderr), progress_sink:
         try:
-            pushed = serialize.loads(buffers) if buffers else {}
+            pushed = spill.load_pushed(buffers) if buffers else {}  # a frame may name a shared-memory file
             ctx = TaskContext(execution_id, namespace, pushed)
             namespace.update(pushed)
             with interruptible if interruptible is not None else contextlib.nullcontext():
@@ -175,10 +174,11 @@ def pack_results(results: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         frames = serialize.dumps(results)
     except serialize.SerializationError as exc:
         return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
-    digests = [buffer_digest(f).hex() for f in frames]
     nbytes = serialize.nbytes(frames)
-    return {"names": sorted(results), "digests": digests, "nbytes": nbytes, "error": None,
-            "json": json_form(results, nbytes)}, frames
+    json_text = json_form(results, nbytes)  # small plain-JSON results also as JSON (results format "json")
+    frames, digests, files = spill.place_result_buffers(frames)  # large buffers into files, where configured
+    return {"names": sorted(results), "digests": digests, "files": files, "nbytes": nbytes, "error": None,
+            "json": json_text}, frames
 
 
 def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -193,7 +193,9 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     tree = ast.parse(code, filename=filename, mode="exec")
     last_expr = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last_expr = ast.Expression(tree.body.pop().value)
+        last = tree.body.pop()
+        assert isinstance(last, ast.Expr)
+        last_expr = ast.Expression(last.value)
     ns = ctx.namespace
     _apply_config(task.get("config"), ns, ctx.execution_id)
     exec(compile(tree, filename, "exec"), ns)

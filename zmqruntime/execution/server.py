@@ -19,32 +19,35 @@ backend to interrupt it (locally: SIGINT, then SIGTERM and SIGKILL after
 grace periods; the session's namespace is then lost and its next execution
 says so). A per-execution ``timeout`` takes the same path.
 
-Custom task kinds: subclass, add the kind to ``task_kinds``, validate it in
-``validate_task`` (server side) and run it in ``execute_task`` (worker side:
-the worker imports the server class by name, so it must be importable).
+Custom task kinds: a ``TaskKind`` (``kinds.py``) named in
+``task_kind_classes``; every worker loads the same classes. Subclassing and
+overriding ``validate_task`` / ``execute_task`` still works (the worker
+imports the server class by name, so it must be importable).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import keyword
 import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 from traitlets import Any as AnyTrait
-from traitlets import Float, Int, Unicode
+from traitlets import Dict, Float, Int, Unicode
 
+from .. import parts, shm, spill
 from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
 from .records import ExecutionRecord, RecordStore
 from .sessions import SessionState, SessionTable, check_session_name
-from .runner import TaskContext, run_python_source
+from .kinds import load_kinds
+from .runner import TaskContext
 
 log = logging.getLogger("zmqruntime.execution")
 
@@ -81,23 +84,6 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
             "session": digest(session)}
 
 
-def check_python_config(config: Any) -> None:
-    """A python task's ``config``: null, source that compiles, or an object of names to values."""
-    if config is None:
-        return
-    if isinstance(config, str):
-        try:
-            compile(config, "<zmqexec-config>", "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            raise RequestError("syntax_error", f"config failed: {exc.msg} (line {exc.lineno})",
-                               lineno=exc.lineno, text=exc.text, where="config") from None
-        return
-    if not isinstance(config, dict) or not all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)
-                                               for k in config):
-        raise RequestError("bad_request", "'config' must be Python source (a string) or an object whose keys "
-                                          "are variable names")
-
-
 def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
     """A ``results`` reply with ``format: "json"``: the values inline, or ``not_json``."""
     if rec.result_json is None and rec.result_names:
@@ -123,18 +109,30 @@ class ExecutionServer(ZMQServer):
     max_result_bytes = Int(4 << 30, help="Results kept at most (total bytes).").tag(config=True)
     max_result_age = Float(24 * 3600.0, help="Results older than this (seconds) are dropped.").tag(config=True)
     inline_result_bytes = Int(64 * 1024, help="Results up to this size also travel in the 'done' event.").tag(config=True)
+    shm_result_bytes = Int(1 << 20, help="Result buffers at least this large are kept in shared-memory files "
+                                         "(a client on this host maps them); 0 = never.").tag(config=True)
+    shm_dir = Unicode("", help="Directory of shared-memory files (default /dev/shm, or $ZMQRUNTIME_SHM_DIR).").tag(config=True)
+    spill_result_bytes = Int(1 << 30, help="Results at least this large are kept in files on disk instead of "
+                                           "memory; 0 = never.").tag(config=True)
+    spill_dir = Unicode("", help="Directory of spill files (default: the runtime directory).").tag(config=True)
+    max_spill_bytes = Int(64 << 30, help="Results kept at most in spill files (total bytes on disk).").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
+    task_kind_classes = Dict(Unicode(), help="Task kinds besides 'python': name -> 'module:Class' "
+                                             "(a TaskKind, importable on the workers too).").tag(config=True)
 
-    #: Task kinds this server accepts. Subclasses extend it.
-    task_kinds: tuple[str, ...] = ("python",)
+    #: Kinds a subclass validates and runs itself (overriding validate_task / execute_task); most
+    #: applications add a TaskKind through ``task_kind_classes`` instead.
+    task_kinds: tuple[str, ...] = ()
 
     def __init__(self, _worker_side: bool = False, **kwargs: Any):
         if _worker_side:
             # In a worker only execute_task is used: skip ZMQServer's key and
             # sockets, initialise just the traitlets Configurable underneath.
             super(ZMQServer, self).__init__(**kwargs)
+            self.kinds = load_kinds(self.task_kind_classes)
             return
         super().__init__(**kwargs)
+        self.kinds = load_kinds(self.task_kind_classes)
         for name in ("concurrency", "max_batch", "max_session_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -144,18 +142,25 @@ class ExecutionServer(ZMQServer):
         if not self.session_idle_timeout > 0:
             raise ValueError(f"session_idle_timeout must be > 0, got {self.session_idle_timeout}")
         self.backend_type = resolve_backend(self.backend_class)
-        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age)
+        self.records = RecordStore(self.max_records, self.max_results, self.max_result_bytes, self.max_result_age,
+                                   self.max_spill_bytes)
+        from ..transport import runtime_dir
+
+        self.files = spill.FileStore(spill.Settings(
+            Path(self.shm_dir) if self.shm_dir else shm.default_dir(), max(0, self.shm_result_bytes),
+            Path(self.spill_dir) if self.spill_dir else runtime_dir(), max(0, self.spill_result_bytes)))
         self.sessions = SessionTable()
         # Made now, so bad backend settings fail before any socket is bound; started in on_start.
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
         self._backend_started = False
 
-    # -- worker side: override these for custom task kinds -----------------
+    # -- worker side --------------------------------------------------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         """Run one task in the worker; return ``{name: value}`` results."""
-        if task["kind"] == "python":
-            return run_python_source(task, ctx)
-        raise ValueError(f"{type(self).__name__} cannot run task kind {task['kind']!r}")
+        kind = self.kinds.get(task["kind"])
+        if kind is None:
+            raise ValueError(f"{type(self).__name__} cannot run task kind {task['kind']!r}")
+        return kind.run(task, ctx)
 
     # -- server side --------------------------------------------------------
     def validate_task(self, task: Any) -> dict[str, Any]:
@@ -163,23 +168,16 @@ class ExecutionServer(ZMQServer):
         if not isinstance(task, dict):
             raise RequestError("bad_request", f"'task' must be an object, got {type(task).__name__}")
         kind = task.get("kind")
-        if kind not in self.task_kinds:
-            raise RequestError("unknown_task_kind", f"task kind {kind!r} is not one of {list(self.task_kinds)}")
-        if kind == "python":
-            if not isinstance(task.get("code"), str):
-                raise RequestError("bad_request", "python task needs 'code' as a string")
-            names = task.get("results", [])
-            if not isinstance(names, list) or not all(isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names):
-                raise RequestError("bad_request", "'results' must be a list of variable names")
-            try:
-                compile(task["code"], "<zmqexec>", "exec", dont_inherit=True)
-            except SyntaxError as exc:
-                raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno, text=exc.text) from None
-            check_python_config(task.get("config"))
-        return task
+        if kind in self.task_kinds:  # a subclass's own kind: its override validated it
+            return task
+        if not isinstance(kind, str) or kind not in self.kinds:
+            raise RequestError("unknown_task_kind",
+                               f"task kind {kind!r} is not one of {sorted({*self.kinds, *self.task_kinds})}")
+        return self.kinds[kind].validate(task)
 
     def on_start(self) -> None:
-        self.backend.start(self)
+        self.files.start()  # before the workers: they inherit its settings
+        self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
         self.call_later(60.0, self._enforce_retention)
         self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
@@ -187,8 +185,10 @@ class ExecutionServer(ZMQServer):
     def _backend_settings(self) -> dict[str, Any]:
         """Server traits a backend shares by name (the cancel grace periods, the worker class)."""
         shared = {"cancel_grace_period": self.cancel_grace_period, "kill_grace_period": self.kill_grace_period,
-                  "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}"}
-        return {k: v for k, v in shared.items() if self.backend_type.class_traits().get(k) is not None
+                  "server_class": self.worker_server_class or f"{type(self).__module__}:{type(self).__qualname__}",
+                  "task_kind_classes": dict(self.task_kind_classes)}
+        traits = self.backend_type.class_traits()  # type: ignore[attr-defined]
+        return {k: v for k, v in shared.items() if traits.get(k) is not None
                 and not self._configured(self.backend_type, k)}
 
     def _configured(self, cls: type, name: str) -> bool:
@@ -200,6 +200,9 @@ class ExecutionServer(ZMQServer):
                 self._finish(rec, "cancelled", reason="server shut down")
         if self._backend_started:
             self.backend.stop()
+        for rec in self.records:  # results do not outlive the server: nor do their files
+            rec.drop_results()
+            rec.drop_push()
 
     def ping_info(self) -> dict[str, Any]:
         described = self.backend.describe()
@@ -252,6 +255,16 @@ class ExecutionServer(ZMQServer):
             rec.result_json = result.get("json")
             if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
                 rec.namespace_reset = True
+            if result.get("files"):
+                try:
+                    rec.result_files = self.files.adopt_results(result["files"], rec.result_frames)
+                except (OSError, ValueError) as exc:
+                    log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
+                    rec.drop_results()
+                    rec.result_error = f"result buffer file refused: {exc}"
+                parts.start_digests(rec)  # for clients that fetch over the socket
+                if rec.result_nbytes <= self.inline_result_bytes:
+                    parts.ensure_digests(rec)  # it rides in the 'done' event
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -261,6 +274,8 @@ class ExecutionServer(ZMQServer):
             else:
                 reason = None
             self._finish(rec, status, reason=reason, error=error)
+        else:  # nobody will fetch it: delete the files the worker wrote
+            self.files.discard(msg["result"].get("files") or [])
         self._schedule()
 
     def backend_lost(self, loss: Loss) -> None:
@@ -370,6 +385,7 @@ class ExecutionServer(ZMQServer):
         if rec.status == "running":
             self.sessions.finished(rec.session, rec.execution_id)
         rec.status = status
+        rec.drop_push()
         rec.finished = time.time()
         rec.finished_clock = time.monotonic()
         rec.reason = reason
@@ -389,12 +405,12 @@ class ExecutionServer(ZMQServer):
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
+        self.files.sweep()
         self.call_later(60.0, self._enforce_retention)
 
-    def _record(self, msg: Any, required: bool = True) -> Optional[ExecutionRecord]:
+    def _record(self, msg: Any) -> ExecutionRecord:
+        """The record the request names; RequestError when it names none or an unknown one."""
         exec_id = msg.content.get("execution_id")
-        if exec_id is None and not required:
-            return None
         if not isinstance(exec_id, str):
             raise RequestError("bad_request", f"'execution_id' must be a string, got {type(exec_id).__name__}")
         rec = self.records.get(exec_id)
@@ -455,7 +471,9 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
+        buffers, push_files = self._adopt_push(c.get("shm"), buffers)
         rec = ExecutionRecord(exec_id, task, name=name, session=session, timeout=timeout, push_frames=buffers,
+                              push_files=push_files,
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.sessions.enqueue(session, exec_id)
@@ -465,6 +483,18 @@ class ExecutionServer(ZMQServer):
         done_subscribed = self.wants(event_topic(exec_id, "done"))
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
                 "session": session}
+
+    def _adopt_push(self, field: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Pushed buffers the client left in shared-memory files (``shm``), see spill.py."""
+        try:
+            return self.files.adopt_push(field, buffers)
+        except FileNotFoundError as exc:
+            raise RequestError("shm_unavailable", f"shared-memory file not found on the server's host: {exc}; "
+                                                  "send the values as buffers") from None
+        except shm.SegmentRefused as exc:
+            raise RequestError("shm_refused", str(exc)) from None
+        except (OSError, ValueError) as exc:
+            raise RequestError("bad_request", str(exc)) from None
 
     def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
@@ -483,7 +513,7 @@ class ExecutionServer(ZMQServer):
         self._schedule()
 
     def handle_status(self, msg: Any) -> Reply:
-        rec = self._record(msg, required=False)
+        rec = self._record(msg) if msg.content.get("execution_id") is not None else None
         if rec is not None:
             rec.absorb_events()
             return {"execution": rec.to_status()}, [], None
@@ -567,13 +597,27 @@ class ExecutionServer(ZMQServer):
             raise RequestError("unpicklable_result", rec.result_error, status=rec.status)
         if rec.results_expired:
             raise RequestError("results_expired", f"results of {rec.execution_id} were dropped by the retention policy")
-        frames, digests = rec.result_frames, rec.result_digests
+        try:
+            form = parts.requested_form(msg.content)
+        except parts.PartError as exc:
+            raise RequestError("bad_request", str(exc)) from None
+        if fmt == "json" and form is not None:
+            raise RequestError("bad_request", f"'format' \"json\" cannot go with '{form}'")
         content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
         if fmt == "json":
-            content, frames, digests = json_reply(rec, content), [], []
+            reply: Any = json_reply(rec, content), [], []
+        else:
+            try:
+                reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
+                         if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+            except parts.PartError as exc:
+                raise RequestError("bad_request", str(exc)) from None
+            if reply is None:
+                parts.ensure_digests(rec)
+                reply = content, rec.result_frames, rec.result_digests
         rec.results_fetched = True
         if release:
-            rec.result_frames, rec.result_digests, rec.result_json = [], [], None
+            rec.drop_results()  # the reply keeps its own references to the frames
             rec.results_expired = True
-        return content, frames, digests
+        return reply
 

@@ -98,7 +98,8 @@ class InterruptGuard:
 
 
 class Worker:
-    def __init__(self, url: str, key: str, worker_id: str, server_class: str, parent_pid: int):
+    def __init__(self, url: str, key: str, worker_id: str, server_class: str, parent_pid: int,
+                 task_kinds: Optional[dict[str, str]] = None):
         self.session = Session(key)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -111,7 +112,7 @@ class Worker:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_id: Optional[str] = None
         self.seq = 0
-        self.app = _load_class(server_class)(_worker_side=True)
+        self.app = _load_class(server_class)(_worker_side=True, task_kind_classes=task_kinds or {})
         self.stdout = StreamCapture(self.emit, "stdout")
         self.stderr = StreamCapture(self.emit, "stderr")
         self._stop = threading.Event()
@@ -245,13 +246,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--parent-pid", type=int, required=True, help="the server: exit when it is gone")
     parser.add_argument("--server-class", default="zmqruntime.execution.server:ExecutionServer")
+    parser.add_argument("--task-kinds", type=json.loads, default={}, help="extra task kinds, JSON: name -> module:Class")
     args = parser.parse_args(argv)
     key = os.environ.pop("ZMQRUNTIME_WORKER_KEY", "")
     if not key:
         parser.error("ZMQRUNTIME_WORKER_KEY is not set")
     if os.getppid() != args.parent_pid:  # the server died while we were starting
         sys.exit(3)
-    Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid).run_forever()
+    Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid, args.task_kinds).run_forever()
 
 
 if __name__ == "__main__":
