@@ -160,7 +160,7 @@ def test_config_bad_input(server):
 def test_custom_kinds_receive_config(start_server, monkeypatch):
     examples = str(ROOT / "examples")
     monkeypatch.syspath_prepend(examples)
-    server = start_server("--server-class", "call_kind:CallServer", extra_path=examples)
+    server = start_server('--ExecutionServer.task_kind_classes={"call": "call_kind:CallKind"}', extra_path=examples)
     from call_kind import CallClient
 
     client = CallClient(connection_file=str(server.connection_file))
