@@ -88,6 +88,33 @@ Interrupt becomes a remote cancel); the cell's value is the remote result.
 len(squares), squares[-1]
 """),
         md("""
+## Figures, rich output and tqdm bars
+
+What a cell shows locally, it shows under `%%zmqexec`: matplotlib figures (as
+images; the server never opens a window), `display()` and rich reprs, the last
+expression's repr, and tqdm bars as rows in the panel (nested bars nested; the
+main bar follows the outer one).
+"""),
+        code("""
+%%zmqexec --name plots
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+import time
+
+for epoch in tqdm(range(3), desc="epochs"):
+    for n in tqdm(range(40), desc="batches", leave=False):
+        time.sleep(0.01)
+plt.plot(range(40), squares)
+plt.title("squares, computed remotely")
+plt.show()
+"""),
+        code("""
+plots = _
+plots.wait(timeout=60)
+figures = [o for o in plots.outputs if "image/png" in o["data"]]
+print(plots.status, "-", len(figures), "figure(s); tqdm rows:", [b["desc"] for b in plots.bars])
+"""),
+        md("""
 ## Sending data in, getting data out
 
 `--push a,b` sends notebook variables to the server (pickled); `--out NAME` binds
@@ -159,6 +186,7 @@ here and, when the notebook runs headless (`jupyter execute`), on the terminal.
 summary = "\\n".join([
     "zmqruntime quickstart: every step ran on the server",
     f"  squares     {job.status:<9} sum of squares = {job.result()}",
+    f"  plots       {plots.status:<9} {len(figures)} figure(s), tqdm rows {[b['desc'] for b in plots.bars]}",
     f"  weighted    complete  {weighted}",
     f"  await       complete  mean = {mean}",
     f"  oops        {failed.status:<9} {failed.error['ename']}: {failed.error['evalue']}",

@@ -256,7 +256,8 @@ class PanelView:
         self.bar = k.models_of(res, "FloatProgressModel")[0]
         html = k.models_of(res, "HTMLModel")
         self.info, self.status = html[0], html[1]
-        self.output = k.models_of(res, "OutputModel")[0]
+        self.output = self._with_class(k.models_of(res, "VBoxModel"), "zmqruntime-output")
+        self.bars = self._with_class(k.models_of(res, "VBoxModel"), "zmqruntime-bars")
         self.button = k.models_of(res, "ButtonModel")[0]
         self.container = k.models_of(res, "VBoxModel")[-1]
         self.exec_id = re.search(r"<code>(\w+)</code>", self.status.state["value"]).group(1)
@@ -269,8 +270,30 @@ class PanelView:
             f"panel never showed {word!r}: {self.status_text()!r}"
         return self.status_text()
 
+    @staticmethod
+    def _with_class(models: list[Model], css_class: str) -> Model:
+        return next(m for m in models if css_class in m.state.get("_dom_classes", ()))
+
+    def children(self, box: Model) -> list[Model]:
+        """The models a box shows now (its ``children`` are ``IPY_MODEL_<comm id>`` references)."""
+        with self.k._lock:
+            return [self.k.models[c[len("IPY_MODEL_"):]] for c in box.state.get("children", ())
+                    if c[len("IPY_MODEL_"):] in self.k.models]
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The outputs the panel's output area shows now, in order (across its Output segments)."""
+        return [o for m in self.children(self.output) for o in m.state.get("outputs", ())]
+
     def output_text(self) -> str:
-        return "".join(o.get("text", "") for o in self.output.state.get("outputs", []))
+        return "".join(o.get("text", "") for o in self.outputs())
+
+    def bar_rows(self) -> list[tuple[Model, Model]]:
+        """(FloatProgress, HTML) of each tqdm row shown now."""
+        rows = []
+        for hbox in self.children(self.bars):
+            bar, label = self.children(hbox)
+            rows.append((bar, label))
+        return rows
 
 
 @pytest.fixture(scope="module")

@@ -254,3 +254,21 @@ def test_any_cluster_class_is_configuration(start_server, runtime_dir):
     out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(_free()), "--backend", "dask",
                           "--DaskBackend.cluster=nosuch_module:Cluster"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 3 and "cannot import dask cluster class 'nosuch_module:Cluster'" in out.stderr
+
+
+def test_display_outputs_figures_and_tqdm_rows_on_every_backend(backend):
+    """What a remote cell shows (display, a figure, tqdm bars, the result's repr) is the same on each backend."""
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    client = backend.client
+    eid = client.execute("import matplotlib.pyplot as plt\nfrom tqdm import tqdm\n"
+                         "for i in tqdm(range(5), desc='bar'):\n    pass\n"
+                         "display({'text/html': '<b>hi</b>', 'text/plain': 'hi'}, raw=True)\n"
+                         "plt.plot([1, 2]); plt.show()\n6 * 7")
+    assert client.result(eid, timeout=60) == {"_": 42}
+    status = client.get_status(eid)
+    kinds = [sorted(o["data"]) for o in status["outputs"]]
+    assert kinds == [["text/html", "text/plain"], ["image/png", "text/plain"], ["text/plain"]]
+    assert status["outputs"][-1]["data"]["text/plain"] == "42" and status["outputs"][-1]["result"]
+    assert [(b["desc"], b["n"], b["closed"]) for b in status["bars"]] == [("bar", 5, True)]
+    assert "\r" not in status["stderr"]

@@ -45,7 +45,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage"]
 
 #: The test notebook: one cell per step of the user's flow.
-SETUP, LONG_JOB, LOCAL, AFTER = range(4)
+SETUP, LONG_JOB, LOCAL, AFTER, PLOTS = range(5)
 CELLS = [
     "%load_ext zmqruntime_jupyter",
     """%%zmqexec --name e2e-long
@@ -59,6 +59,14 @@ for step in progress(range(1200), desc="e2e-steps"):   # a minute unless cancell
     """%%zmqexec --name e2e-after
 print("after the cancel")
 6 * 7""",
+    """%%zmqexec --name e2e-plots
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+import time
+for i in tqdm(range(3), desc="e2e-outer"):
+    for j in tqdm(range(40), desc="e2e-inner", leave=(i == 2)):
+        time.sleep(0.05)
+plt.plot([1, 3, 2]); plt.title("remote figure"); plt.show()""",
 ]
 
 
@@ -261,17 +269,21 @@ class Panel:
 
     def __init__(self, cell: Any):
         self.cell = cell
-        self.bar = cell.locator(".widget-hprogress .progress-bar")
+        self.bar = cell.locator(".widget-hprogress .progress-bar").first  # the main bar (tqdm rows follow)
+        self.bars = cell.locator(".zmqruntime-bars .widget-hprogress .progress-bar")  # one per tqdm row
         self.html = cell.locator(".widget-html-content")  # [0] done/total info, [1] status line
-        self.output = cell.locator(".widget-output")
+        self.output = cell.locator(".zmqruntime-output")  # the output area (its segments inside)
         self.button = cell.locator("button.widget-button")
 
     def visible(self) -> bool:
         return self.bar.count() == 1 and self.html.count() >= 2 and self.button.count() == 1
 
-    def bar_percent(self) -> float:
-        width = self.bar.evaluate("e => e.style.width") or "0%"
+    def bar_percent(self, bar: Any = None) -> float:
+        width = (bar or self.bar).evaluate("e => e.style.width") or "0%"
         return float(width.rstrip("%"))
+
+    def row_percents(self) -> list[float]:
+        return [self.bar_percent(self.bars.nth(i)) for i in range(self.bars.count())]
 
     def done(self) -> int:
         """``done`` from the panel's "done/total · rate · …" text (0 before any progress)."""
@@ -368,3 +380,24 @@ def _flow(nb: Notebook, page: Any) -> None:
     assert after.bar_percent() == pytest.approx(100.0), after.state()
     assert "cancelled" in job.status(), f"the first panel changed after the second job: {job.state()}"
     _screenshot(page, "3-final.png")
+
+    # 7. A matplotlib figure and nested tqdm bars: rows whose bars grow, then the image.
+    nb.run(PLOTS)
+    nb.wait_executed(PLOTS)
+    plots = nb.panel(PLOTS)
+    poll(plots.visible, bool, 60, "the plotting cell never rendered its panel")
+    first = poll(plots.row_percents, lambda w: len(w) == 2 and w[1] > 0, 60, "two tqdm rows never appeared")
+    poll(plots.row_percents, lambda w: len(w) >= 2 and (w[0] > first[0] or w[1] > first[1]), 60,
+         f"the tqdm rows did not advance from {first}")
+    _screenshot(nb.cells.nth(PLOTS), "4-tqdm-rows.png")
+    poll(plots.status, lambda s: "complete" in s, 90, "the plotting cell never completed")
+    img = plots.output.locator("img")
+    poll(img.count, lambda n: n == 1, 30, "the remote figure was never rendered as an <img>")
+    natural = poll(lambda: img.evaluate("e => [e.naturalWidth, e.naturalHeight]"), lambda wh: wh[0] > 100, 30,
+                   "the figure's image never loaded")
+    assert natural[1] > 100, natural
+    rows = poll(plots.row_percents, lambda w: len(w) == 2, 30, "leave=False rows were not removed")
+    assert rows == [pytest.approx(100.0), pytest.approx(100.0)], rows  # outer 3/3 and the last inner 40/40
+    assert plots.bar_percent() == pytest.approx(100.0), plots.state()
+    assert "it/s" not in plots.output_text() and "\r" not in plots.output_text()
+    _screenshot(nb.cells.nth(PLOTS), "5-figure-and-bars.png")

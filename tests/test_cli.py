@@ -115,3 +115,21 @@ def test_serve_takes_traits_from_the_command_line(start_server):
     assert info["concurrency"] == 2 and info["backend"]["name"] == "local"
     explicit = start_server("--concurrency", "3")
     assert explicit.client.ping()["concurrency"] == 3
+
+
+def test_submit_wait_shows_tqdm_rows_and_display_outputs(server, tmp_path):
+    pytest.importorskip("tqdm", reason="tqdm is in the [test] extra: pip install -e '.[test]'")
+    pytest.importorskip("matplotlib", reason="matplotlib is in the [test] extra: pip install -e '.[test]'")
+    job = tmp_path / "bars.py"
+    job.write_text("from tqdm import tqdm\nimport time\nimport matplotlib.pyplot as plt\n"
+                   "for i in tqdm(range(2), desc='outer'):\n"
+                   "    for j in tqdm(range(10), desc='inner', leave=False):\n        time.sleep(0.01)\n"
+                   "plt.plot([1, 2]); plt.show()\n'done'\n")
+    out = zr("submit", job, "--wait", "--port", server.port)
+    assert out.returncode == 0, out.stderr
+    assert "outer [" in out.stderr and "2/2" in out.stderr  # a row per bar (plain lines: not a tty)
+    assert "  inner [" in out.stderr and "10/10" in out.stderr  # the nested one indented
+    assert "it/s" not in out.stderr + out.stdout  # no tqdm text
+    assert "[image/png output" in out.stdout and "zmqruntime status ID" in out.stdout
+    assert out.stdout.splitlines()[-1] == "'done'"  # the value once (its repr event is not printed twice)
+    assert out.stdout.count("'done'") == 1

@@ -47,7 +47,7 @@ sum(range(10))
 """)
     assert res.seconds < 10  # includes the first auto-spawn handshake
     names = {m["content"]["data"]["state"]["_model_name"] for m in res.comm_opens()}
-    assert {"FloatProgressModel", "ButtonModel", "OutputModel", "HTMLModel"} <= names
+    assert {"FloatProgressModel", "ButtonModel", "VBoxModel", "HTMLModel"} <= names
     assert res.result_text is None  # the handle shows as the panel, not as text
     p = PanelView(k, res)
     assert k.ok("h = _\nprint(h.status)").stdout.strip() in ("queued", "running")

@@ -53,6 +53,7 @@ def test_quickstart_notebook(private_server):
     assert "(40, 1521)" in text  # the remote namespace persisted
     assert "failed - ZeroDivisionError: division by zero" in text
     assert re.search(r"squares\s+complete", text)
+    assert "complete - 1 figure(s); tqdm rows: ['epochs']" in text  # a remote figure and tqdm rows
     widget_views = [o for c in nb.cells for o in c.get("outputs", [])
                     if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(widget_views) >= 3

@@ -37,8 +37,10 @@ def test_two_kernels_have_their_own_namespaces_and_queues(jkernel: KernelDriver,
         assert a.ok("%%zmqexec --block\n'secret' in globals()").result_text == "False"
 
         # bad input to the new options
-        assert "session" in b.run("%%zmqexec --session ''\n1").error_text
-        assert "--all or --session" in b.run("%zmq list --all --session x").error_text
-        assert "session" in b.run("%zmq reset --session 'a\tb'").error_text
+        for bad, words in (("%%zmqexec --session " + "x" * 300 + "\n1", "'session' must be 1 to 256"),
+                           ("%zmq list --all --session x", "--all or --session"),
+                           ("%zmq reset --session 'a\tb'", "printable")):
+            res = b.run(bad)
+            assert not res.ok and words in res.error_text + res.stderr, (bad, res.error_text, res.stderr)
     finally:
         b.close()

@@ -14,7 +14,8 @@ import pytest
 
 from zmqruntime.execution.client import Event
 from zmqruntime_jupyter.handle import ExecutionHandle
-from zmqruntime_jupyter.panel import TRIM_NOTE, ExecutionPanel, LiveOutput, progress_text
+from zmqruntime_jupyter.output_area import OutputArea
+from zmqruntime_jupyter.panel import ExecutionPanel, progress_text
 from zmqruntime_jupyter.stream import Coalescer
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,8 +124,7 @@ def test_lost_done_is_found_by_the_watchdog_status_poll():
     h.recovered(status(1, status="queued"))
     assert not h.final
     conn.client.status = status(4, status="complete", has_results=True)
-    h.watchdog_fired()
-    h._request_recovery()
+    h.tick(time.monotonic() + 60)  # the watchdog is due: it polls status
     assert h.final and h.state["has_results"]
 
 
@@ -138,7 +138,7 @@ def test_cancel_from_another_thread_only_marks_ui_dirty():
     t.join(5)
     assert conn.client.cancelled == [("abc", "cancelled with the Cancel button")]
     assert h.cancel_origin == "subshell-like"
-    assert h._cross_thread_dirty.is_set()
+    assert h.view.dirty_from_other_thread
 
 
 def test_coalescer_bounds_flush_rate():
@@ -154,16 +154,29 @@ def test_coalescer_bounds_flush_rate():
     assert all(g >= 0.099 for g in gaps)
 
 
-def test_live_output_merges_and_trims():
-    out = LiveOutput()
-    out.max_chars = 100
+def test_output_area_appends_in_segments_and_keeps_a_bounded_tail():
+    area = OutputArea(max_chars=100, segment_chars=30)
     for _ in range(30):
-        out.append_stdout("x" * 9 + "\n")
-    assert out.outputs[0]["text"] == TRIM_NOTE
-    assert len(out.outputs) == 2
-    assert len(out.outputs[1]["text"]) == 100
-    out.append_stderr("err\n")
-    assert out.outputs[-1] == {"output_type": "stream", "name": "stderr", "text": "err\n"}
+        area.apply([("stream", "stdout", "x" * 9 + "\n")])
+    assert sum(len(o["text"]) for o in area.outputs) <= 100
+    assert area.dropped_chars == 300 - sum(len(o["text"]) for o in area.outputs)
+    assert "trimmed" in area.box.children[0].value  # the note says so
+    area.apply([("stream", "stderr", "err\n")])
+    assert area.outputs[-1] == {"output_type": "stream", "name": "stderr", "text": "err\n"}
+
+
+def test_output_area_display_updates_replace_and_clear_waits_for_the_next_output():
+    area = OutputArea()
+    shown = {"output_type": "display_data", "data": {"text/plain": "one"}, "metadata": {},
+             "transient": {"display_id": "d1"}}
+    area.apply([("stream", "stdout", "a\n"), ("display", shown), ("stream", "stdout", "b\n")])
+    assert [o.get("text") or o["data"]["text/plain"] for o in area.outputs] == ["a\n", "one", "b\n"]
+    area.apply([("update", {**shown, "data": {"text/plain": "two"}})])
+    assert [o.get("text") or o["data"]["text/plain"] for o in area.outputs] == ["a\n", "two", "b\n"]
+    area.apply([("clear", True)])
+    assert len(area.outputs) == 3  # wait=True: cleared only when the next output comes
+    area.apply([("stream", "stdout", "c\n")])
+    assert area.outputs == [{"output_type": "stream", "name": "stdout", "text": "c\n"}]
 
 
 def test_progress_text_and_panel_render():
@@ -174,7 +187,7 @@ def test_progress_text_and_panel_render():
     assert "ETA" not in progress_text({"done": 50, "total": 100, "rate": 10.0, "elapsed": 5.0}, final=True)
     panel = ExecutionPanel("abc", "job")
     panel.render({"status": "running", "progress": {"done": 3, "total": 4, "desc": "d", "rate": 1, "elapsed": 3}},
-                 [("stdout", "a"), ("stdout", "b"), ("stderr", "c")], [], False)
+                 [("stream", "stdout", "a"), ("stream", "stdout", "b"), ("stream", "stderr", "c")], [], False)
     assert panel.bar.value == 3 and panel.bar.max == 4 and panel.bar.description == "d"
     assert [o["text"] for o in panel.output.outputs] == ["ab", "c"]
     panel.render({"status": "failed", "error": {"ename": "E", "evalue": "v", "traceback": ["Traceback\n", "E: v\n"]}},
@@ -230,7 +243,7 @@ def test_flood_batch_applies_every_stream_event_and_only_the_newest_progress():
     assert (batches.received, batches.skipped, batches.applied, batches.dropped) == (9, 6, 3, 0)
     assert h.output == "a\nb\n" and h.progress["done"] == 11 and h.seq == 11
     assert conn.client.status_calls == 0 and h.gaps == 0  # no recovery
-    assert h._skipped == set()
+    assert h.sequencer.skipped_pending == 0
     # The next batch goes on from there; a stale repeat of an old seq changes nothing.
     batches.handle_batch([prog(7), prog(12), out(13, "c\n"), prog(14), wire("status", 15, status="complete"),
                           wire("done", 16, status="complete", has_results=False)])
@@ -352,3 +365,83 @@ def test_a_server_whose_pid_is_not_local_is_asked_before_it_is_called_gone(serve
         assert not conn.still_current()  # no answer within the short timeout: gone
     finally:
         conn.client.close()
+
+
+# -- display outputs and tqdm rows in the handle and the panel ---------------------------------------
+
+def test_display_events_reach_the_panel_once_in_order_and_malformed_ones_are_ignored():
+    conn = FakeConnection()
+    panel = ExecutionPanel("abc", "job")
+    h = ExecutionHandle("abc", conn, panel=panel)  # type: ignore[arg-type]
+    h.recovered(status(2))
+    shown = {"data": {"text/html": "<b>x</b>", "text/plain": "x"}, "metadata": {}, "transient": {"display_id": "d"}}
+    for seq, (kind, content) in enumerate([
+        ("stream", {"name": "stdout", "text": "a\n"}),
+        ("display_data", shown),
+        ("display_data", {"data": ["not", "a", "bundle"]}),  # malformed: ignored
+        ("update_display_data", {"data": {"text/plain": "y"}}),  # no display_id: ignored
+        ("bar", {"bar": "one", "n": 1}),  # malformed: ignored
+        ("bar", {"bar": 1, "desc": "outer", "n": 2, "total": 4, "rate": 1.0, "elapsed": 2.0, "position": 0,
+                 "leave": True, "closed": False}),
+        ("update_display_data", {**shown, "data": {"text/plain": "y"}}),
+        ("stream", {"name": "stdout", "text": "b\n"}),
+    ], start=3):
+        h.on_event(ev(kind, seq, **content))
+    h.flush_ui()
+    assert h.gaps == 0 and h.seq == 10
+    outs = panel.output.outputs
+    assert [o.get("text") or o["data"] for o in outs] == ["a\n", {"text/plain": "y"}, "b\n"]
+    assert h.outputs == [{"output_type": "display_data", "data": {"text/plain": "y"}, "metadata": {},
+                          "transient": {"display_id": "d"}}]
+    assert [b["desc"] for b in h.bars] == ["outer"] and panel.bar.max == 4 and panel.bar.value == 2
+    h.flush_ui()  # nothing new: nothing re-sent
+    assert panel.output.outputs == outs
+
+
+def test_a_gap_recovers_display_outputs_and_bars_from_status():
+    h, conn = make()
+    h.recovered(status(2))
+    h.on_event(ev("display_data", 3, data={"text/plain": "first"}, metadata={}))
+    out2 = {"output_type": "display_data", "data": {"text/plain": "second"}, "metadata": {}}
+    conn.client.status = status(5, outputs=[{"output_type": "display_data", "data": {"text/plain": "first"},
+                                             "metadata": {}}, out2],
+                                outputs_total=2, outputs_dropped=0,
+                                bars=[{"bar": 1, "desc": "b", "n": 5, "total": 5, "position": 0, "leave": True,
+                                       "closed": True}])
+    h.on_event(ev("stream", 6, name="stdout", text="z\n"))  # 4 and 5 lost
+    assert h.gaps == 1 and h.seq == 6
+    assert [o["data"]["text/plain"] for o in h.outputs] == ["first", "second"]
+    assert h.bars[0]["n"] == 5
+
+
+def test_a_flood_of_displays_in_one_flush_creates_only_the_widgets_it_keeps(monkeypatch):
+    import ipywidgets as W
+
+    made: list = []
+
+    class CountedOutput(W.Output):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(W, "Output", CountedOutput)
+    area = OutputArea(max_outputs=10)
+    area.apply([("display", {"data": {"text/plain": str(i)}, "metadata": {}}) for i in range(1000)])
+    assert [o["data"]["text/plain"] for o in area.outputs] == [str(i) for i in range(990, 1000)]
+    assert area.dropped_outputs == 990 and "990 outputs" in area.box.children[0].value
+    assert len(made) == 10  # only the segments it keeps were ever made (each one a comm to the frontend)
+
+
+def test_a_missed_display_update_is_applied_in_place_from_status():
+    conn = FakeConnection()
+    panel = ExecutionPanel("abc", "job")
+    h = ExecutionHandle("abc", conn, panel=panel)  # type: ignore[arg-type]
+    h.recovered(status(2))
+    shown = {"data": {"text/plain": "v1"}, "metadata": {}, "transient": {"display_id": "d"}}
+    h.on_event(ev("display_data", 3, **shown))
+    updated = {"output_type": "display_data", "data": {"text/plain": "v2"}, "metadata": {},
+               "transient": {"display_id": "d"}}
+    conn.client.status = status(4, outputs=[updated], outputs_total=1, outputs_dropped=0, bars=[])
+    h.on_event(ev("stream", 5, name="stdout", text="after\n"))  # the update (4) was lost
+    h.flush_ui()
+    assert [o.get("text") or o["data"]["text/plain"] for o in panel.output.outputs] == ["v2", "after\n"]

@@ -243,6 +243,21 @@ def _follow(client: Any, exec_id: Optional[str], show_result: bool = False) -> i
     def on_event(event: Any) -> None:
         if event.type == "progress":
             bar.update(event.execution_id, event.content)
+        elif event.type == "bar":  # a tqdm bar of the task: one row each, nested ones indented
+            row = event.content
+            key = f"{event.execution_id}:{row['bar']}"
+            if row.get("closed") and not row.get("leave"):
+                bar.remove(key)
+            else:
+                bar.update(key, {"done": row.get("n") or 0, "total": row.get("total"), "rate": row.get("rate") or 0,
+                                 "desc": "  " * int(row.get("position") or 0) + (row.get("desc") or "")},
+                           final=bool(row.get("closed")))
+        elif event.type in ("display_data", "update_display_data"):
+            if show_result and event.get("result"):
+                return  # _report prints the value itself
+            bar.clear()
+            print(describe_output(event.content), flush=True)
+            bar.redraw()
         elif event.type == "stream":
             bar.clear()
             (sys.stdout if event["name"] == "stdout" else sys.stderr).write(event["text"])
@@ -339,45 +354,85 @@ COMMANDS = {"ping": cmd_ping, "submit": cmd_submit, "status": cmd_status, "cance
             "list": cmd_list, "sessions": cmd_sessions, "watch": cmd_watch, "shutdown": cmd_shutdown}
 
 
+def describe_output(content: dict[str, Any]) -> str:
+    """One display output as terminal text: its text/plain, or what it is and where to get it."""
+    data = content.get("data") or {}
+    rich = [m for m in data if m != "text/plain"]
+    text = str(data.get("text/plain", ""))
+    if rich and not content.get("result"):
+        size = (content.get("metadata") or {}).get("image/png") or {}
+        dims = f" {size['width']}x{size['height']}" if size.get("width") else ""
+        return f"[{', '.join(rich)} output{dims}: {text}; `zmqruntime status ID` has it under 'outputs']"
+    return text
+
+
 class TerminalBar:
-    """A one-line progress bar on a terminal stream (plain lines when not a tty)."""
+    """Progress rows on a terminal stream, redrawn in place (plain lines, at most one a second, when not a tty)."""
 
     def __init__(self, stream: Any, width: int = 30):
         self.stream = stream
         self.width = width
         self.tty = stream.isatty()
-        self.line = ""
-        self._last_plain = 0.0
+        self.rows: dict[str, str] = {}
+        self.drawn = 0
+        self._last_plain: dict[str, float] = {}
+        self._printed: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def update(self, exec_id: str, p: dict[str, Any]) -> None:
-        done, total = p.get("done", 0), p.get("total")
+    @property
+    def line(self) -> str:
+        return "\n".join(self.rows.values())
+
+    def update(self, key: str, p: dict[str, Any], final: bool = False) -> None:
+        done, total = p.get("done") or 0, p.get("total")
         if total:
             filled = int(self.width * min(1.0, done / total))
             bar = "#" * filled + "-" * (self.width - filled)
-            text = f"{p.get('desc') or exec_id} [{bar}] {done:g}/{total:g} {p.get('rate', 0):.1f}/s"
+            text = f"{p.get('desc') or key} [{bar}] {done:g}/{total:g} {p.get('rate') or 0:.1f}/s"
         else:
-            text = f"{p.get('desc') or exec_id} {done:g} {p.get('rate', 0):.1f}/s"
+            text = f"{p.get('desc') or key} {done:g} {p.get('rate') or 0:.1f}/s"
         with self._lock:
-            self.line = text
+            self.rows[key] = text
             if self.tty:
-                self.stream.write("\r\x1b[2K" + text)
-                self.stream.flush()
-            elif time.monotonic() - self._last_plain > 1.0 or (total and done >= total):
-                self._last_plain = time.monotonic()
+                self._erase()
+                self._draw()
+            elif self._printed.get(key) != text and (
+                    final or time.monotonic() - self._last_plain.get(key, 0.0) > 1.0 or (total and done >= total)):
+                self._last_plain[key] = time.monotonic()
+                self._printed[key] = text
                 self.stream.write(text + "\n")
                 self.stream.flush()
 
+    def remove(self, key: str) -> None:
+        with self._lock:
+            if self.rows.pop(key, None) is not None and self.tty:
+                self._erase()
+                self._draw()
+
+    def _erase(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[2K" + "\x1b[1A\x1b[2K" * (self.drawn - 1))
+            self.drawn = 0
+
+    def _draw(self) -> None:
+        if self.rows:
+            self.stream.write("\n".join(self.rows.values()))
+            self.drawn = len(self.rows)
+        self.stream.flush()
+
     def clear(self) -> None:
-        if self.tty and self.line:
-            self.stream.write("\r\x1b[2K")
+        if self.tty:
+            with self._lock:
+                self._erase()
 
     def redraw(self) -> None:
-        if self.tty and self.line:
-            self.stream.write(self.line)
-            self.stream.flush()
+        if self.tty:
+            with self._lock:
+                self._erase()
+                self._draw()
 
     def finish(self) -> None:
-        if self.tty and self.line:
+        if self.tty and self.drawn:
             self.stream.write("\n")
             self.stream.flush()
+            self.drawn = 0

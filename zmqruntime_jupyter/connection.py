@@ -132,10 +132,7 @@ class Connection:
     def _tick(self) -> None:
         now = time.monotonic()
         for handle in list(self.handles.values()):
-            if not handle._recovery_inflight and not handle._pumping and now >= handle.next_watch:
-                handle.watchdog_fired()
-                handle._request_recovery()
-            handle.tick(now)
+            handle.tick(now)  # its watchdog polls status when the stream is silent
 
     # -- background calls -------------------------------------------------------
     def submit(self, fn: Callable[[], Any]) -> Future:

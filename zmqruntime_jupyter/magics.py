@@ -222,7 +222,7 @@ class ZMQMagics(Magics):
         panel = None if quiet else self._panel(exec_id, args.name or "", args.progress_after)
         echo = _echo if (quiet and block) else None
         handle = ExecutionHandle(exec_id, conn, name=args.name or "", panel=panel, out_name=args.out,
-                                 user_ns=self.shell.user_ns, echo=echo)
+                                 user_ns=self.shell.user_ns, echo=echo, result_in_cell=block)
         self.state.register(handle)
         if args.out:
             self.shell.user_ns[args.out] = handle
@@ -230,7 +230,7 @@ class ZMQMagics(Magics):
             from IPython.display import display
 
             display(panel)
-            handle._displayed_in = self.shell.execution_count
+            handle.displayed_in = self.shell.execution_count
         if block:
             return self._run_blocking(handle)
         try:
@@ -391,8 +391,7 @@ class ZMQMagics(Magics):
             rows.append((exec_id, text))
             handle = self.state.handles.get(exec_id)
             if handle is not None and reply.get("cancelled"):
-                handle._note("cancel", "cancel requested (%zmq cancel)…")
-                handle._from_any_thread()
+                handle.note("cancel", "cancel requested (%zmq cancel)…")
         print(_kv_table(rows, header=True))
 
     def _zmq_result(self, args: argparse.Namespace) -> Any:
@@ -406,7 +405,7 @@ class ZMQMagics(Magics):
         conn = self._existing(args)
         handle = self.state.handles.get(args.id)
         if handle is not None and handle.connection is conn:
-            handle._displayed_in = None
+            handle.displayed_in = None
             return handle
         status = conn.client.get_status(args.id)
         panel = None

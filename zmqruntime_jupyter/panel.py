@@ -4,12 +4,11 @@ The panel is a pure view of an :class:`~zmqruntime_jupyter.handle.ExecutionHandl
 ``render`` is called by the handle's coalescer (about ten times a second at
 most) and sends each widget's changes as one message (``hold_sync``).
 
-Remote output goes to an ``Output`` widget through ``append_stdout`` /
-``append_stderr``: widget updates are addressed to the widget's model, so
-output lands in this cell's output area even when it arrives while another
-cell runs. :class:`LiveOutput` merges consecutive chunks of one stream into
-one output entry and keeps only the tail, so a chatty job neither grows the
-message size without bound nor makes the browser render thousands of nodes.
+Remote output (text and display outputs) goes to an :class:`~.output_area.OutputArea`
+whose widgets are addressed by model, so output lands in this cell's output
+area even when it arrives while another cell runs, and each output reaches
+the frontend once. tqdm bars of the remote code are rows under the main
+bar (:class:`BarRows`); the main bar follows the outermost one.
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-#: Characters of output the widget keeps (the handle keeps 1 MiB).
-WIDGET_KEEP_CHARS = 100_000
-TRIM_NOTE = "[… earlier output trimmed here; handle.output keeps more …]\n"
+from .output_area import OutputArea
 
 _STYLE = {
     "queued": ("#6c757d", "⏳", "info"),
@@ -31,36 +28,6 @@ _STYLE = {
     "failed": ("#dc3545", "✖", "danger"),
     "cancelled": ("#b35c00", "■", "warning"),
 }
-
-
-class LiveOutput(W.Output):
-    """An Output widget for streamed text: merged chunks, bounded size."""
-
-    max_chars = WIDGET_KEEP_CHARS
-
-    def _append_stream_output(self, text: str, stream_name: str) -> None:  # ipywidgets hook
-        outs = [dict(o) for o in self.outputs]
-        trimmed = bool(outs) and outs[0].get("text") == TRIM_NOTE
-        last = outs[-1] if outs and not (trimmed and len(outs) == 1) else None
-        if last is not None and last.get("output_type") == "stream" and last.get("name") == stream_name:
-            last["text"] = last["text"] + text
-        else:
-            outs.append({"output_type": "stream", "name": stream_name, "text": text})
-        body = outs[1:] if trimmed else outs
-        excess = sum(len(o.get("text", "")) for o in body) - self.max_chars
-        while excess > 0 and body:
-            first = body[0]
-            n = len(first.get("text", ""))
-            if n <= excess:
-                body.pop(0)
-                excess -= n
-            else:
-                first["text"] = first["text"][excess:]
-                excess = 0
-            trimmed = True
-        if trimmed:
-            outs = [{"output_type": "stream", "name": "stderr", "text": TRIM_NOTE}] + body
-        self.outputs = tuple(outs)
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -90,6 +57,67 @@ def progress_text(p: Optional[dict[str, Any]], final: bool = False) -> str:
     return " · ".join(parts)
 
 
+class BarRows:
+    """One row per tqdm bar of the remote code: nested bars indented, ``leave=False`` rows removed."""
+
+    def __init__(self) -> None:
+        self.box = W.VBox()
+        self.box.add_class("zmqruntime-bars")
+        self._rows: dict[int, tuple[W.FloatProgress, W.HTML, W.HBox]] = {}
+
+    def render(self, bars: list[dict[str, Any]], final: bool) -> None:
+        live = {r["bar"] for r in bars}
+        for bar_id in [b for b in self._rows if b not in live]:
+            for w in reversed(self._rows.pop(bar_id)):
+                w.close()
+        for row in bars:
+            widgets = self._rows.get(row["bar"])
+            if widgets is None:
+                widgets = self._rows[row["bar"]] = self._new_row(row)
+            self._update(widgets, row, final)
+        children = tuple(self._rows[r["bar"]][2] for r in bars)
+        if children != self.box.children:
+            self.box.children = children
+
+    @staticmethod
+    def _new_row(row: dict[str, Any]) -> tuple[W.FloatProgress, W.HTML, W.HBox]:
+        indent = f"{2 * int(row.get('position') or 0)}em"
+        bar = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info", style={"description_width": "initial"},
+                              layout=W.Layout(width="40%"))
+        label = W.HTML()
+        return bar, label, W.HBox([bar, label], layout=W.Layout(margin=f"0 0 0 {indent}"))
+
+    @staticmethod
+    def _update(widgets: tuple[W.FloatProgress, W.HTML, W.HBox], row: dict[str, Any], final: bool) -> None:
+        bar, label, _ = widgets
+        p = bar_progress(row)
+        with bar.hold_sync():
+            if p["total"]:
+                bar.max = float(p["total"])
+                bar.value = float(min(p["done"] or 0, p["total"]))
+            else:
+                bar.max, bar.value = 1.0, 1.0 if row.get("closed") else 0.0
+            bar.description = str(p["desc"] or "")[:40]
+            if row.get("closed"):
+                bar.bar_style = "success"
+        text = html.escape(progress_text(p, final or bool(row.get("closed"))))
+        if label.value != text:
+            label.value = text
+
+
+def bar_progress(row: dict[str, Any]) -> dict[str, Any]:
+    """A tqdm ``bar`` row in the form of ``progress`` (done/total/desc/rate/elapsed)."""
+    return {"done": row.get("n") or 0, "total": row.get("total"), "desc": row.get("desc") or "",
+            "rate": row.get("rate") or 0.0, "elapsed": row.get("elapsed")}
+
+
+def outermost(bars: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The bar the main bar follows: the lowest position, the newest among equals."""
+    if not bars:
+        return None
+    return min(bars, key=lambda r: (r.get("position") or 0, -(r.get("bar") or 0)))
+
+
 class ExecutionPanel:
     """Bar + info, status line, live output and a Cancel button for one execution.
 
@@ -106,11 +134,13 @@ class ExecutionPanel:
                                    style={"description_width": "initial"}, layout=W.Layout(width="45%"))
         self.info = W.HTML(value="")
         self.status_label = W.HTML(value=self._status_html("queued", "", []))
-        self.output = LiveOutput(layout=W.Layout(max_height="24em", overflow="auto"))
+        self.bar_rows = BarRows()
+        self.output = OutputArea()
         self.cancel_button = W.Button(description="Cancel", button_style="danger", icon="stop",
                                       tooltip=f"Cancel execution {execution_id}", layout=W.Layout(width="auto"))
         self.cancel_button.on_click(self._clicked)
-        self.box = W.VBox([W.HBox([self.bar, self.info, self.cancel_button]), self.status_label, self.output])
+        self.box = W.VBox([W.HBox([self.bar, self.info, self.cancel_button]), self.status_label, self.bar_rows.box,
+                           self.output.box])
         self.progress_after = max(0.0, float(progress_after))
         self._born = time.monotonic()
         self.revealed = self.progress_after <= 0
@@ -154,9 +184,12 @@ class ExecutionPanel:
             text += "".join(f"<br><span style='color:#6c757d'>{html.escape(n)}</span>" for n in notes)
         return text
 
-    def render(self, info: dict[str, Any], chunks: list[tuple[str, str]], notes: list[str], final: bool) -> None:
+    def render(self, info: dict[str, Any], items: list[tuple], notes: list[str], final: bool) -> None:
+        """Repaint from ``info`` (the handle's snapshot) and append the new output ``items`` (see OutputArea)."""
         status = info.get("status", "queued")
-        p = info.get("progress")
+        bars = info.get("bars") or []
+        main = outermost(bars)
+        p = bar_progress(main) if main is not None else info.get("progress")
         _, _, bar_style = _STYLE.get(status, ("", "", "info"))
         with self.bar.hold_sync():
             if p and p.get("total"):
@@ -170,23 +203,21 @@ class ExecutionPanel:
         self.info.value = html.escape(progress_text(p, final))
         if info.get("namespace_reset"):
             notes = notes + ["the remote worker was restarted: variables from earlier cells are gone"]
-        self.status_label.value = self._status_html(status, self._detail(info), notes)
-        if chunks:
-            with self.output.hold_sync():
-                for name, text in _merge(chunks):
-                    if name == "stderr":
-                        self.output.append_stderr(text)
-                    else:
-                        self.output.append_stdout(text)
+        self.bar_rows.render(bars, final)
         if final and not self._last_final_rendered:
-            self._last_final_rendered = True
             err = info.get("error") or {}
             if status == "failed" and err.get("traceback"):
-                self.output.append_stderr("".join(err["traceback"]))
+                items = list(items) + [("stream", "stderr", "".join(err["traceback"]))]
+        if items:
+            self.output.apply(list(items))
+        if final and not self._last_final_rendered:
+            self._last_final_rendered = True
             with self.cancel_button.hold_sync():
                 self.cancel_button.disabled = True
                 self.cancel_button.description = {"complete": "Done", "cancelled": "Cancelled"}.get(status, "Failed")
                 self.cancel_button.button_style = ""
+        # last: a frontend (or a test) that sees the final status sees everything before it
+        self.status_label.value = self._status_html(status, self._detail(info), notes)
 
     @staticmethod
     def _detail(info: dict[str, Any]) -> str:
@@ -208,13 +239,3 @@ class ExecutionPanel:
         if status == "cancelled":
             return f": {info.get('reason') or 'cancelled'}"
         return ""
-
-
-def _merge(chunks: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    merged: list[tuple[str, str]] = []
-    for name, text in chunks:
-        if merged and merged[-1][0] == name:
-            merged[-1] = (name, merged[-1][1] + text)
-        else:
-            merged.append((name, text))
-    return merged

@@ -349,29 +349,24 @@ def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Op
             handle.skipped_progress(seqs)
 
     batches = EventBatches(client.session, handle.on_event, skipped)
-    handle._pumping += 1
     try:
-        # Subscribe first, then take the baseline: nothing can fall between.
-        handle.recovered(client.get_status(handle.id))
-        while not handle.final:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                raise ExecutionTimeout(f"execution {handle.id} still {handle.status_cached} after {timeout:g} s")
-            wait = min(UPDATE_INTERVAL / 2, handle.next_watch - now)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if sock.poll(max(0.0, wait) * 1000):
-                batch: list[list[bytes]] = []
-                _drain(sock, batch, DRAIN_BUDGET_S * 4)
-                batches.handle_batch(batch)
-            if handle.final:
-                break
-            now = time.monotonic()
-            if handle.recovering or now >= handle.next_watch:
-                handle.watchdog_fired()
-                handle.recovered(client.get_status(handle.id))
-            handle.tick(now)
+        with handle.poller.pumping():
+            # Subscribe first, then take the baseline: nothing can fall between.
+            handle.recovered(client.get_status(handle.id))
+            while not handle.final:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise ExecutionTimeout(f"execution {handle.id} still {handle.status_cached} after {timeout:g} s")
+                wait = min(UPDATE_INTERVAL / 2, handle.poller.watchdog.seconds_left(now))
+                if deadline is not None:
+                    wait = min(wait, deadline - now)
+                if sock.poll(max(0.0, wait) * 1000):
+                    batch: list[list[bytes]] = []
+                    _drain(sock, batch, DRAIN_BUDGET_S * 4)
+                    batches.handle_batch(batch)
+                if handle.final:
+                    break
+                handle.tick(time.monotonic())  # the watchdog (status polls) and the panel
     finally:
-        handle._pumping -= 1
         sock.close(linger=0)
         handle.flush_ui()

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Optional
 
 from .. import spill
 from ..protocol import FINAL_STATES, OUTPUT_KEEP_CHARS, progress_state
+from .displaylog import OUTPUT_EVENTS, DisplayLog
 
 #: Characters of each output stream kept per execution for late subscribers.
 #: Relayed events kept raw before they are folded into the record.
@@ -77,6 +78,7 @@ class ExecutionRecord:
     result_json: Optional[str] = None  # the JSON form, when every value is JSON-able (json_results.py)
     results_fetched: bool = False
     results_expired: bool = False
+    displays: DisplayLog = field(default_factory=DisplayLog)  # display outputs and tqdm bars
     # worker events relayed but not yet folded into the fields above
     pending_events: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -125,6 +127,8 @@ class ExecutionRecord:
                 self.progress = progress_state(latest)
             elif msg_type == "stream":
                 self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
+            elif msg_type in OUTPUT_EVENTS:
+                self.displays.apply(msg_type, content)
 
     def append_output(self, name: str, text: str, limit: int) -> None:
         """Keep the last ``limit`` characters of each stream."""
@@ -163,6 +167,7 @@ class ExecutionRecord:
         info = self.summary()
         if include_output:
             info.update(stdout=self.stdout, stderr=self.stderr)
+            info.update(self.displays.to_status())
         info.update(stdout_total=self.stdout_total, stderr_total=self.stderr_total)
         info.update(
             seq=self.seq,

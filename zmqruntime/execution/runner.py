@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Optional, Protocol
 
 from .. import reporting, serialize, spill
+from . import capture
 from .json_results import json_form
 
 STREAM_FLUSH_BYTES = 64 * 1024
@@ -148,16 +149,20 @@ def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[An
     stdout, stderr = streams
     progress_sink = reporting.sink(sink.progress) if install_progress else contextlib.nullcontext()
     with redirected(stdout, stderr), progress_sink:
+        rich = capture.install(sink.emit)  # display(), figures, tqdm bars, the result's repr, no stdin
         try:
             pushed = spill.load_pushed(buffers) if buffers else {}  # a frame may name a shared-memory file
             ctx = TaskContext(execution_id, namespace, pushed)
             namespace.update(pushed)
             with interruptible if interruptible is not None else contextlib.nullcontext():
                 results = app.execute_task(task, ctx) or {}
+                rich.show_result(results)
         except KeyboardInterrupt:
             status, error = "cancelled", format_error(*sys.exc_info())
         except BaseException:  # SystemExit too: the task failed, the process lives
             status, error = "failed", format_error(*sys.exc_info())
+        finally:
+            rich.uninstall()  # figures and bars left open are sent; stdin & co restored
     for stream in streams:
         if stream is not None:
             stream.flush()
