@@ -10,9 +10,9 @@ import socket
 import threading
 
 import pytest
+from helpers import ROOT
 
 from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError
-from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 
-from zmqruntime.protocol import buffer_digest, compute_signature
 from helpers import ROOT
+
+from zmqruntime.protocol import buffer_digest, compute_signature
 
 DOC = (ROOT / "docs" / "protocol.md").read_text()
 KEY = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"

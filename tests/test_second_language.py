@@ -14,9 +14,9 @@ import shutil
 import subprocess
 
 import pytest
+from helpers import ROOT
 
 from zmqruntime import RemoteError
-from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(90)
 

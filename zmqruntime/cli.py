@@ -30,8 +30,15 @@ import time
 from typing import Any, Optional, Sequence
 
 from .errors import RemoteError, ServerStartError, ServerUnavailable
-from .options import (format_sessions, format_table, load_class, nonnegative_seconds,  # noqa: F401 (re-exported)
-                      port_number, positive_seconds, session_name)
+from .options import (  # noqa: F401 (re-exported)
+    format_sessions,
+    format_table,
+    load_class,
+    nonnegative_seconds,
+    port_number,
+    positive_seconds,
+    session_name,
+)
 from .transport import DEFAULT_PORT
 
 
@@ -160,8 +167,9 @@ def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
 
 
 def serve(args: argparse.Namespace, config: Any = None) -> int:
-    from .execution.server import ExecutionServer
     from traitlets import TraitError
+
+    from .execution.server import ExecutionServer
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cls = load_class(args.server_class) if args.server_class else ExecutionServer

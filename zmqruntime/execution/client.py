@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import zmq
 import zmq.asyncio
 
+from .. import receive
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, reply_content
 from ..curve import secure_client_socket
 from ..errors import RemoteError, ServerUnavailable
@@ -44,9 +45,19 @@ from ..polling import EVENTS, POLLIN
 from ..protocol import Session, event_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
-from .. import receive
-from .core import (EXECUTE_ATTEMPTS, MAX_KEPT_DONE_EVENTS, AwaitDone, ClientCore, FetchInto, Flow, Request, Submit,
-                   check_id, parallel_map_request, results_in_done_event)
+from .core import (
+    EXECUTE_ATTEMPTS,
+    MAX_KEPT_DONE_EVENTS,
+    AwaitDone,
+    ClientCore,
+    FetchInto,
+    Flow,
+    Request,
+    Submit,
+    check_id,
+    parallel_map_request,
+    results_in_done_event,
+)
 from .events import Event, SequenceTracker, expand_progress_batch, parse_event, parse_events
 from .progress_watch import ProgressWatch
 
@@ -122,7 +133,7 @@ class Subscription:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -270,7 +281,7 @@ class ExecutionClient(ClientCore):
         reply_content(msg)
         return msg
 
-    def _waiter(self) -> "DoneWaiter":
+    def _waiter(self) -> DoneWaiter:
         waiter = getattr(self._local, "waiter", None)
         if waiter is None:
             waiter = DoneWaiter(self._client.context, self.info, self.session)
@@ -368,7 +379,7 @@ class ExecutionClient(ClientCore):
         task, push = parallel_map_request(fn, items)
         return self.run(task, timeout=timeout, push=push, name=name or "parallel_map")["_"]
 
-    def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> "Subscription":
+    def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
         """Call ``callback(event)`` on a background thread for each event.
 
         Events of one execution (``execution_id``) or of all. Close the
@@ -389,14 +400,14 @@ class ExecutionClient(ClientCore):
             self._progress_watch.close()
         self._client.close()
 
-    def __enter__(self) -> "ExecutionClient":
+    def __enter__(self) -> ExecutionClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
-def _open_subscription(owner: Any, callback: Callable[[Event], Any], execution_id: Optional[str]) -> "Subscription":
+def _open_subscription(owner: Any, callback: Callable[[Event], Any], execution_id: Optional[str]) -> Subscription:
     """``subscribe`` of both clients: a Subscription thread, closed with its owner."""
     if not callable(callback):
         raise TypeError("callback must be callable")
@@ -434,7 +445,7 @@ class AsyncDoneChannel:
         secure_client_socket(self.sock, info)
         self.sock.connect(info.data_url)
         self.topics: dict[str, int] = {}
-        self.futures: dict[str, "asyncio.Future[Event]"] = {}
+        self.futures: dict[str, asyncio.Future[Event]] = {}
         self.promised: set[str] = set()
         self._to_unsubscribe: set[str] = set()
         self._reader = asyncio.ensure_future(self._read_events())
@@ -517,8 +528,8 @@ class AsyncExecutionClient(ClientCore):
         self.session = self._client.session
         self._init_core()
         self._channel: Optional[AsyncDoneChannel] = None
-        self._outbox: list[tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]] = []  # executes of this turn
-        self._sending: set["asyncio.Task[None]"] = set()
+        self._outbox: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []  # executes of this turn
+        self._sending: set[asyncio.Task[None]] = set()
         self._subs: list[Subscription] = []
         self._progress_watch = ProgressWatch(info, self.session, progress_callback) if progress_callback else None
 
@@ -528,7 +539,7 @@ class AsyncExecutionClient(ClientCore):
                       timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                       spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
                       server_args: Sequence[str] = (), session: Optional[str] = None,
-                      progress_callback: Optional[Callable[[Event], Any]] = None) -> "AsyncExecutionClient":
+                      progress_callback: Optional[Callable[[Event], Any]] = None) -> AsyncExecutionClient:
         """The asyncio twin of ``ExecutionClient(...)``: same arguments, discovery in a thread."""
         _check_callback(progress_callback)
         if session is not None:
@@ -587,10 +598,10 @@ class AsyncExecutionClient(ClientCore):
             self._channel = AsyncDoneChannel(self.info, self.session)
         return self._channel
 
-    def _submit_batched(self, content: dict[str, Any]) -> "asyncio.Future[dict[str, Any]]":
+    def _submit_batched(self, content: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         """Join this turn's outbox; the first call schedules sending it at the end of the turn."""
         loop = asyncio.get_running_loop()
-        fut: "asyncio.Future[dict[str, Any]]" = loop.create_future()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         if not self._outbox:
             loop.call_soon(self._send_outbox)
         self._outbox.append((content, fut))
@@ -602,7 +613,7 @@ class AsyncExecutionClient(ClientCore):
         self._sending.add(task)  # a strong reference until it is done
         task.add_done_callback(self._sending.discard)
 
-    async def _send_batch(self, batch: list[tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]]) -> None:
+    async def _send_batch(self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]) -> None:
         try:
             if len(batch) == 1:
                 answers = [await self._drive(self._submit_flow(batch[0][0]))]
@@ -686,7 +697,7 @@ class AsyncExecutionClient(ClientCore):
         task, push = parallel_map_request(fn, items)
         return (await self.run(task, timeout=timeout, push=push, name=name or "parallel_map"))["_"]
 
-    def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> "Subscription":
+    def subscribe(self, callback: Callable[[Event], Any], execution_id: Optional[str] = None) -> Subscription:
         """Call ``callback(event)`` on a background thread for each event (see ExecutionClient.subscribe)."""
         return _open_subscription(self, callback, execution_id)
 
@@ -711,7 +722,7 @@ class AsyncExecutionClient(ClientCore):
             self._progress_watch.close()
         self._client.close()
 
-    async def __aenter__(self) -> "AsyncExecutionClient":
+    async def __aenter__(self) -> AsyncExecutionClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
