@@ -43,6 +43,13 @@ def check_timeout(timeout: Any, name: str = "timeout", allow_none: bool = True) 
     return float(timeout)
 
 
+def positive_timeout(timeout: Any, name: str = "timeout") -> float:
+    """``check_timeout`` for a value that may not be None: always a float."""
+    checked = check_timeout(timeout, name, allow_none=False)
+    assert checked is not None  # allow_none=False
+    return checked
+
+
 def reply_content(msg: Message) -> dict[str, Any]:
     """The reply's content, or the matching RemoteError raised."""
     return ok_or_raise(msg.content)
@@ -60,9 +67,7 @@ def ok_or_raise(content: dict[str, Any]) -> dict[str, Any]:
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
-        checked = check_timeout(timeout, allow_none=False)
-        assert checked is not None  # allow_none=False
-        self.timeout: float = checked
+        self.timeout: float = positive_timeout(timeout)
         self.session = Session(info.key)
 
     def _new_socket(self, context: zmq.Context) -> Any:
@@ -130,7 +135,7 @@ class ZMQClient(_BaseClient):
     def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                 timeout: Optional[float] = None, copy: bool = True) -> Message:
         """Send one request, return its verified reply message (ok or not)."""
-        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        timeout = self.timeout if timeout is None else positive_timeout(timeout)
         deadline = time.monotonic() + timeout
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         sock = self._socket()
@@ -145,7 +150,7 @@ class ZMQClient(_BaseClient):
             if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
-            reply = sock.recv_multipart(copy=copy)
+            reply = sock.recv_multipart(copy=copy)  # type: ignore[call-overload]
             try:
                 msg = self.session.deserialize(reply)
             except ProtocolError:
@@ -204,7 +209,7 @@ class AsyncZMQClient(_BaseClient):
 
     async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                       timeout: Optional[float] = None) -> Message:
-        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        timeout = self.timeout if timeout is None else positive_timeout(timeout)
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut

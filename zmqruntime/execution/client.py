@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from .. import receive
-from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, reply_content
+from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, positive_timeout, reply_content
 from ..curve import secure_client_socket
 from ..errors import RemoteError, ServerUnavailable
 from ..polling import EVENTS, POLLIN
@@ -78,7 +78,7 @@ def discover(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str =
         return read_connection_file(connection_file)
     if auto_spawn:
         return ensure_server(port, transport=transport, ip=ip, name=name, mode=spawn_mode,
-                             timeout=check_timeout(spawn_timeout, "spawn_timeout", allow_none=False),
+                             timeout=positive_timeout(spawn_timeout, "spawn_timeout"),
                              control_port_offset=control_port_offset, extra_args=tuple(server_args))
     from ..spawn import connection_path, find_server
 
@@ -200,7 +200,7 @@ class DoneWaiter:
         end = time.monotonic() + max(0.0, seconds)
         while execution_id not in self.done:
             remaining = end - time.monotonic()
-            if remaining <= 0 or not self.poller.poll(remaining * 1000):
+            if remaining <= 0 or not self.poller.poll(remaining * 1000):  # type: ignore[arg-type]
                 return None
             while self.sock.getsockopt(EVENTS) & POLLIN:
                 frames = self.sock.recv_multipart(copy=False)

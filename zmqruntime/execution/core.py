@@ -226,7 +226,7 @@ class ClientCore:
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         task_spec = self.serialize_task(task, config, results=results) if config is not None \
             else self.serialize_task(task, results=results)  # a subclass written before 'config' still works
-        content = {"task": task_spec, "name": name or "", "timeout": check_timeout(timeout),
+        content: dict[str, Any] = {"task": task_spec, "name": name or "", "timeout": check_timeout(timeout),
                    "execution_id": new_execution_id(), "request_id": request_id or new_id(),
                    "session": self.session_name if session is None else self._choose_session(session)}
         buffers: list[Any] = []
