@@ -64,7 +64,7 @@ def measure_all(measurements: dict, server_args: tuple[str, ...] = ()) -> dict:
 
 
 def connection_file(runtime_dir: Path, port: int) -> Path:
-    return runtime_dir / f"server-{port}.json"
+    return runtime_dir / f"server-ipc-{port}.json"  # `serve` without --transport: IPC, the default
 
 
 def server_pid(runtime_dir: Path, port: int) -> int | None:

@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from zmqruntime import RemoteError
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import MARKER, make_header, ProtocolError, Session, SignatureError, compute_signature
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,6 +25,7 @@ def raw(server):
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    secure_client_socket(sock, server.client.info)
     sock.connect(server.client.info.control_url)
     yield sock, Session(server.client.info.key)
     sock.close()
@@ -207,6 +209,7 @@ def test_data_channel_events_are_signed(server):
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(sub, server.client.info)
     sub.connect(server.client.info.data_url)
     try:
         import time
@@ -274,6 +277,7 @@ def test_execute_many_refuses_a_bad_request_whole(start_server, content, buffers
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    secure_client_socket(sock, server.client.info)
     sock.connect(server.client.info.control_url)
     try:
         reply = _execute_many(sock, Session(server.client.info.key), content, buffers)

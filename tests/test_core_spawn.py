@@ -33,11 +33,12 @@ def kill_server(path):
 def test_auto_spawn_writes_private_connection_file(runtime_dir, port):
     client = ExecutionClient(port=port, spawn_timeout=30)
     try:
-        path = runtime_dir / connection_file_name("tcp", port)
+        # the default is IPC: socket files in the private runtime directory, not a port other users reach
+        path = runtime_dir / connection_file_name("ipc", port)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         info = json.loads(path.read_text())
         assert info["data_port"] == port and info["control_port"] == port + 1000
-        assert info["ip"] == "127.0.0.1" and info["transport"] == "tcp"
+        assert info["transport"] == "ipc" and info["control_url"].startswith(f"ipc://{runtime_dir}/")
         assert len(info["key"]) == 64 and info["pid"] == client.ping()["pid"]
         assert info["start_time"] > 0
         assert client.run("2 + 2", timeout=30) == {"_": 4}
@@ -69,7 +70,7 @@ def test_two_clients_racing_start_one_server(runtime_dir, port):
             p.kill()
             p.wait(10)
     assert len(pids) == 1 and pids != {""}
-    path = runtime_dir / connection_file_name("tcp", port)
+    path = runtime_dir / connection_file_name("ipc", port)
     assert str(json.loads(path.read_text())["pid"]) in pids
     kill_server(path)
 
@@ -82,7 +83,8 @@ def test_stale_connection_file_is_cleaned(runtime_dir, port):
                                 "control_port": port + 1000, "data_url": f"tcp://127.0.0.1:{port}",
                                 "control_url": f"tcp://127.0.0.1:{port + 1000}", "key": "ab" * 32,
                                 "pid": dead.pid}))
-    client = ExecutionClient(port=port, spawn_timeout=30)
+    path.chmod(0o600)  # a file others could read is refused, never trusted (tests/test_shared_machine.py)
+    client = ExecutionClient(port=port, transport="tcp", spawn_timeout=30)
     try:
         assert client.ping()["pid"] != dead.pid
         assert json.loads(path.read_text())["pid"] == client.ping()["pid"]
@@ -97,7 +99,7 @@ def test_port_held_by_foreign_process_is_a_clear_error(runtime_dir, port):
     holder.listen()
     try:
         with pytest.raises(ServerStartError) as info:
-            ExecutionClient(port=port, spawn_timeout=10)
+            ExecutionClient(port=port, transport="tcp", spawn_timeout=10)
         assert str(port) in str(info.value) and "another process" in str(info.value)
         assert "never kills" in str(info.value)
         holder.getsockname()  # still ours, still open
@@ -110,7 +112,7 @@ def test_serve_on_taken_port_exits_with_message(runtime_dir, port):
     holder.bind(("127.0.0.1", port + 1000))
     holder.listen()
     try:
-        out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(port)],
+        out = subprocess.run([sys.executable, "-m", "zmqruntime", "serve", "--port", str(port), "--transport", "tcp"],
                              capture_output=True, text=True, timeout=30, env=server_env())
         assert out.returncode == 3
         assert "control channel" in out.stderr and "Another process holds it" in out.stderr
@@ -221,6 +223,7 @@ def test_client_argument_errors(runtime_dir, port):
         ExecutionClient(connection_file=str(runtime_dir / "missing.json"))
     bad = runtime_dir / "bad.json"
     bad.write_text("{}")
+    bad.chmod(0o600)
     with pytest.raises(ValueError):
         ExecutionClient(connection_file=str(bad))
 

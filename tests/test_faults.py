@@ -24,6 +24,7 @@ import pytest
 import zmq
 
 from zmqruntime import ExecutionClient, RemoteError, ServerUnavailable
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.transport import connection_file_name, read_connection_file, write_connection_file
 from helpers import server_env, wait_until
 
@@ -140,7 +141,7 @@ def test_server_killed_mid_execution_then_a_new_server_is_found(server, runtime_
     # the connection file is stale now; a client for that port starts a new persistent server
     path = runtime_dir / connection_file_name("tcp", server.port)
     assert path.exists() and read_connection_file(path).pid == server.pid
-    fresh = ExecutionClient(port=server.port, spawn_timeout=60, timeout=10)
+    fresh = ExecutionClient(port=server.port, transport="tcp", spawn_timeout=60, timeout=10)
     try:
         ping = fresh.ping()
         assert ping["pid"] != server.pid and ping["persistent"]
@@ -169,6 +170,8 @@ KILLED_CLIENT = textwrap.dedent("""
     session = Session(info.key)
     sock = zmq.Context().socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVHWM, 1)
+    from zmqruntime.curve import secure_client_socket
+    secure_client_socket(sock, info)
     sock.connect(info.control_url)
     sock.send_multipart(session.serialize_request("ping", {})[0])
     sock.recv_multipart()  # the connection is up (handshake done)
@@ -266,7 +269,7 @@ class ReplyDroppingRelay:
     Counts the requests it forwarded per type, and the request_ids of executes.
     """
 
-    def __init__(self, server_url: str):
+    def __init__(self, server_info):
         self.ctx = zmq.Context()
         self.front = self.ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
@@ -274,7 +277,8 @@ class ReplyDroppingRelay:
         self.url = f"tcp://127.0.0.1:{port}"
         self.back = self.ctx.socket(zmq.DEALER)
         self.back.setsockopt(zmq.LINGER, 0)
-        self.back.connect(server_url)
+        secure_client_socket(self.back, server_info)  # the relay speaks CURVE to the server, plain to clients
+        self.back.connect(server_info.control_url)
         self.drop: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self.forwarded: dict[str, int] = {}
@@ -306,6 +310,7 @@ class ReplyDroppingRelay:
     def client_for(self, server, runtime_dir: Path, **kwargs) -> ExecutionClient:
         info = read_connection_file(server.connection_file)
         info.control_url = self.url
+        info.curve_server_key = ""
         path = runtime_dir / "via-relay.json"
         write_connection_file(path, info)
         return ExecutionClient(connection_file=str(path), **kwargs)
@@ -320,7 +325,7 @@ class ReplyDroppingRelay:
 
 @pytest.fixture
 def relay(server):
-    r = ReplyDroppingRelay(server.client.info.control_url)
+    r = ReplyDroppingRelay(server.client.info)
     yield r
     r.close()
 
@@ -388,6 +393,7 @@ def test_async_execute_retries_a_lost_reply(server, relay, runtime_dir, tmp_path
     marks = tmp_path / "ran.txt"
     info = read_connection_file(server.connection_file)
     info.control_url = relay.url
+    info.curve_server_key = ""  # the relay's front is plain (it speaks CURVE to the server)
     relay.drop["execute_reply"] = 1
 
     async def main() -> str:
@@ -493,6 +499,7 @@ def test_server_ages_and_timeouts_ignore_wall_clock_jumps(runtime_dir, port, tmp
     # max_clock_skew=0: the replay guard's date check compares the client's and the server's wall
     # clocks on purpose (docs/protocol.md 6.4); this test is about the server's own ages and timeouts.
     proc = subprocess.Popen([sys.executable, "-c", JUMPING_SERVER, str(flag), "serve", "--port", str(port),
+                             "--transport", "tcp",
                              "--ExecutionServer.max_result_age=600", "--ZMQServer.max_clock_skew=0"],
                             stdout=log, stderr=log, env=server_env())
     client = None

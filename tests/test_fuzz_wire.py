@@ -32,6 +32,7 @@ import zmq
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from zmqruntime.protocol import MARKER, Session, compute_signature, is_execution_id, make_header
+from zmqruntime.curve import secure_client_socket
 
 from helpers import ServerProcess, free_port
 
@@ -66,12 +67,14 @@ class Wire:
     def __init__(self, server: ServerProcess):
         self.ctx = zmq.Context()
         self.session = Session(server.client.info.key)
-        self.url = server.client.info.control_url
+        self.info = server.client.info
+        self.url = self.info.control_url
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        secure_client_socket(sock, self.info)
         sock.connect(self.url)
         return sock
 
@@ -282,6 +285,11 @@ def test_deep_nesting_and_huge_numbers_are_bad_messages_not_crashes(wire, depth,
     sig = compute_signature(wire.session.key, b"", header, content, [])
     wire.sock.send_multipart([MARKER + sig, header, content])
     COUNTS["deep / huge JSON"] += 1
+    if len(header) + len(content) > MAX_MESSAGE_BYTES:  # refused while received, before any hashing or parsing
+        if _parses(header):  # its header names it: a too_large reply (docs/protocol.md 6.2 step 0)
+            assert (wire.recv().content.get("error") or {}).get("code") == "too_large"
+        wire.assert_only_ping_answers()  # else dropped
+        return
     reply = wire.recv()
     code = (reply.content.get("error") or {}).get("code")
     if _parses(header) and _parses(content):  # then it is judged like any request

@@ -357,6 +357,7 @@ def test_a_server_whose_pid_is_not_local_is_asked_before_it_is_called_gone(serve
     data["pid"] = 4_000_000  # beyond any pid of this machine: as if it ran elsewhere
     copied = server.connection_file.with_name("copied-from-remote.json")
     copied.write_text(json.dumps(data))
+    copied.chmod(0o600)  # as a copy must be: a connection file others can read is refused
     conn = Connection(str(copied), ExecutionClient(connection_file=str(copied)), None)
     try:
         assert conn.still_current()  # not a local process, but it answers: current

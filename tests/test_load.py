@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import Session
 from helpers import server_env, wait_until
 
@@ -125,6 +126,7 @@ def test_pipelined_requests_each_get_exactly_one_reply(server):
         for s in range(n_sockets):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            secure_client_socket(sock, info)
             sock.connect(info.control_url)
             socks.append(sock)
         for s, sock in enumerate(socks):

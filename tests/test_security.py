@@ -31,6 +31,7 @@ import zmq
 from hypothesis import given, settings, strategies as st
 
 from zmqruntime import ExecutionClient
+from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import MARKER, Session, make_header
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
@@ -49,6 +50,7 @@ class Raw:
         self.session = Session(server.client.info.key)
         self.sock = context.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        secure_client_socket(self.sock, server.client.info)
         self.sock.connect(server.client.info.control_url)
 
     def send(self, frames) -> None:
@@ -239,6 +241,7 @@ def capture_events(server, ctx, code: str) -> list[list[bytes]]:
     """The genuine data-channel messages of one execution, as a wiretap sees them."""
     tap = ctx.socket(zmq.SUB)
     tap.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(tap, server.client.info)
     tap.connect(server.client.info.data_url)
     time.sleep(0.3)  # slow joiner: let the subscription reach the server
     exec_id = server.client.execute(code)
@@ -293,7 +296,15 @@ def forgeries(genuine: list[list[bytes]]) -> list[list[bytes]]:
     ]
 
 
-def test_forged_and_replayed_events_never_reach_a_subscriber(server, ctx, tmp_path):
+@pytest.fixture
+def plain_server(start_server):
+    """Without CURVE, so that a victim's subscriber can be pointed at an attacker's plain publisher
+    at all (with CURVE it never completes the handshake): signatures alone must stop forgeries."""
+    return start_server("--cancel-grace-period", "0.5", "--no-curve")
+
+
+def test_forged_and_replayed_events_never_reach_a_subscriber(plain_server, ctx, tmp_path):
+    server = plain_server
     genuine = capture_events(server, ctx, "print('hello')\n'x'")
     sentinel = capture_events(server, ctx, "'sentinel'")
     rogue = RoguePublisher(ctx)
@@ -330,7 +341,8 @@ def test_forged_and_replayed_events_never_reach_a_subscriber(server, ctx, tmp_pa
     assert mine[1].type == "status" and mine[1]["status"] == "running"  # not the forged "complete"
 
 
-def test_a_forged_done_does_not_end_a_wait(server, ctx, tmp_path):
+def test_a_forged_done_does_not_end_a_wait(plain_server, ctx, tmp_path):
+    server = plain_server
     rogue = RoguePublisher(ctx)
     victim = ExecutionClient(connection_file=victim_connection_file(server, tmp_path, rogue.url))
     try:
@@ -425,7 +437,8 @@ _INFO = ConnectionInfo(transport="tcp", ip="127.0.0.1", data_port=1, control_por
                        control_url="tcp://127.0.0.1:1001", key="0" * 64)
 
 
-def test_the_jupyter_stream_shows_no_forged_or_replayed_event(server, ctx, tmp_path):
+def test_the_jupyter_stream_shows_no_forged_or_replayed_event(plain_server, ctx, tmp_path):
+    server = plain_server
     """The kernel-side path: EventStream on a tornado loop, routed to an ExecutionHandle."""
     from tornado.ioloop import IOLoop
 
@@ -434,6 +447,7 @@ def test_the_jupyter_stream_shows_no_forged_or_replayed_event(server, ctx, tmp_p
 
     tap = ctx.socket(zmq.SUB)
     tap.setsockopt(zmq.SUBSCRIBE, b"")
+    secure_client_socket(tap, server.client.info)
     tap.connect(server.client.info.data_url)
     time.sleep(0.3)
     exec_id = server.client.execute("import time\nprint('real')\ntime.sleep(3)\n'x'")

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_opts(p: argparse.ArgumentParser) -> None:
         p.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="data port of the server (default 7777)")
-        p.add_argument("--transport", choices=["tcp", "ipc"], default="tcp")
+        p.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                       help="default: whichever server is registered for the port; a new one is IPC")
         p.add_argument("--name", default=None, help="IPC server name")
         p.add_argument("--connection-file", default=None, help="connect to the server described by this file")
         p.add_argument("--timeout", type=positive_seconds, default=10.0, help="request timeout in seconds (default 10)")
@@ -66,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     # --ExecutionServer.concurrency=2 (or a config value) is not overridden by a default here.
     p.add_argument("--port", type=port_number, default=None, help="data port (default 7777); control = port + offset")
     p.add_argument("--control-port-offset", type=int, default=None, help="default 1000")
-    p.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--ip", default=None, help="interface to bind (default 127.0.0.1); implies --transport tcp")
     p.add_argument("--allow-public-bind", action="store_true", default=None, help="allow a non-loopback --ip")
     p.add_argument("--curve", action="store_true", default=None,
-                   help="encrypt both channels with CurveZMQ (clients pick the key up from the connection file)")
-    p.add_argument("--transport", choices=["tcp", "ipc"], default=None, help="default tcp")
+                   help="encrypt and authenticate both channels with CurveZMQ (the default for TCP; "
+                        "clients pick the keys up from the connection file)")
+    p.add_argument("--no-curve", dest="curve", action="store_false",
+                   help="TCP without CurveZMQ: signed but NOT encrypted, and any local user can subscribe "
+                        "to the data channel and read its events")
+    p.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                   help="default ipc (in the private runtime directory); tcp for remote use")
     p.add_argument("--name", default=None, help="IPC server name (default: the port)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="executions run at once over all sessions (default: the machine's cores)")
@@ -190,6 +196,8 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         config = config if config is not None else Config()
         config.DaskBackend.scheduler_address = args.scheduler
         given["backend_class"] = "dask"
+    if args.transport is None and args.ip is not None:
+        given["transport"] = "tcp"  # an interface only means something for TCP
     kwargs: dict[str, Any] = {"config": config, **{k: v for k, v in given.items() if v is not None}}
     try:
         server = cls(**kwargs)

@@ -64,26 +64,27 @@ def ok_or_raise(content: dict[str, Any]) -> dict[str, Any]:
     raise error_for_code(code)(code, error.get("message", "error reply without a message"), error)
 
 
+def needs_proof(info: ConnectionInfo) -> bool:
+    """Plaintext TCP: nothing proves who listens on the port (another local user may
+    bind it once the server is gone), so a socket's first request other than ``ping``
+    waits for a signed ``ping`` reply, and sockets never reconnect by themselves.
+    With CURVE the handshake proves the server's key; IPC endpoints sit in the
+    private runtime directory."""
+    return info.transport == "tcp" and not getattr(info, "curve_server_key", "")
+
+
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
-        self.timeout: float = positive_timeout(timeout)
+        self.timeout = check_timeout(timeout, allow_none=False)
         self.session = Session(info.key)
+        self.needs_proof = needs_proof(info)
 
-    def _new_socket(self, context: zmq.Context) -> Any:
-        """A control DEALER, set up alike for both clients.
-
-        ``IMMEDIATE``: a request is queued only toward a connected server, never
-        toward one that is gone (or a CURVE handshake that never completes);
-        the send then waits for a peer, so both clients bound it by the
-        request's timeout.
-        """
-        sock = context.socket(zmq.DEALER)
+    def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self.needs_proof:  # a new peer on this endpoint must prove the key again: on a new socket
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)
         secure_client_socket(sock, self.info)
-        sock.connect(self.info.control_url)
-        return sock
 
     def _unavailable(self, timeout: float, what: str) -> ServerUnavailable:
         return ServerUnavailable(
@@ -117,7 +118,11 @@ class ZMQClient(_BaseClient):
             raise ServerUnavailable("this client is closed")
         sock = getattr(self._local, "sock", None)
         if sock is None or sock.closed:
-            sock = self._new_socket(self.context)
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            self._configure(sock)
+            sock.connect(self.info.control_url)
+            self._local.proven = False
             self._local.sock = sock
             self._local.poller = zmq.Poller()
             self._local.poller.register(sock, zmq.POLLIN)
@@ -135,10 +140,14 @@ class ZMQClient(_BaseClient):
     def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                 timeout: Optional[float] = None, copy: bool = True) -> Message:
         """Send one request, return its verified reply message (ok or not)."""
-        timeout = self.timeout if timeout is None else positive_timeout(timeout)
+        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
         deadline = time.monotonic() + timeout
-        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         sock = self._socket()
+        if self.needs_proof and not self._local.proven and msg_type != "ping":
+            self.request("ping", {}, timeout=timeout)  # a signed reply: the peer holds the key
+            self._local.proven = True
+            timeout = max(0.001, deadline - time.monotonic())
+        frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         try:
             send_frames(sock, frames)
@@ -150,7 +159,7 @@ class ZMQClient(_BaseClient):
             if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
-            reply = sock.recv_multipart(copy=copy)  # type: ignore[call-overload]
+            reply = sock.recv_multipart(copy=copy)
             try:
                 msg = self.session.deserialize(reply)
             except ProtocolError:
@@ -178,13 +187,19 @@ class AsyncZMQClient(_BaseClient):
         self._sock: Optional[zmq.asyncio.Socket] = None
         self._pending: dict[str, asyncio.Future] = {}
         self._reader: Optional[asyncio.Task] = None
+        self._proven: Optional[zmq.asyncio.Socket] = None  # the socket whose peer answered a signed ping
         self.closed = False
 
     def _socket(self) -> zmq.asyncio.Socket:
         if self.closed:
             raise ServerUnavailable("this client is closed")
         if self._sock is None:
-            self._sock = self._new_socket(self.context)
+            self._sock = self.context.socket(zmq.DEALER)
+            # IMMEDIATE as in the blocking client: nothing queued toward a server that is not
+            # connected; the send then waits for one, so request() bounds it by its timeout.
+            self._sock.setsockopt(zmq.IMMEDIATE, 1)
+            self._configure(self._sock)
+            self._sock.connect(self.info.control_url)
             self._reader = asyncio.ensure_future(self._read_replies(self._sock))
         return self._sock
 
@@ -209,7 +224,14 @@ class AsyncZMQClient(_BaseClient):
 
     async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                       timeout: Optional[float] = None) -> Message:
-        timeout = self.timeout if timeout is None else positive_timeout(timeout)
+        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        assert timeout is not None
+        if self.needs_proof and msg_type != "ping" and self._proven is not self._socket():
+            sock = self._socket()
+            started = time.monotonic()
+            await self.request("ping", {}, timeout=timeout)  # a signed reply: the peer holds the key
+            self._proven = sock
+            timeout = max(0.001, timeout - (time.monotonic() - started))
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut

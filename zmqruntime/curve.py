@@ -1,19 +1,21 @@
-"""Optional CurveZMQ encryption of both channels (``zmqruntime serve --curve``).
+"""CurveZMQ encryption and client authentication of both channels.
 
-HMAC signing authenticates every message but encrypts nothing. For use
-across a network the server can also turn on CurveZMQ: it makes a fresh
-keypair at start, sets ``curve_server`` on its control ROUTER and data PUB,
-and writes the *public* key (Z85) into the connection file as
-``curve_server_key``. A client that finds that field connects every socket
-as a CURVE client with an ephemeral keypair of its own; one that does not
-(an old client, a plain socket) cannot complete the handshake and gets
-nothing, not even the event topics.
+On by default for TCP (``--no-curve`` turns it off), off for IPC (the 0700
+runtime directory already keeps other users away from the socket files;
+``--curve`` turns it on there too). HMAC signing authenticates every message
+but encrypts nothing, and on a shared machine any local user can connect to
+a loopback port: without CURVE they would read every event.
 
-CURVE here is encryption only: no ZAP handler is installed, so any client
-knowing the server's public key may connect, and authentication stays the
-HMAC key's job. The server's secret key never leaves its memory: the
-connection file, which may be copied to remote machines, carries only what
-clients need.
+At start the server makes two fresh keypairs: its own (the secret half never
+leaves its memory) and one for its clients. The connection file (mode 0600)
+carries the server's public key (``curve_server_key``) and the client
+keypair (``curve_client_key``, ``curve_client_secret``). The server's ZAP
+handler (:mod:`.zap`) admits only that client key, so a peer without the
+connection file cannot complete the handshake: it cannot subscribe, send a
+request, or learn a topic. A client that finds ``curve_server_key`` connects
+every socket as a CURVE client, which also proves the server: a process
+that binds the port after the server died cannot complete the handshake
+without the server's secret key, so it never receives a request.
 """
 
 from __future__ import annotations
@@ -48,12 +50,15 @@ def secure_server_socket(sock: zmq.Socket, secret_key: str) -> None:
 def secure_client_socket(sock: zmq.Socket, info: Any) -> zmq.Socket:
     """Make ``sock`` a CURVE client if ``info`` names a server key (before it connects).
 
-    ``info`` is a ConnectionInfo; a fresh client keypair is made per socket
-    (the server authenticates no client key, so nothing is gained by reuse).
+    ``info`` is a ConnectionInfo; the client keypair comes from it (the one the
+    server's ZAP handler admits); a file without one gets a fresh pair per socket.
     """
     server_key = getattr(info, "curve_server_key", "")
     if server_key:
-        public, secret = zmq.curve_keypair()
+        if getattr(info, "curve_client_secret", ""):
+            public, secret = info.curve_client_key.encode("ascii"), info.curve_client_secret.encode("ascii")
+        else:
+            public, secret = zmq.curve_keypair()
         sock.curve_serverkey = server_key.encode("ascii")
         sock.curve_publickey = public
         sock.curve_secretkey = secret

@@ -21,6 +21,7 @@ import collections
 import heapq
 import ipaddress
 import itertools
+import json
 import logging
 import os
 import signal
@@ -35,8 +36,8 @@ from traitlets.config import Configurable
 from . import __version__
 from . import curve as _curve
 from .errors import ServerStartError
+from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
 from .polling import EVENTS, POLLIN, spin_until_readable
-from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -47,10 +48,12 @@ from .protocol import (
     new_key,
     send_frames,
 )
+from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .transport import (
     DEFAULT_CONTROL_OFFSET,
     DEFAULT_IP,
     DEFAULT_PORT,
+    DEFAULT_TRANSPORT,
     ConnectionInfo,
     connection_file_name,
     make_urls,
@@ -59,11 +62,18 @@ from .transport import (
     runtime_dir,
     write_connection_file,
 )
+from .zap import IPC_DOMAIN, ZapHandler
 
 log = logging.getLogger("zmqruntime.server")
 
 #: Shortest signing key accepted on a non-loopback interface (a generated key has 64).
 MIN_PUBLIC_KEY_CHARS = 32
+#: Largest message the data channel reads (a subscription: 1 byte + topic prefix); libzmq
+#: drops the connection of a peer that sends more.
+MAX_SUBSCRIPTION_BYTES = 1024
+#: Subscription messages read per loop turn, and distinct prefixes tracked at most.
+SUBSCRIPTIONS_PER_TURN = 1024
+MAX_TRACKED_SUBSCRIPTIONS = 65536
 
 Reply = tuple[dict[str, Any], list[Any], Optional[list[bytes]]]
 
@@ -84,20 +94,35 @@ class ZMQServer(Configurable):
     ip = Unicode(DEFAULT_IP, help="Interface to bind; loopback unless you explicitly choose otherwise.").tag(config=True)
     port = Int(DEFAULT_PORT, help="Data (PUB) port; control port is port + control_port_offset.").tag(config=True)
     control_port_offset = Int(DEFAULT_CONTROL_OFFSET, help="Control port = port + offset.").tag(config=True)
-    transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp").tag(config=True)
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value=DEFAULT_TRANSPORT,
+                                help="ipc (default: socket files in the private runtime directory) or tcp "
+                                     "(CurveZMQ-encrypted unless curve=False).").tag(config=True)
     name = Unicode("", help="Name of an IPC server (defaults to the port).").tag(config=True)
     connection_file = Unicode("", help="Where to write the connection file (default: runtime dir).").tag(config=True)
     key = Unicode("", help="Signing key; a random one is generated when empty.").tag(config=True)
     max_message_bytes = Int(1 << 30, help="Largest control request accepted (bytes).").tag(config=True)
+    max_message_frames = Int(4096, help="Most frames a control request may have (checked before any "
+                             "hashing, like max_message_bytes).").tag(config=True)
     pub_hwm = Int(100_000, help="Data-channel send high-water mark (messages per subscriber).").tag(config=True)
     parent_pid = Int(0, help="Child mode: exit when this process dies (0 = persistent).").tag(config=True)
     allow_public_bind = Bool(False, help="Allow binding a non-loopback interface.").tag(config=True)
-    curve = Bool(False, help="Encrypt both channels with CurveZMQ (for use across a network).").tag(config=True)
+    curve = Bool(None, allow_none=True, help="Encrypt and authenticate both channels with CurveZMQ "
+                 "(default: on for TCP, off for IPC, whose socket files sit in the private runtime "
+                 "directory). False on TCP lets any local user read the data channel.").tag(config=True)
+    handshake_timeout = Float(5.0, help="Seconds a new connection may take to complete its ZeroMQ handshake "
+                              "before it is dropped (bounds idle connections holding descriptors).").tag(config=True)
     max_clock_skew = Float(DEFAULT_MAX_CLOCK_SKEW, help="Requests dated further than this (seconds) from the "
                            "server's clock are refused (replay protection; 0 = no date check).").tag(config=True)
     replay_history = Int(DEFAULT_MAX_ENTRIES, help="Signatures of seen requests remembered at most "
                          "(replay protection).").tag(config=True)
     busy_poll = Float(0.002, help="Seconds to busy-poll after serving before sleeping (latency vs CPU; 0 = off).").tag(config=True)
+
+    @validate("max_message_frames", "handshake_timeout")
+    def _check_positive(self, proposal: Any) -> Any:
+        value = proposal["value"]
+        if not value > 0:
+            raise ValueError(f"{proposal['trait'].name} must be positive, got {value}")
+        return value
 
     @validate("port")
     def _check_port(self, proposal: Any) -> int:
@@ -118,6 +143,10 @@ class ZMQServer(Configurable):
         self.control: Optional[zmq.Socket] = None
         self.pub: Optional[zmq.Socket] = None
         self._subscriptions: set[bytes] = set()
+        self._subscriptions_overflow = False  # too many prefixes to track: publish everything
+        self.dropped = RateLimitedLog(log)
+        self.zap: Optional[ZapHandler] = None
+        self.fd_reserve: Optional[FdReserve] = None
         self.poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Callable[[], None]] = {}
         self._sockets: list[zmq.Socket] = []
@@ -139,14 +168,25 @@ class ZMQServer(Configurable):
     def _default_connection_path(self) -> Path:
         return runtime_dir() / connection_file_name(self.transport, self.port, self.name or None)
 
+    @property
+    def uses_curve(self) -> bool:
+        return self.transport == "tcp" if self.curve is None else bool(self.curve)
+
     def bind(self) -> ConnectionInfo:
         """Bind both channels and write the connection file."""
         self._check_public_bind()
-        curve_public, curve_secret = _curve.server_keypair() if self.curve else ("", "")  # fails before any socket
+        curve_public, curve_secret = _curve.server_keypair() if self.uses_curve else ("", "")  # fails before any socket
+        client_public, client_secret = _curve.server_keypair() if self.uses_curve else ("", "")
+        old_limit, new_limit = raise_fd_limit()
+        if new_limit != old_limit:
+            log.info("raised the soft open-file limit from %d to %d", old_limit, new_limit)
         if not 1 <= self.control_port <= 65535:
             raise ServerStartError(f"control port {self.control_port} (port + offset) is out of range")
         data_url, control_url = make_urls(self.transport, self.ip, self.port, self.control_port, self.name or None)
         self.context = zmq.Context()
+        self.fd_reserve = FdReserve()
+        # Who may connect at all (CURVE client key, IPC peer uid): before any socket binds.
+        self.zap = ZapHandler(self.context, client_public)
         # XPUB, not PUB: the same data channel for subscribers, but the server
         # sees the subscriptions, so an event nobody subscribed to is never
         # built, signed or relayed (see ``wants``).
@@ -157,9 +197,13 @@ class ZMQServer(Configurable):
         self.control.setsockopt(zmq.LINGER, 1000)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.control.setsockopt(zmq.MAXMSGSIZE, max(self.max_message_bytes * 2, 1 << 20))
-        if self.curve:
-            for sock in (self.pub, self.control):
+        self.pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # subscriptions are all it reads
+        for sock in (self.pub, self.control):
+            sock.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(self.handshake_timeout * 1000)))
+            if self.uses_curve:
                 _curve.secure_server_socket(sock, curve_secret)
+            elif self.transport == "ipc":
+                sock.setsockopt(zmq.ZAP_DOMAIN, IPC_DOMAIN)  # ZAP checks the peer's uid
         for sock, url, what in ((self.pub, data_url, "data"), (self.control, control_url, "control")):
             try:
                 sock.bind(url)
@@ -169,12 +213,14 @@ class ZMQServer(Configurable):
                     f"cannot bind the {what} channel at {url}: {exc.strerror}. "
                     "Another process holds it; choose another --port (zmqruntime never kills a process it did not start)."
                 ) from None
+        self.add_socket(self.zap.sock, self.zap.handle)
         self.add_socket(self.control, self._on_control)
         self.add_socket(self.pub, self._read_subscriptions)
         self.info = ConnectionInfo(
             transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
             data_url=data_url, control_url=control_url, key=self.key, pid=os.getpid(),
             start_time=self.start_time, name=self.name, curve_server_key=curve_public,
+            curve_client_key=client_public, curve_client_secret=client_secret,
         )
         self.connection_path = Path(self.connection_file) if self.connection_file else self._default_connection_path()
         write_connection_file(self.connection_path, self.info)
@@ -195,7 +241,7 @@ class ZMQServer(Configurable):
                 f"a public server needs a key of at least {MIN_PUBLIC_KEY_CHARS} characters "
                 "(leave the key unset to get a random 256-bit one)"
             )
-        if not self.curve:
+        if not self.uses_curve:
             log.warning("binding %s without --curve: traffic is signed but NOT encrypted; "
                         "prefer an SSH tunnel or --curve", self.ip)
 
@@ -228,12 +274,28 @@ class ZMQServer(Configurable):
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_ids), callback))
 
+    def call_every(self, interval: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` every ``interval`` seconds while serving; an exception is
+        logged and the next run is still scheduled (a periodic check never stops)."""
+        def tick() -> None:
+            try:
+                callback()
+            except Exception:
+                log.exception("periodic check %s failed; it runs again in %g s",
+                              getattr(callback, "__name__", callback), interval)
+            finally:
+                if self._running:
+                    self.call_later(interval, tick)
+
+        self.call_later(interval, tick)
+
     def serve_forever(self) -> None:
         if self.control is None:
             self.bind()
         self._running = True
         if self.parent_pid:
-            self.call_later(0.5, self._watch_parent)
+            self.call_every(0.5, self._watch_parent)
+        self.call_every(self.dropped.interval, self.dropped.flush)  # "N more not logged" without waiting for more
         self._install_signal_handlers()
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
@@ -250,7 +312,10 @@ class ZMQServer(Configurable):
                     timeout = 0.0
                 served = False
                 for sock, _ in self.poller.poll(timeout):
-                    self._handlers[sock]()
+                    try:
+                        self._handlers[sock]()
+                    except Exception:  # a bad message must never take the server down
+                        log.exception("handler of %s failed; serving on", sock)
                     served = True
                 self._run_soon()
                 self._run_timers()
@@ -282,8 +347,6 @@ class ZMQServer(Configurable):
         if not pid_alive(self.parent_pid):
             log.info("parent process %d is gone; child-mode server exits", self.parent_pid)
             self.stop()
-        else:
-            self.call_later(0.5, self._watch_parent)
 
     def _install_signal_handlers(self) -> None:
         def on_signal(signum: int, frame: Any) -> None:
@@ -306,11 +369,15 @@ class ZMQServer(Configurable):
                 # only remove the file if it is still ours
                 if self.info and read_connection_file(self.connection_path).pid == os.getpid():
                     self.connection_path.unlink()
-            except (OSError, ValueError):
+            except (OSError, ValueError, ServerStartError):
                 pass
         for sock in (self.control, self.pub):
             if sock is not None and not sock.closed:
                 sock.close()
+        if self.zap is not None:
+            self.zap.close()
+        if self.fd_reserve is not None:
+            self.fd_reserve.close()
         if self.info is not None and self.info.transport == "ipc":
             for url in (self.info.data_url, self.info.control_url):
                 try:
@@ -331,19 +398,44 @@ class ZMQServer(Configurable):
     # -- control channel ----------------------------------------------------
     def _on_control(self) -> None:
         sock = self.control
+        # frames: routing identity, signature, header, content, buffers; bytes: + framing slack
+        max_frames, max_bytes = self.max_message_frames + 4, self.max_message_bytes + 4096
         for _ in range(256):  # drain, but let other sockets and timers have a turn
             if not sock.getsockopt(EVENTS) & POLLIN:  # cheaper than catching zmq.Again
                 return
-            self._handle_request(sock.recv_multipart(copy=False))
+            frames, complete = recv_bounded(sock, max_frames, max_bytes)
+            if complete:
+                self._handle_request(frames)
+            else:
+                self._refuse_oversized(frames)
+
+    def _refuse_oversized(self, frames: list[Any]) -> None:
+        """A request over the frame-count or size limit, caught before any hashing: a
+        ``too_large`` reply if its header names it (checking its signature would mean
+        hashing it all), else dropped."""
+        what = (f"more than {self.max_message_frames} frames" if len(frames) >= self.max_message_frames + 4
+                else f"more than max_message_bytes={self.max_message_bytes} bytes")
+        try:
+            ident, body = self.session.split(frames)
+            header = json.loads(body[1].bytes if hasattr(body[1], "bytes") else body[1]) if len(body) > 1 else None
+            msg_id, msg_type = header.get("msg_id"), header.get("msg_type")  # type: ignore[union-attr]
+            if not isinstance(msg_id, str) or not isinstance(msg_type, str):
+                raise ValueError(msg_id)
+        except (ProtocolError, ValueError, AttributeError, UnicodeDecodeError, RecursionError):
+            self.dropped.warning("dropped a control message with %s (not hashed)", what)
+            return
+        self.dropped.warning("refused a %s request with %s (not hashed)", msg_type[:40], what)
+        reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
+        self._reply(ident, reply_type, msg_id, _error("too_large", f"request with {what}"))
 
     def _handle_request(self, frames: list[Any]) -> None:
         try:
             msg = self.session.deserialize(frames)
         except SignatureError:
-            log.warning("dropped a control message with a missing or bad signature (%d frames)", len(frames))
+            self.dropped.warning("dropped a control message with a missing or bad signature (%d frames)", len(frames))
             return
         except ProtocolError as exc:
-            log.warning("dropped a malformed control message: %s", exc.message)
+            self.dropped.warning("dropped a malformed control message: %s", exc.message)
             if exc.code != "malformed":  # signed, so worth an answer
                 ident, _ = self.session.split(frames)
                 self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message))
@@ -398,12 +490,20 @@ class ZMQServer(Configurable):
         """Track the data channel's subscribed prefixes (XPUB reports each
         prefix's first subscribe and last unsubscribe, across subscribers)."""
         sock = self.pub
-        while sock.getsockopt(EVENTS) & POLLIN:
+        subs = self._subscriptions
+        for _ in range(SUBSCRIPTIONS_PER_TURN):  # bounded: a flood cannot hold the loop
+            if not sock.getsockopt(EVENTS) & POLLIN:
+                return
             msg = sock.recv()
             if msg[:1] == b"\x01":
-                self._subscriptions.add(msg[1:])
+                if len(subs) < MAX_TRACKED_SUBSCRIPTIONS:
+                    subs.add(msg[1:])
+                elif msg[1:] not in subs and not self._subscriptions_overflow:
+                    self._subscriptions_overflow = True
+                    log.warning("more than %d distinct subscriptions on the data channel: every event is "
+                                "published from now on", MAX_TRACKED_SUBSCRIPTIONS)
             elif msg[:1] == b"\x00":
-                self._subscriptions.discard(msg[1:])
+                subs.discard(msg[1:])
 
     def wants(self, topic: bytes) -> bool:
         """Would any subscriber receive ``topic``?  (PUB/SUB matching is by prefix.)
@@ -414,6 +514,8 @@ class ZMQServer(Configurable):
         """
         self._read_subscriptions()
         subs = self._subscriptions
+        if self._subscriptions_overflow:
+            return True
         if not subs:
             return False
         if b"" in subs:

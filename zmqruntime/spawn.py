@@ -30,9 +30,11 @@ from typing import Iterator, Optional
 
 from .client import ZMQClient
 from .errors import RemoteError, ServerStartError, ServerUnavailable
+from .private import open_private
 from .transport import (
     DEFAULT_CONTROL_OFFSET,
     DEFAULT_IP,
+    DEFAULT_TRANSPORT,
     ConnectionInfo,
     connection_file_name,
     port_is_free,
@@ -45,7 +47,15 @@ from .transport import (
 SPAWN_MODES = ("persistent", "child")
 
 
-def connection_path(port: int, transport: str = "tcp", name: Optional[str] = None) -> Path:
+def connection_path(port: int, transport: Optional[str] = None, name: Optional[str] = None) -> Path:
+    """The connection file of the server for ``port``; ``transport=None``: the one
+    registered (IPC's, else TCP's), or where a new default (IPC) server would write it."""
+    if transport is None:
+        for candidate in ("ipc", "tcp"):
+            path = runtime_dir() / connection_file_name(candidate, port, name)
+            if path.exists():
+                return path
+        transport = DEFAULT_TRANSPORT
     return runtime_dir() / connection_file_name(transport, port, name)
 
 
@@ -71,11 +81,20 @@ def find_server(path: Path, timeout: float = 2.0) -> Optional[ConnectionInfo]:
     return info if ping_info(info, timeout) is not None else None
 
 
+def find_any_server(port: int, name: Optional[str] = None, timeout: float = 2.0) -> Optional[ConnectionInfo]:
+    """The live server registered for ``port`` (or ``name``): IPC first, then TCP."""
+    for transport in ("ipc", "tcp"):
+        info = find_server(connection_path(port, transport, name), timeout)
+        if info is not None:
+            return info
+    return None
+
+
 @contextmanager
 def startup_lock(path: Path, timeout: float) -> Iterator[None]:
     """Inter-process lock beside the connection file, bounded by ``timeout``."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(lock_path, os.O_RDWR | os.O_CREAT, "startup lock")
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -94,7 +113,7 @@ def startup_lock(path: Path, timeout: float) -> Iterator[None]:
 def ensure_server(
     port: int,
     *,
-    transport: str = "tcp",
+    transport: Optional[str] = None,
     ip: str = DEFAULT_IP,
     name: Optional[str] = None,
     control_port_offset: int = DEFAULT_CONTROL_OFFSET,
@@ -102,10 +121,23 @@ def ensure_server(
     timeout: float = 20.0,
     extra_args: tuple[str, ...] = (),
 ) -> ConnectionInfo:
-    """Connect to the server for ``port`` (or ``name``), starting one if needed."""
+    """Connect to the server for ``port`` (or ``name``), starting one if needed.
+
+    ``transport=None``: a live server of either transport registered for the
+    port, else a new IPC one (its socket files sit in the private runtime
+    directory, out of other users' reach, with no encryption cost).
+    """
     validate_port(port)
     if mode not in SPAWN_MODES:
         raise ValueError(f"mode must be one of {SPAWN_MODES}, got {mode!r}")
+    if transport is None and ip != DEFAULT_IP:
+        transport = "tcp"  # an interface only means something for TCP
+    if transport is None:
+        found = find_any_server(port, name, timeout=min(timeout, 2.0))
+        if found is not None:
+            return found
+        # one registered but not answering is reported below, never shadowed by a new server
+        transport = next((t for t in ("ipc", "tcp") if connection_path(port, t, name).exists()), DEFAULT_TRANSPORT)
     path = connection_path(port, transport, name)
     info = find_server(path, timeout=min(timeout, 2.0))
     if info is not None:
@@ -144,7 +176,8 @@ def server_command(port: int, transport: str, ip: str, name: Optional[str], cont
 def _spawn(path: Path, port: int, transport: str, ip: str, name: Optional[str], control_port_offset: int,
            mode: str, timeout: float, extra_args: tuple[str, ...]) -> ConnectionInfo:
     log_path = path.with_suffix(".log")
-    with open(log_path, "ab") as log_file:
+    # O_NOFOLLOW and 0600: a planted symlink never makes the server append to another file
+    with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "server log"), "ab") as log_file:
         proc = subprocess.Popen(
             server_command(port, transport, ip, name, control_port_offset, mode, extra_args),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
@@ -175,6 +208,7 @@ def _spawn(path: Path, port: int, transport: str, ip: str, name: Optional[str], 
 
 def _tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
+        with os.fdopen(open_private(path, os.O_RDONLY, "server log"), errors="replace") as fh:
+            return "\n".join(fh.read().splitlines()[-lines:])
+    except (OSError, ServerStartError):
         return "(no log)"

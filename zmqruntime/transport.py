@@ -24,16 +24,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .private import ensure_private_dir, make_private_dirs, open_private
 from .protocol import SIGNATURE_SCHEME
 
 DEFAULT_PORT = 7777
 DEFAULT_CONTROL_OFFSET = 1000
 DEFAULT_IP = "127.0.0.1"
 TRANSPORTS = ("tcp", "ipc")
+#: What a server is started with unless told otherwise: IPC, in the private runtime directory.
+DEFAULT_TRANSPORT = "ipc"
 
 
 def runtime_dir() -> Path:
-    """The per-user runtime directory (created 0700 if missing)."""
+    """The per-user runtime directory: created 0700 (parents too) if missing,
+    and refused (:class:`~.private.InsecurePathError`) unless private."""
     env = os.environ.get("ZMQRUNTIME_RUNTIME_DIR")
     if env:
         path = Path(env)
@@ -41,12 +45,7 @@ def runtime_dir() -> Path:
         path = Path(os.environ["XDG_RUNTIME_DIR"]) / "zmqruntime"
     else:
         path = Path.home() / ".local" / "share" / "zmqruntime" / "runtime"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not env and path.stat().st_mode & 0o077:
-        # our own default folder holds keys and IPC endpoints: keep it private
-        # (a folder named by ZMQRUNTIME_RUNTIME_DIR is the user's to set up)
-        os.chmod(path, 0o700)
-    return path
+    return ensure_private_dir(path)
 
 
 def validate_port(port: Any, name: str = "port") -> int:
@@ -82,6 +81,8 @@ class ConnectionInfo:
     name: str = ""
     version: str = "1.0"
     curve_server_key: str = ""  # Z85 public key when the server encrypts with CurveZMQ, else ""
+    curve_client_key: str = ""  # Z85 client keypair the server's ZAP handler admits (with CURVE)
+    curve_client_secret: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,8 +107,8 @@ def make_urls(transport: str, ip: str, data_port: int, control_port: int, name: 
 
 
 def write_connection_file(path: Path, info: ConnectionInfo) -> None:
-    """Atomically write ``info`` to ``path`` with mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Atomically write ``info`` to ``path`` with mode 0600 (missing parents made 0700)."""
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         os.fchmod(fd, 0o600)
@@ -125,7 +126,9 @@ def write_connection_file(path: Path, info: ConnectionInfo) -> None:
 
 
 def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
-    with open(path) as fh:
+    """The connection file's contents, trusted only if it is ours and private
+    (:class:`~.private.InsecurePathError` otherwise)."""
+    with os.fdopen(open_private(path, os.O_RDONLY, "connection file")) as fh:
         try:
             data = json.load(fh)
         except ValueError as exc:
@@ -154,7 +157,7 @@ def remove_if_stale(path: Path) -> bool:
     """Delete a connection file whose server process is gone; True if removed."""
     try:
         info = read_connection_file(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # unreadable or not ours (InsecurePathError): never deleted
         return False
     if pid_alive(info.pid):
         return False

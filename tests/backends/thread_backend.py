@@ -48,8 +48,9 @@ class ThreadBackend(ExecutionBackend):
     def report(self, callback: Any) -> None:
         self.host.call_soon_threadsafe(callback)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
         threading.Thread(target=self._run, args=(job,), daemon=True).start()
+        return True
 
     def _run(self, job: Job) -> None:
         from zmqruntime.execution.server import ExecutionServer

@@ -64,6 +64,8 @@ class Loss:
     escalated: bool = False
     #: Extra fields for the execution's error (exit_code, signal, worker …).
     detail: dict[str, Any] = field(default_factory=dict)
+    #: False: the execution never started (its new worker died while starting): queued again, not failed.
+    started: bool = True
 
 
 class BackendHost(Protocol):
@@ -88,6 +90,9 @@ class BackendHost(Protocol):
     def backend_lost(self, loss: Loss) -> None:
         """A session's worker is gone (killed, crashed, left the cluster)."""
 
+    def backend_error(self, message: Optional[str]) -> None:
+        """Workers cannot be started (``message`` says why), or can again (None)."""
+
 
 class ExecutionBackend(LoggingConfigurable):
     """Runs the executions the server hands it, one per session at a time."""
@@ -108,8 +113,12 @@ class ExecutionBackend(LoggingConfigurable):
         """Executions it can run at once (None: as many as the server allows)."""
         return None
 
-    def submit(self, job: Job) -> None:
-        """Run ``job`` in its session's namespace; report through the host."""
+    def submit(self, job: Job) -> bool:
+        """Run ``job`` in its session's namespace; report through the host.
+
+        False: it cannot start now (no worker can be started); the server keeps it
+        queued and tries again once the backend reports ``backend_error(None)``.
+        """
         raise NotImplementedError
 
     def cancel(self, execution_id: str) -> bool:

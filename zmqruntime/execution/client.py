@@ -68,7 +68,8 @@ __all__ = ["AsyncExecutionClient", "Event", "ExecutionClient", "Subscription", "
            "MAX_KEPT_DONE_EVENTS"]
 
 
-def discover(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str = "tcp", name: Optional[str] = None,
+def discover(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: Optional[str] = None,
+             name: Optional[str] = None,
              connection_file: Optional[str] = None, timeout: float = 10.0, auto_spawn: bool = True,
              spawn_mode: str = "persistent", spawn_timeout: float = 20.0,
              control_port_offset: int = DEFAULT_CONTROL_OFFSET, server_args: Sequence[str] = ()) -> ConnectionInfo:
@@ -80,9 +81,10 @@ def discover(port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str =
         return ensure_server(port, transport=transport, ip=ip, name=name, mode=spawn_mode,
                              timeout=positive_timeout(spawn_timeout, "spawn_timeout"),
                              control_port_offset=control_port_offset, extra_args=tuple(server_args))
-    from ..spawn import connection_path, find_server
+    from ..spawn import connection_path, find_any_server, find_server
 
-    found = find_server(connection_path(port, transport, name), timeout=timeout)
+    found = (find_any_server(port, name, timeout=timeout) if transport is None
+             else find_server(connection_path(port, transport, name), timeout=timeout))
     if found is None:
         raise ServerUnavailable(f"no zmqruntime server answers for port {port} and auto_spawn is off")
     return found
@@ -213,16 +215,17 @@ class DoneWaiter:
 class ExecutionClient(ClientCore):
     """Submit, watch, cancel and fetch executions (blocking API, usable from several threads).
 
-    ``ExecutionClient(port=7777)`` connects to the server of that port,
-    starting a persistent one if none answers (``auto_spawn=False`` to
-    refuse). ``connection_file=`` connects to exactly that server.
+    ``ExecutionClient(port=7777)`` connects to the server of that port (IPC
+    or TCP, whichever is registered), starting a persistent IPC one if none
+    answers (``auto_spawn=False`` to refuse; ``transport="tcp"`` for TCP).
+    ``connection_file=`` connects to exactly that server.
     ``session`` names the server-side session (namespace and queue) this
     client's executions run in; by default a new one of its own.
     ``progress_callback=cb`` calls ``cb(event)`` on a background thread for
     every progress event of the executions this client submits.
     """
 
-    def __init__(self, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str = "tcp",
+    def __init__(self, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: Optional[str] = None,
                  name: Optional[str] = None, connection_file: Optional[str] = None,
                  timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                  spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,
@@ -534,7 +537,7 @@ class AsyncExecutionClient(ClientCore):
         self._progress_watch = ProgressWatch(info, self.session, progress_callback) if progress_callback else None
 
     @classmethod
-    async def connect(cls, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: str = "tcp",
+    async def connect(cls, port: int = DEFAULT_PORT, *, ip: str = DEFAULT_IP, transport: Optional[str] = None,
                       name: Optional[str] = None, connection_file: Optional[str] = None,
                       timeout: float = 10.0, auto_spawn: bool = True, spawn_mode: str = "persistent",
                       spawn_timeout: float = 20.0, control_port_offset: int = DEFAULT_CONTROL_OFFSET,

@@ -85,6 +85,7 @@ class DaskBackend(ExecutionBackend):
         self.escalated: set[str] = set()
         self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="zmqruntime-dask")
         self.stopping = False
+        self.error: Optional[str] = None
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, host: BackendHost) -> None:
@@ -149,11 +150,11 @@ class DaskBackend(ExecutionBackend):
     def capacity(self) -> Optional[int]:
         return max(1, sum(self.workers.values())) if self.workers else 1
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
         address = self._pin(job.session)
-        if address is None:
-            self._report_finished(job, _failed("NoWorkers", "the dask cluster has no workers"), [])
-            return
+        if address is None:  # the server keeps it queued until a worker joins
+            self._report("the dask cluster has no workers; waiting for one to join")
+            return False
         from .dask_task import run_execution
 
         buffers = [bytes(b.buffer) if hasattr(b, "buffer") else bytes(b) for b in job.buffers]
@@ -163,6 +164,13 @@ class DaskBackend(ExecutionBackend):
                                     allow_other_workers=False, pure=False, retries=0)
         self.running[job.execution_id] = (future, job, address)
         future.add_done_callback(lambda f: self._collect(job, f))
+        return True
+
+    def _report(self, message: Optional[str]) -> None:
+        if message != self.error:
+            self.error = message
+            assert self.host is not None
+            self.host.backend_error(message)
 
     def cancel(self, execution_id: str) -> bool:
         entry = self.running.get(execution_id)
@@ -196,7 +204,8 @@ class DaskBackend(ExecutionBackend):
         for session, address in self.pins.items():
             by_worker.setdefault(address, []).append(session)
         running = {address: eid for eid, (_, _, address) in self.running.items()}
-        return {"name": self.name, "scheduler": self.client.scheduler.address if self.client else None,
+        return {"name": self.name, "error": self.error,
+                "scheduler": self.client.scheduler.address if self.client else None,
                 "dashboard": getattr(self.client, "dashboard_link", None) if self.own_cluster is None else None,
                 "workers": [{"address": a, "nthreads": n, "sessions": sorted(by_worker.get(a, [])),
                              "execution_id": running.get(a), "session": None, "pid": None}
@@ -262,7 +271,12 @@ class DaskBackend(ExecutionBackend):
         info = self.client.scheduler_info(n_workers=-1)
         workers = {a: w.get("nthreads", 1) for a, w in info.get("workers", {}).items()}
         assert self.host is not None
-        self.host.call_soon_threadsafe(lambda: setattr(self, "workers", workers))
+        self.host.call_soon_threadsafe(lambda: self._set_workers(workers))
+
+    def _set_workers(self, workers: dict[str, int]) -> None:
+        self.workers = workers
+        if workers and self.error is not None:
+            self._report(None)
 
     def _worker_left(self, address: str) -> None:
         """Loop: a worker is gone; its sessions lost their namespaces, its executions failed."""

@@ -6,11 +6,21 @@ the session (idle reaping, a deliberate reset) or the process dies. One
 spare worker is kept started and idle, so a new session's first execution
 does not wait for a Python interpreter to boot.
 
-Workers connect to a ROUTER on a private IPC endpoint; messages are
-``[b"M", json, *buffers]`` (control: ready / run / finished / exit) or
-``[b"E", packed event]`` (a data-channel event the worker signed itself,
-relayed byte for byte). Interrupting is a ladder: SIGINT (KeyboardInterrupt
-in the task), then SIGTERM after ``cancel_grace_period``, then SIGKILL after
+Each worker binds an IPC endpoint of its own in the private runtime
+directory and the server's ROUTER connects to it, admitting only our uid
+and the pids of workers we started (``link.py`` says why it is this way
+round). Messages are ``[b"M", json, *buffers]`` (control: ready / run /
+finished / exit) or ``[b"E", packed event]`` (a data-channel event the
+worker signed itself, relayed byte for byte); a malformed one is dropped.
+
+A worker that cannot be started (no file descriptors left, a broken
+environment) is retried at every check, backing off while new workers keep
+dying during start-up; meanwhile the server is told why (``backend_error``),
+so ``ping`` and the waiting executions' status say it; the server keeps them
+queued until a worker starts again.
+
+Interrupting is a ladder: SIGINT (KeyboardInterrupt in the task), then
+SIGTERM after ``cancel_grace_period``, then SIGKILL after
 ``kill_grace_period``; the session's namespace goes with the process.
 """
 
@@ -21,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -31,17 +42,18 @@ from ..polling import EVENTS, POLLIN
 from ..protocol import new_id, send_frames, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
-from .worker import KIND_CONTROL, KIND_EVENT
+from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
 
 CHECK_INTERVAL = 0.05
-#: Longest wait before a spare worker that keeps dying at start is tried again.
-MAX_SPARE_BACKOFF = 30.0
+#: Longest wait before a worker start is tried again after new workers kept dying at start.
+MAX_START_BACKOFF = 5.0
 
 
 @dataclass
 class WorkerHandle:
     worker_id: str
     process: subprocess.Popen
+    url: str  # the IPC endpoint the worker binds
     session: Optional[str] = None
     ready: bool = False
     execution_id: Optional[str] = None
@@ -86,9 +98,11 @@ class LocalBackend(ExecutionBackend):
         self.by_session: dict[str, WorkerHandle] = {}
         self.spares: list[WorkerHandle] = []
         self.sock: Optional[zmq.Socket] = None
-        self.url = ""
+        self.directory = ""
         self.running = False
-        self._spare_backoff = 0.0
+        self.error: Optional[str] = None  # why workers cannot be started, while they cannot
+        self._startup_failures = 0  # workers in a row that died before they were ready
+        self._next_start = 0.0  # monotonic: no start attempt before this
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, host: BackendHost) -> None:
@@ -98,8 +112,9 @@ class LocalBackend(ExecutionBackend):
         self.sock = host.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
-        self.url = f"ipc://{runtime_dir()}/zmqr-workers-{os.getpid()}-{new_id()[:8]}"
-        self.sock.bind(self.url)
+        self.directory = str(runtime_dir())
+        secure_worker_router(self.sock, getattr(host, "zap", None),
+                             lambda pid: any(h.pid == pid for h in self.workers.values()))
         host.add_socket(self.sock, self._on_message)
         self.running = True
         self._top_up_spares()
@@ -118,21 +133,21 @@ class LocalBackend(ExecutionBackend):
             except subprocess.TimeoutExpired:
                 handle.process.kill()
                 handle.process.wait(5)
+        if self.sock is not None:
+            for handle in self.workers.values():
+                forget_endpoint(self.sock, handle.url)
+            self.sock.close()
         self.workers.clear()
         self.by_session.clear()
         self.spares.clear()
-        if self.sock is not None:
-            self.sock.close()
-            try:
-                os.unlink(self.url[len("ipc://"):])
-            except OSError:
-                pass
 
     # -- the interface the server uses -----------------------------------------
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
         handle = self.by_session.get(job.session)
         if handle is None:
-            handle = self.spares.pop(0) if self.spares else self._spawn()
+            handle = self.spares.pop(0) if self.spares else self._try_spawn()
+            if handle is None:  # no worker can be started now: the server keeps the job queued
+                return False
             handle.session = job.session
             self.by_session[job.session] = handle
             self._top_up_spares()
@@ -141,6 +156,7 @@ class LocalBackend(ExecutionBackend):
             self._run(handle, job)
         else:
             handle.pending = job
+        return True
 
     def cancel(self, execution_id: str) -> bool:
         handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
@@ -163,7 +179,7 @@ class LocalBackend(ExecutionBackend):
             self._release(handle)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "workers": [
+        return {"name": self.name, "error": self.error, "workers": [
             {"pid": h.pid, "ready": h.ready, "session": h.session, "execution_id": h.execution_id}
             for h in self.workers.values()]}
 
@@ -181,22 +197,63 @@ class LocalBackend(ExecutionBackend):
 
     # -- internals --------------------------------------------------------------
     def _spawn(self) -> WorkerHandle:
+        assert self.host is not None and self.sock is not None
         worker_id = f"w-{new_id()[:8]}"
+        url = worker_endpoint(self.directory, os.getpid(), worker_id)
         process = subprocess.Popen(
-            [sys.executable, "-m", "zmqruntime.execution", "--url", self.url,
+            [sys.executable, "-m", "zmqruntime.execution", "--url", url,
              "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
              "--task-kinds", json.dumps(dict(self.task_kind_classes))],
-            env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key if self.host else ""),
-            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key), stdin=subprocess.DEVNULL,
         )
-        handle = WorkerHandle(worker_id, process)
+        handle = WorkerHandle(worker_id, process, url)
         self.workers[worker_id] = handle
+        self.sock.connect(url)
         self.log.info("started worker %s (pid %d)", worker_id, process.pid)
         return handle
 
+    def _try_spawn(self) -> Optional[WorkerHandle]:
+        """A new worker, or None (and the reason reported) when none can be started now."""
+        if time.monotonic() < self._next_start:
+            return None
+        reserve = getattr(self.host, "fd_reserve", None)  # descriptors kept back for exactly this
+        try:
+            return reserve.run(self._spawn) if reserve is not None else self._spawn()
+        except OSError as exc:
+            self._report(f"cannot start a worker process ({exc}); retrying every {CHECK_INTERVAL:g} s")
+            return None
+
+    def _report(self, message: Optional[str]) -> None:
+        """Why workers cannot be started (None: they can again), to the log and the server."""
+        if message == self.error:
+            return
+        if message is None:
+            self.log.info("worker processes start again")
+        else:
+            self.log.error("%s", message)
+        self.error = message
+        assert self.host is not None
+        report = getattr(self.host, "backend_error", None)
+        if report is not None:
+            report(message)
+
+    def _recover(self) -> None:
+        """After a failure: can a worker be started now? Then say so (the server resumes its queue)."""
+        if self.spare_workers:
+            if len(self.spares) >= self.spare_workers:
+                self._report(None)
+            return
+        handle = self._try_spawn()  # no spares to prove it: start one and keep it as a spare
+        if handle is not None:
+            self.spares.append(handle)
+            self._report(None)
+
     def _top_up_spares(self) -> None:
         while self.running and len(self.spares) < self.spare_workers:
-            self.spares.append(self._spawn())
+            handle = self._try_spawn()
+            if handle is None:
+                return
+            self.spares.append(handle)
 
     def _run(self, handle: WorkerHandle, job: Job) -> None:
         handle.pending = None
@@ -220,29 +277,36 @@ class LocalBackend(ExecutionBackend):
         self.host.call_later(2.0, lambda: _kill_if_alive(handle))
 
     def _check(self) -> None:
-        """Reap dead workers and report the sessions that lost their namespace."""
+        """Reap dead workers, report the sessions that lost their namespace, start what waits."""
         assert self.host is not None
         try:
             for handle in list(self.workers.values()):
                 code = handle.process.poll()
                 if code is not None:
                     self._reap(handle, code)
+            if self.running:
+                self._top_up_spares()
+                if self.error is not None and time.monotonic() >= self._next_start:
+                    self._recover()
         except Exception:  # a periodic check must outlive its own bugs
-            self.log.exception("worker check failed")
-        if self.running:
-            self.host.call_later(CHECK_INTERVAL, self._check)
+            self.log.exception("worker check failed; retrying in %g s", CHECK_INTERVAL)
+        finally:
+            if self.running:
+                self.host.call_later(CHECK_INTERVAL, self._check)
 
     def _reap(self, handle: WorkerHandle, code: int) -> None:
-        assert self.host is not None
+        assert self.host is not None and self.sock is not None
         del self.workers[handle.worker_id]
-        if handle in self.spares:  # died before anyone used it: start another, backing off if it keeps dying
+        forget_endpoint(self.sock, handle.url)
+        if not handle.ready and not handle.released:  # died during start-up: retry more and more slowly
+            self._startup_failures += 1
+            delay = min(MAX_START_BACKOFF, CHECK_INTERVAL * 2 ** self._startup_failures)
+            self._next_start = time.monotonic() + delay
+            self._report(f"a new worker process exited during start-up ({describe_exit(code)}); "
+                         f"retrying in {delay:g} s")
+        if handle in self.spares:  # nobody used it: the next check starts another
             self.spares.remove(handle)
-            self.log.warning("spare worker (pid %d) exited with %s", handle.pid, describe_exit(code))
-            self._spare_backoff = min(MAX_SPARE_BACKOFF, max(0.5, self._spare_backoff * 2))
-            self.host.call_later(self._spare_backoff, self._top_up_spares)
             return
-        if handle.ready:
-            self._spare_backoff = 0.0
         if handle.released:
             return
         session = handle.session or ""
@@ -252,7 +316,8 @@ class LocalBackend(ExecutionBackend):
         self.log.warning("worker %s (pid %d, session %r) exited: %s", handle.worker_id, handle.pid, session, how)
         self.host.backend_lost(Loss(session, handle.execution_id, how, escalated=handle.escalation > 0,
                                     detail={"exit_code": code, "signal": signal_name(-code) if code < 0 else None,
-                                            "pid": handle.pid}))
+                                            "pid": handle.pid},
+                                    started=handle.ready or handle.pending is None))
 
     def _escalate(self, handle: WorkerHandle, execution_id: str) -> None:
         if handle.execution_id != execution_id or handle.worker_id not in self.workers or handle.escalation >= 3:
@@ -275,21 +340,17 @@ class LocalBackend(ExecutionBackend):
         for _ in range(1024):  # drain, but let the control channel have a turn
             if not int(sock.getsockopt(EVENTS)) & POLLIN:
                 return
-            handle = self.workers.get(sock.recv().decode("utf-8", "replace"))
-            kind = sock.recv() if sock.getsockopt(zmq.RCVMORE) else b""
-            if not sock.getsockopt(zmq.RCVMORE):
-                self.log.error("malformed message on the worker link; dropped")
+            message = read_worker_message(sock)  # checked shape (link.py): a bad one is dropped
+            if message is None:
+                continue
+            worker_id, kind, rest = message
+            handle = self.workers.get(worker_id)
+            if handle is None:  # not a worker we started
                 continue
             if kind == KIND_EVENT:  # the hot path: small, copied, one frame
-                event = unpack_frames(sock.recv())
-                if sock.getsockopt(zmq.RCVMORE):  # not what a worker sends: drop the rest of it
-                    sock.recv_multipart()
-                    continue
-                if handle is not None and len(event) == 4:
+                event = unpack_frames(rest[0])
+                if len(event) == 4:
                     host.backend_signed_event(event)
-                continue
-            rest = sock.recv_multipart(copy=False)  # may carry large result buffers: zero-copy
-            if handle is None or kind != KIND_CONTROL:
                 continue
             try:
                 msg = json.loads(rest[0].bytes)
@@ -299,6 +360,7 @@ class LocalBackend(ExecutionBackend):
                 continue
             if msg_type == "ready":
                 handle.ready = True
+                self._startup_failures = 0
                 if handle.pending is not None:
                     self._run(handle, handle.pending)
             elif msg_type == "finished":

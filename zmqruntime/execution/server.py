@@ -153,6 +153,7 @@ class ExecutionServer(ZMQServer):
         # Made now, so bad backend settings fail before any socket is bound; started in on_start.
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
         self._backend_started = False
+        self._backend_error: Optional[str] = None
 
     # -- worker side --------------------------------------------------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -179,8 +180,8 @@ class ExecutionServer(ZMQServer):
         self.files.start()  # before the workers: they inherit its settings
         self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
-        self.call_later(60.0, self._enforce_retention)
-        self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
+        self.call_every(60.0, self._enforce_retention)
+        self.call_every(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
 
     def _backend_settings(self) -> dict[str, Any]:
         """Server traits a backend shares by name (the cancel grace periods, the worker class)."""
@@ -212,11 +213,26 @@ class ExecutionServer(ZMQServer):
             "running": [s.running for s in self.sessions if s.running],
             "workers": described.get("workers", []),
             "backend": described,
+            "worker_error": described.get("error"),
             "sessions": len(self.sessions),
             "executions": len(self.records),
         }
 
     # -- BackendHost: what the backend tells us ---------------------------------
+    def backend_error(self, message: Optional[str]) -> None:
+        """The backend cannot start workers (``message`` says why) or can again (None).
+
+        Waiting executions carry the reason, so ``status`` tells why nothing moves;
+        once it clears, scheduling resumes.
+        """
+        shown, self._backend_error = self._backend_error, message
+        for exec_id in self.sessions.queued():
+            rec = self.records.get(exec_id)
+            if rec is not None and (message is not None or rec.reason == shown):
+                rec.reason = message
+        if message is None:
+            self._schedule()
+
     def backend_signed_event(self, frames: list[bytes]) -> None:
         """Forward a backend-signed event as is; the record parses it later.
 
@@ -284,6 +300,13 @@ class ExecutionServer(ZMQServer):
             state.has_namespace = False
             state.namespace_lost = True
         rec = self.records.get(loss.execution_id) if loss.execution_id else None
+        if rec is not None and rec.status == "running" and not loss.started:
+            # its worker died before running it: waiting again, saying why, not failed
+            self.sessions.requeue(rec.session, rec.execution_id)
+            rec.status, rec.started, rec.reason = "queued", None, f"worker process {loss.description}; waiting for another"
+            self._emit_status(rec)
+            self._schedule()
+            return
         if rec is not None and not rec.final:
             rec.namespace_reset = True
             if loss.escalated and rec.reason:  # a cancel or timeout we escalated
@@ -311,24 +334,30 @@ class ExecutionServer(ZMQServer):
             if rec is None:  # forgotten while queued (cannot happen: queued records are never trimmed)
                 self.sessions.finished(state.name, exec_id)
                 continue
-            self._dispatch(state, rec)
+            if not self._dispatch(state, rec):
+                return  # the backend says when it can start workers again (backend_error(None))
 
-    def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> None:
-        if rec.seq == 0:  # its 'queued' event is not out yet
-            self._emit_status(rec)
+    def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> bool:
+        """Hand ``rec`` to the backend; False (and back in its queue) if the backend cannot start it now."""
         if not state.has_namespace:
             self._make_room_for(state)
+        # Hand over first, then announce: the 'running' event keeps the seq it
+        # would have had, the backend numbers its events after it.
+        seq = rec.seq + 1 + (rec.seq == 0)  # a 'queued' event not yet out takes the next one first
+        if not self.backend.submit(Job(rec.execution_id, state.name, rec.task, seq, rec.push_frames)):
+            self.sessions.requeue(state.name, rec.execution_id)
+            return False
+        if rec.seq == 0:  # its 'queued' event is not out yet
+            self._emit_status(rec)
+        rec.seq = seq
         rec.status = "running"
         rec.started = time.time()
         if state.namespace_lost:
             rec.namespace_reset = True
             state.namespace_lost = False
         state.has_namespace = True
-        # Hand over first, then announce: the 'running' event keeps the seq it
-        # would have had, the backend numbers its events after it.
-        rec.seq += 1
-        self.backend.submit(Job(rec.execution_id, state.name, rec.task, rec.seq, rec.push_frames))
-        rec.push_frames = []
+        if rec.reason == self._backend_error:  # a "cannot start a worker" note no longer applies
+            rec.reason = None
         where = getattr(self.backend, "worker_pid", None)
         rec.worker_pid = where(rec.execution_id) if where else None
         rec.worker = self.backend.where(rec.execution_id)
@@ -336,6 +365,7 @@ class ExecutionServer(ZMQServer):
         if rec.timeout:
             exec_id = rec.execution_id
             self.call_later(rec.timeout, lambda: self._on_timeout(exec_id))
+        return True
 
     def _make_room_for(self, state: SessionState) -> None:
         """Past ``max_session_workers`` namespaces, release the least recently used idle one."""
@@ -352,11 +382,8 @@ class ExecutionServer(ZMQServer):
         state.namespace_lost = True
 
     def _reap_idle_sessions(self) -> None:
-        try:
-            for state in self.sessions.idle_with_namespace(self.session_idle_timeout):
-                self._release_session(state)
-        finally:
-            self.call_later(min(60.0, self.session_idle_timeout / 4), self._reap_idle_sessions)
+        for state in self.sessions.idle_with_namespace(self.session_idle_timeout):
+            self._release_session(state)
 
     def _on_timeout(self, exec_id: str) -> None:
         rec = self.records.get(exec_id)
@@ -406,7 +433,6 @@ class ExecutionServer(ZMQServer):
     def _enforce_retention(self) -> None:
         self.records.enforce()
         self.files.sweep()
-        self.call_later(60.0, self._enforce_retention)
 
     def _record(self, msg: Any) -> ExecutionRecord:
         """The record the request names; RequestError when it names none or an unknown one."""

@@ -112,6 +112,15 @@ class SessionTable:
             return state, state.running
         return None
 
+    def requeue(self, name: str, execution_id: str) -> None:
+        """``next`` picked it but it could not start: first in its queue and first in line again."""
+        state = self.sessions[name]
+        if state.running == execution_id:
+            state.running = None
+            self.running -= 1
+        state.queue.appendleft(execution_id)
+        self._line.appendleft(name)
+
     def finished(self, name: str, execution_id: str) -> None:
         """The session's running execution ended: back of the line if more waits."""
         state = self.sessions.get(name)

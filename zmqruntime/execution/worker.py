@@ -3,8 +3,9 @@
 One worker runs one task at a time in its main thread and keeps a persistent
 namespace between tasks (like a kernel keeps variables between cells).
 
-Link to the server: a DEALER socket on a private IPC endpoint inside the
-0700 runtime directory, so only the same user can reach it; messages on it
+Link to the server: a DEALER socket bound on a private IPC endpoint inside
+the 0700 runtime directory, to which the server connects (checking that
+this process is the worker it started, see ``link.py``); messages on it
 are ``[b"M", json, *buffers]`` (control, see ``_send_control``) or
 ``[b"E", packed event]``. Data-channel events are signed by the worker
 itself with the connection key; their frames travel packed into one (half
@@ -34,10 +35,9 @@ from typing import Any, Iterator, Optional
 import zmq
 
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames, send_frames
+from .link import KIND_CONTROL, KIND_EVENT
 from .runner import StreamCapture, finite, run_task
 
-KIND_EVENT = b"E"
-KIND_CONTROL = b"M"
 STREAM_FLUSH_INTERVAL = 0.05
 #: Progress events closer together than this are sent as one ``progress_batch``
 #: message (docs/protocol.md): under a flood, signing and sending each event
@@ -106,7 +106,7 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, worker_id.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.connect(url)
+        self.sock.bind(url)  # the server connects (execution/link.py says why)
         self.lock = threading.Lock()
         self.guard = InterruptGuard()
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
