@@ -203,8 +203,10 @@ def test_both_clients_behave_alike_on_bad_input_and_timeouts(server):
     async def main():
         client = await AsyncExecutionClient.connect(connection_file=str(server.connection_file))
         try:
-            done = await client.execute("6 * 7")
+            # long enough that its 'done' event surely comes over the subscription (not a status poll)
+            done = await client.execute("import time\ntime.sleep(0.5)\n6 * 7")
             assert await client.wait(done, timeout=30)
+            assert done in client._kept_done
             # get_results reuses the result the 'done' event carried: no request needed
             requests: list = []
             real = client._client.request

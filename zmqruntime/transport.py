@@ -88,7 +88,7 @@ class ConnectionInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConnectionInfo":
+    def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
         known = {f for f in cls.__dataclass_fields__}
         missing = {"transport", "data_url", "control_url", "key"} - set(data)
         if missing:

@@ -7,8 +7,8 @@
 // the results as JSON (results with format "json": no pickle reader needed).
 // Every message received is checked against its HMAC signature before it is
 // parsed. Last line on stdout: `RESULT <json>` (the test reads it).
-// Not covered: CURVE-encrypted servers (the connection file then has a
-// server_public_key; see §15).
+// A TCP server encrypts with CurveZMQ by default: the connection file then
+// names the server's key and this client's keypair (Z85), set on both sockets.
 
 import { createHash, createHmac, randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -90,9 +90,13 @@ async function main() {
   const [connectionFile, code, config] = process.argv.slice(2);
   const info = JSON.parse(readFileSync(connectionFile, "utf8"));
   const key = Buffer.from(info.key, "ascii"); // §3.1: the ASCII bytes of the key string
-  const dealer = new Dealer({ linger: 0, receiveTimeout: TIMEOUT_MS, sendTimeout: TIMEOUT_MS });
+  const curve = info.curve_server_key
+    ? { curveServerKey: info.curve_server_key, curvePublicKey: info.curve_client_key,
+        curveSecretKey: info.curve_client_secret }
+    : {};
+  const dealer = new Dealer({ linger: 0, receiveTimeout: TIMEOUT_MS, sendTimeout: TIMEOUT_MS, ...curve });
   dealer.connect(info.control_url);
-  const sub = new Subscriber({ linger: 0, receiveTimeout: TIMEOUT_MS });
+  const sub = new Subscriber({ linger: 0, receiveTimeout: TIMEOUT_MS, ...curve });
   sub.connect(info.data_url);
 
   const ping = await request(dealer, key, "ping", {});
