@@ -122,7 +122,7 @@ def noop_latency_row(r: dict) -> Row:
 
 def peer_note(r: dict) -> str:
     """Say plainly which optional peers are missing (their rows then judge zmqruntime alone)."""
-    missing = [k for k in ("ipyparallel", "dask") if any(
+    missing = [k for k in ("ipyparallel", "dask", "ray") if any(
         isinstance(e, dict) and e.get("unavailable") for e in (r.get(k) or []))]
     return f"not installed: {', '.join(missing)}" if missing else ""
 
@@ -256,16 +256,20 @@ def kernel_widget_row(r: dict) -> Row:
 
 
 def comparisons(results: dict) -> list[Row]:
+    from benchmarks import report_curves, report_ray
+
     return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
-            kernel_row(results), kernel_widget_row(results), *_scaleout_rows(results)]
+            kernel_row(results), kernel_widget_row(results),
+            *report_ray.rows(results), *report_curves.rows(results), *_scaleout_rows(results)]
 
 
 def _scaleout_rows(results: dict) -> list[Row]:
     from benchmarks.rows_scaleout import dask_rows, session_rows
 
     return [*session_rows(results), *dask_rows(results)]
+
 
 
 def baseline_lines(r: dict) -> list[str]:
@@ -289,6 +293,11 @@ def baseline_lines(r: dict) -> list[str]:
              f"submit+gather {fmt(get(r, 'dask', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
              f"map+gather {fmt(get(r, 'dask', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}",
              "dask"),
+        line("ray (num_cpus=2)", f"ray.get(f.remote()) {fmt(get(r, 'ray', 'latency', 'median_ms'), '.2f', ' ms')}, "
+             f"pipelined {fmt(get(r, 'ray', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"get(list) {fmt(get(r, 'ray', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}, "
+             f"ray.init {fmt(get(r, 'ray', 'startup', 'init_s'), '.2f', ' s')}",
+             "ray"),
     ]
 
 
@@ -313,6 +322,17 @@ def meta() -> dict:
 
     return {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": sys.version.split()[0],
             "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def load_results(path: Path) -> dict:
+    """The ``results`` of a saved run; ValueError if the file is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a results file ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
+        raise ValueError(f"{path}: not a results file (no 'results' object)")  # noqa: TRY004
+    return doc["results"]
 
 
 def write_json(path: Path, results: dict, rows: list[Row], extra: dict) -> None:

@@ -6,6 +6,9 @@ Usage (from the repo root):
     python -m benchmarks --quick                 # a fifth of the samples, 2 rounds
     python -m benchmarks --only raw_reqrep,zr_roundtrip
     python -m benchmarks --smoke                 # tiny sizes, 1 round: "does it still run"
+    python -m benchmarks --plots                 # ... and draw the curves into benchmarks/plots/
+    python -m benchmarks --plots results.json    # only draw, from a saved run
+    python -m benchmarks --compare OLD.json NEW.json   # per-row ratios of two saved runs
 
 Why this shape: each benchmark runs in its own fresh Python process, one after
 another (never in parallel: 2 noisy cores), under a hard timeout that kills
@@ -29,9 +32,10 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from benchmarks import common, report
+from benchmarks import common, compare, report
 
 # (result key, module in benchmarks/, hard timeout in seconds per run).
 MODULES = {
@@ -48,11 +52,18 @@ MODULES = {
     "zr_sessions": ("zr_sessions", 300),
     "zr_dask": ("zr_dask", 420),
     "zr_bulk": ("zr_bulk", 900),
+    "ray": ("baseline_ray", 300),
+    "ray_bigresult": ("baseline_ray_bigresult", 240),
+    "curve_clients": ("curve_clients", 400),
+    "curve_records": ("curve_records", 600),
+    "curve_sizes": ("curve_sizes", 400),
+    "curve_panels": ("curve_panels", 400),
+    "curve_watchers": ("curve_watchers", 400),
 }
 # Groups run in this order; the bool says whether the group is interleaved over rounds.
 GROUPS = [
-    (("raw_reqrep", "zr_roundtrip", "ipyparallel", "dask"), True),
-    (("raw_zerocopy", "zr_bigresult"), True),
+    (("raw_reqrep", "zr_roundtrip", "ipyparallel", "dask", "ray"), True),
+    (("raw_zerocopy", "zr_bigresult", "ray_bigresult"), True),
     (("zr_progress",), False),
     (("zr_cancel",), False),
     (("zr_coldstart",), False),
@@ -60,6 +71,12 @@ GROUPS = [
     (("zr_sessions",), False),
     (("zr_dask",), False),
     (("zr_bulk",), False),
+    # How cost grows with the work: one run each, the curves carry their own baselines.
+    (("curve_clients",), False),
+    (("curve_records",), False),
+    (("curve_sizes",), False),
+    (("curve_panels",), False),
+    (("curve_watchers",), False),
 ]
 MIN_SLOT = 15  # seconds: don't start a benchmark with less budget than this
 
@@ -68,15 +85,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated result keys: " + ", ".join(MODULES))
     p.add_argument("--rounds", type=int, help="interleaved A/B rounds (default 3; 2 with --quick; 1 with --smoke)")
-    p.add_argument("--budget", type=float, help="total seconds (default 900; 400 with --quick)")
+    p.add_argument("--budget", type=float, help="total seconds (default 2700; 1500 with --quick; 380 with --smoke)")
     p.add_argument("--quick", action="store_true", help="a fifth of the samples (not for real figures)")
     p.add_argument("--smoke", action="store_true", help="smallest sizes, one round: checks it runs, figures meaningless")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    p.add_argument("--plots", nargs="?", const="", metavar="RESULTS.json",
+                   help="draw the curves as PNGs into benchmarks/plots/: after this run, "
+                        "or only from a saved RESULTS.json (nothing is run then)")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("OLD.json", "NEW.json"),
+                   help="print the per-row ratios NEW/OLD of two saved runs (nothing is run)")
     args = p.parse_args(argv)
+    for path in ([Path(args.plots)] if args.plots else []) + list(args.compare or []):
+        if not path.is_file():
+            p.error(f"no such results file: {path}")
     if args.rounds is None:
         args.rounds = 1 if args.smoke else 2 if args.quick else 3
     if args.budget is None:
-        args.budget = 400.0 if (args.quick or args.smoke) else 900.0
+        args.budget = 380.0 if args.smoke else 1500.0 if args.quick else 2700.0
     if args.rounds < 1 or args.budget <= 0:
         p.error("--rounds must be >= 1 and --budget > 0")
     return args
@@ -94,6 +119,14 @@ def plan(selected: set | None, rounds: int) -> list[tuple[int, str]]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.compare:
+        return compare.main(*args.compare)
+    if args.plots:
+        try:
+            return draw(report.load_results(Path(args.plots)))
+        except ValueError as exc:
+            print(f"--plots: {exc}", file=sys.stderr)
+            return 2
     os.environ["BENCHMARKS_ROUNDS"] = str(args.rounds)  # inherited by every benchmark process
     if args.quick:
         os.environ["BENCHMARKS_QUICK"] = "1"
@@ -117,17 +150,45 @@ def main(argv=None) -> int:
             continue
         print(f"[bench] {label:<18} ...", end=" ", flush=True)
         t0 = time.monotonic()
+        load = os.getloadavg()[0]  # the 2 cores are shared: say how busy they were
         entry = common.run_benchmark_module(module, timeout=min(cap, left))
+        if isinstance(entry, dict):
+            entry["_loadavg_1m"] = round(load, 2)
         results.setdefault(key, []).append(entry)
         status = "unavailable" if entry.get("unavailable") else "error" if _has_error(entry) else "ok"
         print(f"{status} ({time.monotonic() - t0:.1f}s)", flush=True)
 
-    rows = report.comparisons(results)
+    run_meta = {"quick": args.quick, "smoke": args.smoke, "rounds": args.rounds,
+                "total_s": round(time.monotonic() - start, 1)}
+    try:
+        rows = report.comparisons(results)
+    except Exception:  # noqa: BLE001 -- a report bug must not lose a long run's measurements
+        report.write_json(args.out, results, [], run_meta)
+        traceback.print_exc()
+        print(f"report failed; raw results saved in {args.out}", file=sys.stderr)
+        return 1
     print(report.render(results, rows))
-    report.write_json(args.out, results, rows,
-                      {"quick": args.quick, "smoke": args.smoke, "rounds": args.rounds,
-                       "total_s": round(time.monotonic() - start, 1)})
+    report.write_json(args.out, results, rows, run_meta)
     print(f"\nwrote {args.out} (total {time.monotonic() - start:.0f}s)")
+    if args.plots == "":
+        return draw(results)
+    return 0
+
+
+def draw(results: dict) -> int:
+    """Draw every curve found in ``results``; say where, or why not (exit 2)."""
+    try:
+        from benchmarks import plots
+    except ImportError as exc:
+        print(f"--plots needs matplotlib ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    try:
+        written = plots.draw_all(results, plots.PLOT_DIR)
+    except ValueError as exc:
+        print(f"--plots: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"plot: {path}")
     return 0
 
 

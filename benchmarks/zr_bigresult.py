@@ -7,6 +7,9 @@ like baseline_zerocopy.py so the two are comparable:
   * the array is built by a task on the server (untimed; ``wait`` first), then
     the clock runs around ``client.get_results(eid)`` until the array is in
     hand -> GB/s; target >= 60 % of the raw zero-copy bandwidth;
+  * ``make_and_get``: execute -> wait -> get_results with the making of the
+    array included, the same measure as Ray's in ``baseline_ray_bigresult.py``
+    (Ray's ``get`` alone only maps shared memory, so it is no transfer);
   * this process is fresh (``run.py`` starts each benchmark in its own), so
     ``peak RSS after - RSS before`` is what receiving cost; target <= 1.3x the
     array size.
@@ -38,10 +41,25 @@ def measure_big_result(client) -> dict:
         del arr, results
         return elapsed
 
+    def make_and_fetch_once() -> float:
+        """execute -> wait -> get_results, making the array included (as Ray's ``make_and_get``)."""
+        t0 = time.perf_counter()
+        arr = zr_server.run_to_result(client, MAKE_ARRAY, timeout=60)
+        elapsed = time.perf_counter() - t0
+        if getattr(arr, "nbytes", None) != NBYTES:
+            raise AssertionError(f"unexpected result {type(arr).__name__}")
+        del arr
+        return elapsed
+
     fetch_once()  # warmup, as in the baseline
-    times = [fetch_once() for _ in range(common.scaled(5, minimum=2))]
+    n = common.scaled(5, minimum=2)
+    times = [fetch_once() for _ in range(n)]
     peak = common.peak_rss_bytes()
-    return common.transfer_summary(times, NBYTES, rss_before, peak)
+    result = common.transfer_summary(times, NBYTES, rss_before, peak)
+    made = common.summarize([make_and_fetch_once() for _ in range(n)], "ms", 1e3)
+    made["gb_per_s"] = NBYTES / 1e9 / (made["median_ms"] / 1e3)
+    result["make_and_get"] = made
+    return result
 
 
 def measure() -> dict:

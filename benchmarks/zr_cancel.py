@@ -78,11 +78,16 @@ def measure_cancel(client, code: str = BUSY_LOOP) -> dict:
     sub = client.subscribe(watcher, execution_id=None)
     latencies, call_times = [], []
     try:
-        # Warm-up: the first event arriving proves the subscription is live.
-        client.wait(client.execute("None"), timeout=RUNNING_TIMEOUT)
-        if not watcher.seen_any.wait(RUNNING_TIMEOUT):
-            raise TimeoutError("subscription delivered no event within "
-                               f"{RUNNING_TIMEOUT}s of a completed execution")
+        # Warm-up: the first event arriving proves the subscription is live.  A
+        # SUB socket joins late (events sent before it connected are not seen), so
+        # keep running no-ops until one of their events arrives.
+        deadline = time.monotonic() + RUNNING_TIMEOUT
+        while not watcher.seen_any.is_set():
+            if time.monotonic() > deadline:
+                raise TimeoutError("subscription delivered no event within "
+                                   f"{RUNNING_TIMEOUT}s of completed executions")
+            client.wait(client.execute("None"), timeout=RUNNING_TIMEOUT)
+            watcher.seen_any.wait(0.2)
         for _ in range(common.scaled(5, minimum=2)):
             eid = client.execute(code)
             wait_running(client, eid)

@@ -20,9 +20,12 @@ import pytest
 from benchmarks import report
 
 ROOT = Path(__file__).resolve().parent.parent
-ZR_KEYS = ["zr_roundtrip", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel"]
+ZR_KEYS = ["zr_roundtrip", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel",
+           "curve_clients", "curve_records", "curve_sizes", "curve_panels", "curve_watchers"]
 BASELINE_KEYS = ["raw_reqrep", "raw_zerocopy"]
-PEER_KEYS = ["ipyparallel", "dask"]  # optional extras: figures, or said to be not installed
+PEER_KEYS = ["ipyparallel", "dask", "ray", "ray_bigresult"]  # optional extras: figures, or said to be not installed
+CURVE_POINTS = {"curve_clients": ("threads", "processes"), "curve_sizes": ("points",),
+                "curve_panels": ("points",), "curve_watchers": ("points",)}
 
 
 def _errors(entry: dict) -> list[str]:
@@ -30,13 +33,14 @@ def _errors(entry: dict) -> list[str]:
     return found + [f"{k}: {v['error']}" for k, v in entry.items() if isinstance(v, dict) and "error" in v]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--budget", "380", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     doc = json.loads(out.read_text())
@@ -63,6 +67,40 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     # The cancel rows really cancelled: both a Python loop and a task blocked in C.
     for key in ("cancel", "cancel_blocked"):
         assert results["zr_cancel"][0][key]["n"] >= 2
+    # Every point of every curve was measured (none failed quietly inside a curve).
+    for key, groups in CURVE_POINTS.items():
+        curve = results[key][0]["curve"]
+        for group in groups:
+            bad = {n: p["error"] for n, p in curve[group].items() if "error" in p}
+            assert curve[group] and not bad, f"{key} {group}: {bad}"
+    assert [p["records"] for p in results["curve_records"][0]["curve"]["points"]] == [10, 100]
+    # Ray, when installed, was shut down with nothing of it left running: any of its
+    # processes still alive 5 s after ray.shutdown() was named and killed by the benchmark.
+    for entry in results["ray"] + results["ray_bigresult"]:
+        if entry.get("unavailable"):
+            continue
+        for name_pid in entry["leftover_processes"]:
+            name, pid = name_pid[:-1].rsplit("(", 1)
+            comm = Path(f"/proc/{pid}/comm")
+            assert not comm.exists() or comm.read_text().strip() != name[:15], f"{name_pid} still running"
+
+    # The saved run can be drawn (matplotlib comes with [bench]; without it --plots says so) ...
+    try:
+        from benchmarks import plots
+    except ImportError:
+        drawn_cli = subprocess.run([sys.executable, "-m", "benchmarks", "--plots", str(out)], cwd=ROOT,
+                                   env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert drawn_cli.returncode == 2 and "--plots needs matplotlib" in drawn_cli.stderr
+    else:
+        drawn = plots.draw_all(results, tmp_path / "plots")
+        assert sorted(p.name for p in drawn) == ["clients.png", "panels.png", "records.png", "sizes.png",
+                                                 "watchers.png"]
+        assert all(p.stat().st_size > 10_000 for p in drawn)
+    # ... and compared with itself.
+    cmp = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(out), str(out)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "no-op execute->result vs Ray: verdict" in cmp.stdout and "x1.00" in cmp.stdout
 
 
 @pytest.mark.timeout(60)
@@ -75,6 +113,44 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
 def test_bad_flags_are_refused_before_anything_runs(tmp_path: Path, args: list, message: str) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *args, "--out", str(out)], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50)
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not out.exists() and "[bench]" not in proc.stdout
+
+
+def _not_results(tmp: Path) -> str:
+    path = tmp / "not-results.json"
+    path.write_text('{"something": "else"}')
+    return str(path)
+
+
+def _garbage(tmp: Path) -> str:
+    path = tmp / "garbage.json"
+    path.write_text("this is not json")
+    return str(path)
+
+
+def _no_curves(tmp: Path) -> str:
+    path = tmp / "no-curves.json"
+    path.write_text('{"meta": {}, "comparisons": [], "results": {"raw_reqrep": [{"median_us": 30}]}}')
+    return str(path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make_args, message", [
+    (lambda t: ["--plots", str(t / "missing.json")], "no such results file"),
+    (lambda t: ["--plots", _garbage(t)], "not a results file"),
+    (lambda t: ["--plots", _not_results(t)], "no 'results' object"),
+    (lambda t: ["--plots", _no_curves(t)], "no curve in these results"),
+    (lambda t: ["--compare", _no_curves(t)], "expected 2 arguments"),
+    (lambda t: ["--compare", str(t / "missing.json"), _no_curves(t)], "no such results file"),
+    (lambda t: ["--compare", _garbage(t), _no_curves(t)], "not a results file"),
+    (lambda t: ["--compare", _no_curves(t), _not_results(t)], "not a results file"),
+])
+def test_bad_plots_and_compare_flags_are_refused(tmp_path: Path, make_args, message: str) -> None:
+    """--plots FILE and --compare read saved runs: a wrong file is a clear error, nothing runs."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *make_args(tmp_path), "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=50, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not out.exists() and "[bench]" not in proc.stdout

@@ -64,8 +64,6 @@ class Loss:
     escalated: bool = False
     #: Extra fields for the execution's error (exit_code, signal, worker …).
     detail: dict[str, Any] = field(default_factory=dict)
-    #: False: the execution never started (its new worker died while starting): queued again, not failed.
-    started: bool = True
 
 
 class BackendHost(Protocol):
@@ -93,6 +91,9 @@ class BackendHost(Protocol):
     def backend_error(self, message: Optional[str]) -> None:
         """Workers cannot be started (``message`` says why), or can again (None)."""
 
+    def backend_ready(self) -> None:
+        """A worker the backend was waiting for is ready: a refused ``submit`` may succeed now."""
+
 
 class ExecutionBackend(LoggingConfigurable):
     """Runs the executions the server hands it, one per session at a time."""
@@ -116,8 +117,9 @@ class ExecutionBackend(LoggingConfigurable):
     def submit(self, job: Job) -> bool:
         """Run ``job`` in its session's namespace; report through the host.
 
-        False: it cannot start now (no worker can be started); the server keeps it
-        queued and tries again once the backend reports ``backend_error(None)``.
+        False: it cannot start now (its worker is still starting, or none can be
+        started); the server keeps it queued, first in line, and tries again when
+        the backend calls ``backend_ready()`` or ``backend_error(None)``.
         """
         raise NotImplementedError
 

@@ -57,7 +57,6 @@ class WorkerHandle:
     session: Optional[str] = None
     ready: bool = False
     execution_id: Optional[str] = None
-    pending: Optional[Job] = None  # handed over before the worker said 'ready'
     escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
     released: bool = False  # we asked it to exit: its exit is no loss
 
@@ -151,25 +150,17 @@ class LocalBackend(ExecutionBackend):
             handle.session = job.session
             self.by_session[job.session] = handle
             self._top_up_spares()
+        if not handle.ready:  # still starting: the job stays queued until it says 'ready'
+            return False
         handle.execution_id = job.execution_id
-        if handle.ready:
-            self._run(handle, job)
-        else:
-            handle.pending = job
+        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq},
+                   job.buffers)
         return True
 
     def cancel(self, execution_id: str) -> bool:
         handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
         if handle is None or handle.escalation:
             return False
-        if handle.pending is not None:  # not started yet: nothing to interrupt, just drop it
-            handle.pending = None
-            handle.execution_id = None
-            self._release(handle)
-            assert self.host is not None
-            self.host.backend_lost(Loss(handle.session or "", execution_id, "cancelled before the worker started",
-                                        escalated=True))
-            return True
         self._escalate(handle, execution_id)
         return True
 
@@ -255,11 +246,6 @@ class LocalBackend(ExecutionBackend):
                 return
             self.spares.append(handle)
 
-    def _run(self, handle: WorkerHandle, job: Job) -> None:
-        handle.pending = None
-        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq},
-                   job.buffers)
-
     def _send(self, handle: WorkerHandle, msg: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
         if self.sock is None:
             return
@@ -309,6 +295,10 @@ class LocalBackend(ExecutionBackend):
             return
         if handle.released:
             return
+        if not handle.ready:  # it never held the session's namespace: its queued job gets another worker
+            if handle.session is not None and self.by_session.get(handle.session) is handle:
+                del self.by_session[handle.session]
+            return
         session = handle.session or ""
         if self.by_session.get(session) is handle:
             del self.by_session[session]
@@ -316,8 +306,7 @@ class LocalBackend(ExecutionBackend):
         self.log.warning("worker %s (pid %d, session %r) exited: %s", handle.worker_id, handle.pid, session, how)
         self.host.backend_lost(Loss(session, handle.execution_id, how, escalated=handle.escalation > 0,
                                     detail={"exit_code": code, "signal": signal_name(-code) if code < 0 else None,
-                                            "pid": handle.pid},
-                                    started=handle.ready or handle.pending is None))
+                                            "pid": handle.pid}))
 
     def _escalate(self, handle: WorkerHandle, execution_id: str) -> None:
         if handle.execution_id != execution_id or handle.worker_id not in self.workers or handle.escalation >= 3:
@@ -361,8 +350,8 @@ class LocalBackend(ExecutionBackend):
             if msg_type == "ready":
                 handle.ready = True
                 self._startup_failures = 0
-                if handle.pending is not None:
-                    self._run(handle, handle.pending)
+                if handle.session is not None:  # a session waits for it
+                    host.backend_ready()
             elif msg_type == "finished":
                 handle.execution_id = None
                 handle.escalation = 0

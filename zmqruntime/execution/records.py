@@ -192,6 +192,9 @@ class RecordStore:
                  max_spill_bytes: int = 1 << 62):
         self.records: "OrderedDict[str, ExecutionRecord]" = OrderedDict()
         self.by_request: dict[str, str] = {}  # request_id -> execution_id, for remembered records only
+        # records that hold results, oldest first: retention looks at these, never at every record
+        # (a record whose results went some other way is pruned at the next enforce)
+        self.holding: dict[str, ExecutionRecord] = {}
         self.max_records = max_records
         self.max_results = max_results
         self.max_result_bytes = max_result_bytes
@@ -216,6 +219,7 @@ class RecordStore:
 
     def add(self, record: ExecutionRecord) -> None:
         self.records[record.execution_id] = record
+        self.hold(record)
         if record.request_id is not None:
             self.by_request[record.request_id] = record.execution_id
         self._trim_records()
@@ -232,17 +236,25 @@ class RecordStore:
                     break
         for rec in doomed:
             del self.records[rec.execution_id]
+            self.holding.pop(rec.execution_id, None)
             rec.drop_results()
             if rec.request_id is not None:
                 self.by_request.pop(rec.request_id, None)
+
+    def hold(self, record: ExecutionRecord) -> None:
+        """``record`` now holds results: retention counts it."""
+        if record.has_results:
+            self.holding[record.execution_id] = record
 
     def enforce(self, now: Optional[float] = None) -> list[str]:
         """Evict results past the limits; return the ids evicted.
 
         ``now`` is a ``time.monotonic()`` reading, like the records' clocks.
+        It costs O(results held), not O(records): run after every execution
+        that keeps a result, it stays flat however many records are kept.
         """
         now = time.monotonic() if now is None else now
-        held = [r for r in self.records.values() if r.has_results]
+        held = [r for r in self.holding.values() if r.has_results]
         # fetched first, then oldest first
         held.sort(key=lambda r: (not r.results_fetched, r.finished_clock or r.created_clock))
         # memory (frames and shared memory) and disk (spill files) are counted apart
@@ -263,4 +275,5 @@ class RecordStore:
             rec.drop_results()
             rec.results_expired = True
             evicted.append(rec.execution_id)
+        self.holding = {r.execution_id: r for r in held if r.has_results}
         return evicted

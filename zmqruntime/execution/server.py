@@ -233,6 +233,9 @@ class ExecutionServer(ZMQServer):
         if message is None:
             self._schedule()
 
+    def backend_ready(self) -> None:
+        self._schedule()
+
     def backend_signed_event(self, frames: list[bytes]) -> None:
         """Forward a backend-signed event as is; the record parses it later.
 
@@ -300,13 +303,6 @@ class ExecutionServer(ZMQServer):
             state.has_namespace = False
             state.namespace_lost = True
         rec = self.records.get(loss.execution_id) if loss.execution_id else None
-        if rec is not None and rec.status == "running" and not loss.started:
-            # its worker died before running it: waiting again, saying why, not failed
-            self.sessions.requeue(rec.session, rec.execution_id)
-            rec.status, rec.started, rec.reason = "queued", None, f"worker process {loss.description}; waiting for another"
-            self._emit_status(rec)
-            self._schedule()
-            return
         if rec is not None and not rec.final:
             rec.namespace_reset = True
             if loss.escalated and rec.reason:  # a cancel or timeout we escalated
@@ -325,8 +321,14 @@ class ExecutionServer(ZMQServer):
         return self.concurrency if cap is None else min(self.concurrency, cap)
 
     def _schedule(self) -> None:
+        """Start queued executions, round robin over sessions, up to the capacity.
+
+        A session whose execution the backend cannot start yet (its worker is
+        booting) keeps its place, first in line, and the others go on.
+        """
+        waiting: set[str] = set()
         while self.sessions.running < self._capacity():
-            picked = self.sessions.next()
+            picked = self.sessions.next(skip=waiting)
             if picked is None:
                 return
             state, exec_id = picked
@@ -335,7 +337,8 @@ class ExecutionServer(ZMQServer):
                 self.sessions.finished(state.name, exec_id)
                 continue
             if not self._dispatch(state, rec):
-                return  # the backend says when it can start workers again (backend_error(None))
+                self.sessions.requeue(state.name, exec_id)
+                waiting.add(state.name)
 
     def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> bool:
         """Hand ``rec`` to the backend; False (and back in its queue) if the backend cannot start it now."""
@@ -345,7 +348,6 @@ class ExecutionServer(ZMQServer):
         # would have had, the backend numbers its events after it.
         seq = rec.seq + 1 + (rec.seq == 0)  # a 'queued' event not yet out takes the next one first
         if not self.backend.submit(Job(rec.execution_id, state.name, rec.task, seq, rec.push_frames)):
-            self.sessions.requeue(state.name, rec.execution_id)
             return False
         if rec.seq == 0:  # its 'queued' event is not out yet
             self._emit_status(rec)
@@ -418,6 +420,7 @@ class ExecutionServer(ZMQServer):
         rec.reason = reason
         rec.error = error
         if rec.has_results:
+            self.records.hold(rec)
             self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
         self._emit_status(rec)
         rec.seq += 1

@@ -100,17 +100,28 @@ class SessionTable:
         if state is not None and execution_id in state.queue:
             state.queue.remove(execution_id)  # an emptied session is skipped when its turn comes
 
-    def next(self) -> Optional[tuple[SessionState, str]]:
-        """The next (session, execution id) to run, marking it running; None when nothing waits."""
-        while self._line:
-            state = self.sessions.get(self._line.popleft())
-            if state is None or state.running is not None or not state.queue:
-                continue
-            state.running = state.queue.popleft()
-            state.last_active = time.monotonic()
-            self.running += 1
-            return state, state.running
-        return None
+    def next(self, skip: frozenset[str] | set[str] = frozenset()) -> Optional[tuple[SessionState, str]]:
+        """The next (session, execution id) to run, marking it running; None when nothing waits.
+
+        Sessions in ``skip`` keep their place in line (their worker is not ready yet).
+        """
+        passed: list[str] = []
+        try:
+            while self._line:
+                name = self._line.popleft()
+                state = self.sessions.get(name)
+                if state is None or state.running is not None or not state.queue:
+                    continue
+                if name in skip:
+                    passed.append(name)
+                    continue
+                state.running = state.queue.popleft()
+                state.last_active = time.monotonic()
+                self.running += 1
+                return state, state.running
+            return None
+        finally:
+            self._line.extendleft(reversed(passed))
 
     def requeue(self, name: str, execution_id: str) -> None:
         """``next`` picked it but it could not start: first in its queue and first in line again."""
