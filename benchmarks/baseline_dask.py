@@ -1,7 +1,7 @@
 """Baseline: dask.distributed with two single-threaded worker processes.
 
-Why: dask.distributed is the engine zmqruntime plans to scale out onto (see
-DESIGN.md), and the common choice for "submit Python, get a result".  It is the
+Why: dask.distributed is the engine zmqruntime scales out onto (its dask
+backend), and the common choice for "submit Python, get a result".  It is the
 second bar for no-op latency and throughput (target: zmqruntime >= 5x better).
 
 Measured:

@@ -1,8 +1,8 @@
 """Turn raw benchmark results into the headline: ratios against baselines.
 
 Why: absolute times on a noisy 2-core box mean little from one day to the next;
-the ratio to a baseline measured in the same run is the figure the targets in
-DESIGN.md are written in.  This module knows the targets and how to compare,
+the ratio to a baseline measured in the same run is the figure the targets
+(benchmarks/README.md, "zmqruntime rows and targets") are written in.  This module knows the targets and how to compare,
 and nothing about how anything was measured.
 
 Each comparison row carries: the zmqruntime value, the baseline(s) it is

@@ -1,7 +1,7 @@
 """zmqruntime: kernel responsiveness while a ``%%zmqexec`` job streams progress.
 
 Why: a non-blocking ``%%zmqexec`` cell leaves the kernel free for other cells
-while the kernel's ZMQStream feeds the job's panel.  The target in DESIGN.md
+while the kernel's ZMQStream feeds the job's panel.  The target (benchmarks/README.md)
 is "a trivial cell runs within 50 ms while a job streams progress at full
 rate": the event path must not starve the kernel's shell handler.
 

@@ -1,7 +1,7 @@
 """zmqruntime: progress events -- delivery rate with nothing lost, and in-task cost.
 
 Why: progress is the feature users watch, and it must neither drop events nor
-slow the task.  Two measurements (targets from DESIGN.md):
+slow the task.  Two measurements (targets in benchmarks/README.md):
 
   * event rate: a task emits ``N_EVENTS`` unthrottled progress events
     (``progress(range(N), min_interval=0)``; it stops early, and says so, if

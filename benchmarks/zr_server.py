@@ -4,12 +4,12 @@ Why: every zmqruntime measurement needs the same three things, and they are
 the places most likely to change while the package is young --
 
   * ``import_api()``: the public API, or a clean "not available: <error>" so
-    the baselines still run before the package exists;
+    the baselines still run when zmqruntime is broken or not installed;
   * ``running_server()``: a server in a child process on a free port pair with
     a private runtime dir (``ZMQRUNTIME_RUNTIME_DIR``), connected client,
     shut down and reaped afterwards whatever happens;
-  * ``event_field()`` / ``run_to_result()``: tolerant readers of the event and
-    result shapes, so a renamed field is a one-line fix here.
+  * ``event_field()`` / ``run_to_result()``: readers of the event and result
+    shapes (``Event`` attributes and content, ``client.run``), in one place.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-CONTROL_OFFSET = 1000  # DESIGN.md: control port = data port + 1000 by default
+CONTROL_OFFSET = 1000  # zmqruntime.transport.DEFAULT_CONTROL_OFFSET: control port = data port + 1000
 READY_TIMEOUT = 20.0
 
 
@@ -158,63 +158,48 @@ def running_server(server_args: tuple[str, ...] = ()):
                 log.flush()
                 tail = (rdir / "server.log").read_text()[-1500:]
                 raise RuntimeError(f"{exc}; server log tail: {tail}") from exc
-            try:  # we started the server: never let the client spawn another
-                client = ExecutionClient(port=port, auto_spawn=False)
-            except TypeError:
-                client = ExecutionClient(port=port)
+            # we started the server: never let the client spawn another
+            client = ExecutionClient(port=port, auto_spawn=False)
             yield client, port
         finally:
             stop_server(client, proc, rdir, port)
             log.close()
 
 
-# ------------------------------------------------------------ tolerant readers
+# ------------------------------------------------------------ readers
 
 
-def event_field(event, *names, default=None):
-    """First of ``names`` found in the event, its header or its content."""
-    if not isinstance(event, dict):
-        event = getattr(event, "__dict__", {}) or {}
-    for scope in (event, event.get("header"), event.get("content"), event.get("data")):
-        if isinstance(scope, dict):
-            for name in names:
-                if name in scope:
-                    return scope[name]
-    return default
+def event_field(event, name, default=None):
+    """A field of an ``Event`` (attribute first, then its content) or of a status dict."""
+    if isinstance(event, dict):
+        return event.get(name, default)
+    if hasattr(event, name):
+        return getattr(event, name)
+    return event.get(name, default)
 
 
 def event_type(event) -> str | None:
-    return event_field(event, "type", "event", "msg_type", "event_type")
+    return event_field(event, "type")
 
 
 def event_exec_id(event) -> str | None:
-    return event_field(event, "execution_id", "exec_id", "id")
+    return event_field(event, "execution_id")
 
 
 def event_seq(event) -> int | None:
-    seq = event_field(event, "seq", "sequence", "seq_num")
+    seq = event_field(event, "seq")
     return int(seq) if seq is not None else None
 
 
 def event_status(event) -> str | None:
-    return event_field(event, "status", "state")
+    return event_field(event, "status")
 
 
 def run_to_result(client, code: str, timeout: float = 10.0):
     """execute -> wait -> get_results, returning the value of the last expression."""
-    if hasattr(client, "run"):
-        results = client.run(code, timeout=timeout)
-    else:
-        eid = client.execute(code)
-        client.wait(eid, timeout=timeout)
-        results = client.get_results(eid)
-    return last_value(results)
+    return last_value(client.run(code, timeout=timeout))
 
 
 def last_value(results):
-    if isinstance(results, dict):
-        if "_" in results:
-            return results["_"]
-        if isinstance(results.get("results"), dict):
-            return results["results"].get("_")
-    return results
+    """The value of the last expression (``results["_"]``)."""
+    return results.get("_")

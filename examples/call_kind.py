@@ -12,7 +12,9 @@ Run a server that knows it, and submit from a matching client::
 
 The kind validates the task on the server before it is queued (``validate``)
 and runs it in a worker (``run``); the client turns a Python value into the
-JSON-friendly request (``serialize_task``).
+JSON-friendly request (``serialize_task``). The ``config`` of
+``execute(task, config)`` reaches both as the task's ``config`` field: here,
+default keyword arguments (``client.execute(("builtins:round", [2.567]), {"ndigits": 1})``).
 """
 
 from __future__ import annotations
@@ -34,17 +36,24 @@ class CallKind(TaskKind):
             raise RequestError("bad_request", "'function' must be 'module:name'")
         if not isinstance(task.get("args", []), list) or not isinstance(task.get("kwargs", {}), dict):
             raise RequestError("bad_request", "'args' must be a list and 'kwargs' an object")
+        if not isinstance(task.get("config") or {}, dict):
+            raise RequestError("bad_request", "config failed: a call task's config must be an object of "
+                                              "keyword arguments")
         return task
 
     def run(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         module, _, name = task["function"].partition(":")
         function = getattr(importlib.import_module(module), name)
-        return {"_": function(*task.get("args", []), **task.get("kwargs", {}))}
+        kwargs = {**(task.get("config") or {}), **task.get("kwargs", {})}
+        return {"_": function(*task.get("args", []), **kwargs)}
 
 
 class CallClient(ExecutionClient):
-    def serialize_task(self, task: Any, results: Any = None) -> dict[str, Any]:
+    def serialize_task(self, task: Any, config: Any = None, results: Any = None) -> dict[str, Any]:
         if isinstance(task, tuple):
             function, args, *rest = task
-            return {"kind": "call", "function": function, "args": list(args), "kwargs": rest[0] if rest else {}}
-        return super().serialize_task(task, results=results)
+            spec = {"kind": "call", "function": function, "args": list(args), "kwargs": rest[0] if rest else {}}
+            if config is not None:
+                spec["config"] = config
+            return spec
+        return super().serialize_task(task, config, results=results)

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import os
 import queue
-import random
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-import psutil
 import pytest
 from jupyter_client import KernelManager
+
+from helpers import free_port, stop_servers  # noqa: F401 (re-exported for the Jupyter tests)
 
 __all__ = ["KernelDriver", "CellResult", "PanelView", "LONG_JOB", "free_port", "stop_servers", "jkernel", "jupyter_env"]
 
@@ -32,71 +30,6 @@ import time
 for i in progress(range({n}), desc="{desc}"):
     time.sleep(0.05)
 """
-
-
-def free_port() -> int:
-    """A data port P with P and P + 1000 (the control port) both free; never 7777.
-
-    Drawn below the kernel's ephemeral port range (32768+ on Linux), where
-    jupyter_client picks the kernels' own ports, so a kernel started later
-    cannot grab it between this check and the server's bind.
-    """
-    rng = random.Random()
-    for _ in range(500):
-        port = rng.randrange(20000, 31700)
-        if port == 7777:
-            continue
-        try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", port))
-                s2.bind(("127.0.0.1", port + 1000))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
-def _processes_under(runtime_dir: Path) -> list[psutil.Process]:
-    """Every process started with ``ZMQRUNTIME_RUNTIME_DIR=runtime_dir`` (servers, workers, kernels)."""
-    target = str(runtime_dir)
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid != os.getpid() and proc.environ().get("ZMQRUNTIME_RUNTIME_DIR") == target:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-def stop_servers(runtime_dir: Path, timeout: float = 5.0) -> None:
-    """Shut down every zmqruntime server of ``runtime_dir``; kill whatever is left.
-
-    Servers are found by their connection files *and* by environment (a
-    process whose ``ZMQRUNTIME_RUNTIME_DIR`` is this private directory is
-    ours by construction), so nothing outlives the test module.
-    """
-    from zmqruntime.execution.client import ExecutionClient
-
-    runtime_dir = Path(runtime_dir)
-    for path in sorted(runtime_dir.glob("server-*.json")):
-        try:
-            client = ExecutionClient(connection_file=str(path), timeout=2.0, auto_spawn=False)
-            try:
-                client.shutdown()
-            finally:
-                client.close()
-        except Exception:
-            pass
-    procs = _processes_under(runtime_dir)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    _, still = psutil.wait_procs(alive, timeout=timeout)
-    assert not still, f"processes survived SIGKILL: {still}"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import ROOT, ServerProcess, wait_until
+from helpers import ROOT, ServerProcess, wait_until
 from zmqruntime import ExecutionClient, RemoteError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]

@@ -35,7 +35,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import ROOT, server_env
+from helpers import ROOT, server_env
 from conftest_jupyter import free_port, stop_servers
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import ServerProcess, free_port, server_env
+from helpers import ServerProcess, free_port, server_env
 
 from zmqruntime import AsyncExecutionClient, RemoteError
 from zmqruntime.receive import load_directory

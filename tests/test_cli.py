@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import server_env
+from helpers import server_env
 
 pytestmark = pytest.mark.timeout(120)
 

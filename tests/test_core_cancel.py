@@ -11,7 +11,7 @@ import time
 import pytest
 
 from zmqruntime import ExecutionCancelled
-from conftest import wait_until
+from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

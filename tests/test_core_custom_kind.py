@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zmqruntime import ExecutionFailed, RemoteError
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 

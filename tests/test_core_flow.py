@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from zmqruntime import AsyncExecutionClient, ExecutionFailed, RemoteError
+from zmqruntime import AsyncExecutionClient, ExecutionFailed, ExecutionTimeout, RemoteError
 from zmqruntime.protocol import FINAL_STATES
 from zmqruntime.curve import secure_client_socket
 
@@ -44,7 +44,7 @@ def test_full_flow_with_events(any_server):
     # Make sure the subscription is live before submitting (PUB/SUB slow joiner):
     probe = client.execute("None")
     client.wait(probe, timeout=10)
-    from conftest import wait_until
+    from helpers import wait_until
 
     wait_until(lambda: any(e.execution_id == probe and e.type == "done" for e in events))
 
@@ -164,8 +164,10 @@ def test_results_of_unfinished_execution(server):
     client = server.client
     exec_id = client.execute("import time\ntime.sleep(30)")
     with pytest.raises(RemoteError) as info:
-        client.get_results(exec_id)
+        client.get_results(exec_id, wait=False)
     assert info.value.code == "not_finished"
+    with pytest.raises(ExecutionTimeout):  # "retrieve when ready", bounded by its timeout
+        client.get_results(exec_id, timeout=0.3)
     client.cancel(exec_id)
     assert client.wait(exec_id, timeout=10)["status"] == "cancelled"
 
@@ -310,13 +312,13 @@ def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
 
     async def main():
         client = AsyncExecutionClient(server.client.info)
-        real_call = client._client.call
+        real_request = client._client.request
 
-        async def counting_call(msg_type, content, **kwargs):
+        async def counting_request(msg_type, content, *args, **kwargs):
             sent.append(msg_type)
-            return await real_call(msg_type, content, **kwargs)
+            return await real_request(msg_type, content, *args, **kwargs)
 
-        client._client.call = counting_call
+        client._client.request = counting_request
         try:
             codes = [f"{i} * 2" for i in range(40)]
             outcome = await asyncio.gather(*(client.execute(c) for c in codes[:20]),
@@ -326,7 +328,7 @@ def test_async_executes_of_one_turn_travel_as_one_execute_many(server):
             ids = [o for o in outcome if isinstance(o, str)]
             values = await asyncio.gather(*(client.result(i, timeout=30) for i in ids))
             await asyncio.sleep(0)  # the end of the turn: finished 'done' topics are unsubscribed together
-            assert not client._done and not client._to_unsubscribe and not client._outbox
+            assert not client._channel.topics and not client._channel._to_unsubscribe and not client._outbox
             return outcome, values
         finally:
             client.close()
@@ -346,7 +348,7 @@ def test_async_resubmit_with_the_same_request_id_follows_the_first_execution(ser
             again = await client.execute("6 * 7", request_id="same-key")
             value = await client.result(again, timeout=20)
             await asyncio.sleep(0)
-            assert not client._done and not client._to_unsubscribe  # nothing left subscribed
+            assert not client._channel.topics and not client._channel._to_unsubscribe  # nothing left subscribed
             return first, again, value
         finally:
             client.close()
@@ -374,7 +376,7 @@ def test_subscribe_to_one_execution_only(server):
     other = client.execute("print('other')")
     client.wait(other, timeout=20)
     client.wait(target, timeout=20)
-    from conftest import wait_until
+    from helpers import wait_until
 
     wait_until(lambda: any(e.type == "done" for e in seen))
     sub.close()
@@ -406,7 +408,7 @@ def test_progress_flood_arrives_batched_and_complete(server):
     secure_client_socket(sub, client.info)
     sub.connect(client.info.data_url)
     try:
-        from conftest import wait_until
+        from helpers import wait_until
 
         def probe_seen() -> bool:  # the subscription is live once a probe's 'done' arrives
             client.wait(client.execute("None"), timeout=10)
@@ -431,7 +433,7 @@ def test_progress_flood_arrives_batched_and_complete(server):
     finally:
         sub.close()
     progress = [e for e in events if e.type == "progress"]
-    assert "progress.batch" in kinds  # batching really happened...
+    assert "progress_batch" in kinds  # batching really happened...
     assert len(kinds) < len(progress) / 10  # ...and saved most messages
     assert [e.seq for e in events] == list(range(1, len(events) + 1))  # nothing lost, in order
     done = [e["done"] for e in progress]
@@ -447,7 +449,7 @@ def test_malformed_progress_batch_is_dropped_not_raised():
     from zmqruntime.protocol import PROGRESS_FIELDS, Session, event_topic
 
     session = Session("k" * 64)
-    topic = event_topic("a1b2c3d4e5f6", "progress.batch")
+    topic = event_topic("a1b2c3d4e5f6", "progress_batch")
     good = {"execution_id": "a1b2c3d4e5f6", "seq": 2, "fields": list(PROGRESS_FIELDS),
             "events": [[1, 1.0, 1, 2, "d", 1.0, 1.0], [2, 1.0, 2, 2, "d", 1.0, 1.0]]}
     assert [e.seq for e in parse_events(session, session.serialize("progress_batch", good, topic=topic))] == [1, 2]

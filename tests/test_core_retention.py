@@ -48,7 +48,7 @@ def test_result_over_the_byte_limit_is_never_announced(start_server):
     status = client.wait(exec_id, timeout=20)
     assert status["status"] == "complete" and status["results_expired"] and not status["has_results"]
     assert expired(client, exec_id)
-    from conftest import wait_until
+    from helpers import wait_until
 
     done = wait_until(lambda: [e for e in events if e.type == "done"] or None, 10)
     sub.close()

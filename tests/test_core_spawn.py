@@ -17,7 +17,7 @@ import pytest
 
 from zmqruntime import ExecutionClient, ServerStartError, ServerUnavailable
 from zmqruntime.transport import connection_file_name, pid_alive
-from conftest import server_env, wait_until
+from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

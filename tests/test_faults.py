@@ -26,7 +26,7 @@ import zmq
 from zmqruntime import ExecutionClient, RemoteError, ServerUnavailable
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.transport import connection_file_name, read_connection_file, write_connection_file
-from conftest import server_env, wait_until
+from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

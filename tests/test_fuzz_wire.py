@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from zmqruntime.protocol import MARKER, Session, compute_signature, is_execution_id, make_header
 from zmqruntime.curve import secure_client_socket
 
-from conftest import ServerProcess, free_port
+from helpers import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -43,7 +43,7 @@ class FakeConnection:
     """Just what a handle uses; background calls run inline (loop=None)."""
 
     def __init__(self) -> None:
-        self.key = "/tmp/fake.json"
+        self.connection_file = "/tmp/fake.json"
         self.loop = None
         self.closed = False
         self.client = FakeClient()
@@ -332,7 +332,7 @@ def test_a_progress_batch_applies_its_newest_event_and_skips_the_rest(monkeypatc
     w.flush_progress()
     w.emit("stream", {"name": "stdout", "text": "x\n"})
     msgs = [unpack_frames(d) for d in sent if d != KIND_EVENT]
-    assert [m[0].decode().split(".", 1)[1] for m in msgs] == ["progress", "progress.batch", "stream"]
+    assert [m[0].decode().split(".", 1)[1] for m in msgs] == ["progress", "progress_batch", "stream"]
     h, conn, batches = flood_handle()
     applied: list[tuple[str, int]] = []
     inner = batches.on_event

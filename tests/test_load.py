@@ -22,7 +22,7 @@ import zmq
 
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import Session
-from conftest import server_env, wait_until
+from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,10 +6,12 @@ or the examples drift apart, this fails.
 
 from __future__ import annotations
 
+import json
 import re
 
+from helpers import ROOT
+
 from zmqruntime.protocol import buffer_digest, compute_signature
-from conftest import ROOT
 
 DOC = (ROOT / "docs" / "protocol.md").read_text()
 KEY = b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
@@ -32,3 +34,38 @@ def test_data_channel_event_example():
     expected = re.search(r"signature = ([0-9a-f]{64})", section).group(1).encode()
     assert topic.endswith(b".status")
     assert compute_signature(KEY, topic, header, content, []) == expected
+
+
+def test_the_client_checklist_comes_first():
+    head = DOC.split("Contents", 1)[0]
+    assert "## Client checklist" in head and "MUST" in head and "SHOULD" in head
+
+
+def test_the_doc_names_what_protocol_py_defines():
+    from zmqruntime.protocol import EVENT_TYPES, PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, REQUEST_TYPES, STATES
+
+    data_types = re.search(r"\| data \| (.*) \|", DOC).group(1)
+    assert re.findall(r"`(\w+)`", data_types) == list(EVENT_TYPES)
+    assert json.dumps(list(PROGRESS_FIELDS)) in DOC
+    assert PROGRESS_BATCH_TOPIC == "progress_batch" and "progress.batch" not in DOC
+    requests = re.search(r"\| control, requests \| (.*) \|", DOC).group(1)
+    assert re.findall(r"`(\w+)`", requests) == list(REQUEST_TYPES)
+    for state in STATES:
+        assert f"`{state}`" in DOC
+
+
+def test_the_execution_failed_example_is_what_the_server_sends(server):
+    section = DOC.split("### 7.5 `results`", 1)[1].split("### 7.6", 1)[0]
+    example = json.loads(re.search(r"```json\n(\{\"ok\": false, \"error\": \{\"code\": \"execution_failed\".*?)\n```",
+                                   section, re.S).group(1))
+    client = server.client
+    exec_id = client.execute("x = 1\ny = 0\nx / y")
+    client.wait(exec_id, timeout=30)
+    sent = client._client.request("results", {"execution_id": exec_id}).content
+    assert sent.keys() == example.keys() and sent["error"].keys() == example["error"].keys()
+    assert sent["error"]["message"] == example["error"]["message"]
+    assert sent["error"]["remote_error"].keys() == example["error"]["remote_error"].keys()
+    tb, doc_tb = sent["error"]["remote_error"]["traceback"], example["error"]["remote_error"]["traceback"]
+    assert tb[0] == doc_tb[0] and tb[-1] == doc_tb[-1]
+    # the frame line (the caret line under it depends on the Python version)
+    assert tb[1].splitlines()[0] == doc_tb[1].replace("7b92fd45002d", exec_id).splitlines()[0]

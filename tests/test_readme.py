@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, server_env
+from helpers import ROOT, server_env
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import wait_until
+from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -36,7 +36,7 @@ from zmqruntime.protocol import MARKER, Session, make_header
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
 
-from conftest import free_port, server_env, wait_until
+from helpers import free_port, server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until
+from helpers import free_port, wait_until
 from zmqruntime import ExecutionClient, RemoteError
 
 

@@ -44,7 +44,7 @@ from typing import Any, Callable
 import psutil
 import pytest
 import zmq
-from conftest import server_env, wait_until
+from helpers import server_env, wait_until
 
 from zmqruntime import ExecutionClient, ServerUnavailable
 from zmqruntime.private import InsecurePathError

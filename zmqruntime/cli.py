@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -31,54 +30,16 @@ import time
 from typing import Any, Optional, Sequence
 
 from .errors import RemoteError, ServerStartError, ServerUnavailable
-from .transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds, got {text}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type (shared with the %%zmqexec magic): seconds > 0."""
-    value = _seconds(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def nonnegative_seconds(text: str) -> float:
-    """argparse type: seconds >= 0."""
-    value = _seconds(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
-
-
-def port_number(text: str) -> int:
-    """argparse type: a TCP port, 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, got {value}")
-    return value
-
-
-def session_name(text: str) -> str:
-    """argparse type (shared with the magics): a session name the server accepts."""
-    from .execution.sessions import check_session_name
-
-    try:
-        return check_session_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from .options import (  # noqa: F401 (re-exported)
+    format_sessions,
+    format_table,
+    load_class,
+    nonnegative_seconds,
+    port_number,
+    positive_seconds,
+    session_name,
+)
+from .transport import DEFAULT_PORT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,13 +173,12 @@ def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
 
 
 def serve(args: argparse.Namespace, config: Any = None) -> int:
-    from .execution.server import ExecutionServer
     from traitlets import TraitError
 
-    from .execution.worker import _load_class
+    from .execution.server import ExecutionServer
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cls = _load_class(args.server_class) if args.server_class else ExecutionServer
+    cls = load_class(args.server_class) if args.server_class else ExecutionServer
     given = dict(
         port=args.port, control_port_offset=args.control_port_offset, ip=args.ip, transport=args.transport,
         name=args.name, concurrency=args.concurrency, connection_file=args.connection_file,
@@ -393,20 +353,6 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_sessions(rows: list[dict[str, Any]]) -> str:
-    """A readable table of sessions (used by the CLI and %zmq sessions)."""
-    if not rows:
-        return "(no sessions)"
-    lines = [("SESSION", "WORKER", "RUNNING", "QUEUED", "RUNS", "IDLE")]
-    for r in rows:
-        worker = r.get("worker") or {}
-        where = worker.get("address") or (f"pid {worker['pid']}" if worker.get("pid") else "-")
-        lines.append((r["session"][:40], where, r.get("running") or "-", str(r["queued"]), str(r["executions"]),
-                      f"{r['idle_seconds']:.0f}s"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
         return _follow(client, args.id)
@@ -422,25 +368,6 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 COMMANDS = {"ping": cmd_ping, "submit": cmd_submit, "status": cmd_status, "cancel": cmd_cancel,
             "list": cmd_list, "sessions": cmd_sessions, "watch": cmd_watch, "shutdown": cmd_shutdown}
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A readable table of execution summaries (used by the CLI and %zmq)."""
-    if not rows:
-        return "(no executions)"
-    header = ("ID", "NAME", "STATUS", "PROGRESS", "AGE", "RESULT", "SESSION")
-    lines = [header]
-    now = time.time()
-    for r in rows:
-        p = r.get("progress") or {}
-        prog = ""
-        if p:
-            prog = f"{p['done']:g}/{p['total']:g}" if p.get("total") else f"{p['done']:g}"
-        result = f"{r.get('result_nbytes', 0)} B" if r.get("has_results") else (r.get("reason") or "")[:40]
-        lines.append((r["execution_id"], (r.get("name") or "")[:24], r["status"], prog,
-                      f"{now - r['created']:.0f}s", result, (r.get("session") or "")[:32]))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def describe_output(content: dict[str, Any]) -> str:

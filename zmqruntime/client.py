@@ -43,6 +43,13 @@ def check_timeout(timeout: Any, name: str = "timeout", allow_none: bool = True) 
     return float(timeout)
 
 
+def positive_timeout(timeout: Any, name: str = "timeout") -> float:
+    """``check_timeout`` for a value that may not be None: always a float."""
+    checked = check_timeout(timeout, name, allow_none=False)
+    assert checked is not None  # allow_none=False
+    return checked
+
+
 def reply_content(msg: Message) -> dict[str, Any]:
     """The reply's content, or the matching RemoteError raised."""
     return ok_or_raise(msg.content)
@@ -181,10 +188,16 @@ class AsyncZMQClient(_BaseClient):
         self._pending: dict[str, asyncio.Future] = {}
         self._reader: Optional[asyncio.Task] = None
         self._proven: Optional[zmq.asyncio.Socket] = None  # the socket whose peer answered a signed ping
+        self.closed = False
 
     def _socket(self) -> zmq.asyncio.Socket:
+        if self.closed:
+            raise ServerUnavailable("this client is closed")
         if self._sock is None:
             self._sock = self.context.socket(zmq.DEALER)
+            # IMMEDIATE as in the blocking client: nothing queued toward a server that is not
+            # connected; the send then waits for one, so request() bounds it by its timeout.
+            self._sock.setsockopt(zmq.IMMEDIATE, 1)
             self._configure(self._sock)
             self._sock.connect(self.info.control_url)
             self._reader = asyncio.ensure_future(self._read_replies(self._sock))
@@ -223,8 +236,7 @@ class AsyncZMQClient(_BaseClient):
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
         try:
-            await self._socket().send_multipart(frames, copy=not buffers)
-            return await asyncio.wait_for(fut, timeout)
+            return await asyncio.wait_for(self._send_and_wait(frames, bool(buffers), fut), timeout)
         except asyncio.TimeoutError:
             self._pending.pop(msg_id, None)
             # A fresh socket drops whatever is still queued for a server that may be gone, but
@@ -235,10 +247,16 @@ class AsyncZMQClient(_BaseClient):
         finally:
             self._pending.pop(msg_id, None)
 
+    async def _send_and_wait(self, frames: list[Any], zero_copy: bool, fut: asyncio.Future) -> Message:
+        """Send (it waits for a connected server: IMMEDIATE), then the reply; both under one timeout."""
+        await self._socket().send_multipart(frames, copy=not zero_copy)
+        return await fut
+
     async def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return reply_content(await self.request(msg_type, content, **kwargs))
 
     def close(self) -> None:
+        self.closed = True
         self._reset()
         for fut in self._pending.values():
             fut.cancel()

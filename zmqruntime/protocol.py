@@ -46,16 +46,24 @@ SIGNATURE_SCHEME = "hmac-sha256"
 #: Control requests a server understands; replies are ``<type>_reply``.
 REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
                  "shutdown")
-#: Data-channel event types.
-EVENT_TYPES = ("status", "progress", "stream", "done")
+#: Data-channel message types. The topic is always ``<execution_id>.<msg_type>``;
+#: a client dispatches on the signed header's ``msg_type``.
+EVENT_TYPES = ("status", "progress", "progress_batch", "stream", "done")
+#: A progress event's state, as ``status`` replies and records keep it.
+PROGRESS_STATE_FIELDS = ("done", "total", "desc", "rate", "elapsed")
 #: A ``progress_batch`` message carries several progress events (one row each,
-#: these fields in this order) on topic ``<execution_id>.progress.batch``, so a
-#: subscription to ``<execution_id>.progress`` receives both forms.
-PROGRESS_FIELDS = ("seq", "time", "done", "total", "desc", "rate", "elapsed")
-PROGRESS_BATCH_TOPIC = "progress.batch"
-#: Execution states; the last three are final.
+#: these fields in this order) on topic ``<execution_id>.progress_batch``, so a
+#: subscription to ``<execution_id>.progress`` (a prefix) receives both forms.
+PROGRESS_FIELDS = ("seq", "time", *PROGRESS_STATE_FIELDS)
+PROGRESS_BATCH_TOPIC = "progress_batch"
+#: Execution states; the first two are active, the last three final.
 STATES = ("queued", "running", "complete", "failed", "cancelled")
-FINAL_STATES = frozenset(("complete", "failed", "cancelled"))
+ACTIVE_STATES = STATES[:2]
+FINAL_STATES = frozenset(STATES[2:])
+#: Characters of stdout/stderr a ``status`` reply (and a client's buffer) keeps: the newest.
+OUTPUT_KEEP_CHARS = 1 << 20
+#: Frames of a data-channel message without buffers: topic, signature frame, header, content.
+EVENT_FRAMES = 4
 
 
 class ProtocolError(ValueError):
@@ -96,6 +104,63 @@ def event_topic(execution_id: str, event_type: str) -> bytes:
     only its end, to ``""`` everything.
     """
     return f"{execution_id}.{event_type}".encode()
+
+
+def progress_batch_events(content: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``progress`` event contents a ``progress_batch`` content stands for, in order.
+
+    Each row of ``events`` pairs with ``fields``; ``execution_id`` is the
+    batch's. ValueError when the shape is wrong (a bad row, a non-integer seq).
+    """
+    fields, rows, exec_id = content.get("fields"), content.get("events"), content.get("execution_id", "")
+    if not isinstance(fields, list) or "seq" not in fields or not isinstance(rows, list):
+        raise ValueError("'fields' must be a list naming 'seq' and 'events' a list")
+    events = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(fields):
+            raise ValueError(f"a row of {len(row) if isinstance(row, list) else type(row).__name__} "
+                             f"values for {len(fields)} fields")
+        event = dict(zip(fields, row))
+        event["execution_id"] = exec_id
+        seq = event["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            raise ValueError(f"seq must be an integer, got {seq!r}")
+        events.append(event)
+    return events
+
+
+def progress_state(content: dict[str, Any]) -> dict[str, Any]:
+    """The progress part of a ``progress`` event's content (what a status reply shows)."""
+    return {k: content.get(k) for k in PROGRESS_STATE_FIELDS}
+
+
+#: The reference signers write an event's content with these keys first
+#: (``{"execution_id":"<id>","seq":<n>,...}``): see :func:`peek_event_seq`.
+_EVENT_HEAD = b'{"execution_id":"'
+_SEQ_KEY = b'","seq":'
+
+
+def peek_event_seq(frames: Sequence[bytes], execution_id: bytes) -> Optional[int]:
+    """The ``seq`` of a buffer-less event, read from its content bytes without a JSON parse, or None.
+
+    Key order in JSON is free (docs/protocol.md), so this only recognises
+    the layout the reference worker and server write (``execution_id`` then
+    ``seq`` first); anything else gives None and the caller takes the full
+    path (verify, decode). A shortcut to skip superseded progress events,
+    never a second parser: use the value only once :meth:`Session.is_authentic`
+    said the bytes are the signer's.
+    """
+    if len(frames) != EVENT_FRAMES:
+        return None
+    content = frames[3]
+    n = len(_EVENT_HEAD) + len(execution_id)
+    if not (content.startswith(_EVENT_HEAD) and content[len(_EVENT_HEAD):n] == execution_id
+            and content[n:n + len(_SEQ_KEY)] == _SEQ_KEY):
+        return None
+    start = n + len(_SEQ_KEY)
+    end = content.find(b",", start, start + 21)
+    digits = content[start:end] if end > 0 else b""
+    return int(digits) if digits.isdigit() else None  # bytes.isdigit(): ASCII digits only
 
 
 def is_execution_id(value: Any) -> bool:
@@ -297,8 +362,8 @@ class Session:
                 return [_bytes(f) for f in frames[:i]], list(frames[i:])
         raise ProtocolError("malformed", "no <ZMQR> signature frame")
 
-    def deserialize(self, frames: Sequence[Any], *, topic_frames: int = 0) -> Message:
-        """Verify then decode; raise SignatureError / ProtocolError otherwise."""
+    def _verify(self, frames: Sequence[Any], topic_frames: int) -> tuple[list[bytes], bytes, bytes, bytes, bytes, list[Any]]:
+        """Split and check the signature: (prefix, topic, sig, header, content, buffers) or raise."""
         prefix, body = self.split(frames)
         if len(body) < 3:
             raise ProtocolError("malformed", f"expected signature, header and content frames, got {len(body)} frames")
@@ -309,6 +374,19 @@ class Session:
         expected = compute_signature(self.key, topic, header_b, content_b, digests)
         if not hmac.compare_digest(sig, expected):
             raise SignatureError("bad_signature", "missing or invalid signature")
+        return prefix, topic, sig, header_b, content_b, buffers
+
+    def is_authentic(self, frames: Sequence[Any], *, topic_frames: int = 0) -> bool:
+        """Whether the message is well framed and correctly signed, without decoding it."""
+        try:
+            self._verify(frames, topic_frames)
+        except ProtocolError:
+            return False
+        return True
+
+    def deserialize(self, frames: Sequence[Any], *, topic_frames: int = 0) -> Message:
+        """Verify then decode; raise SignatureError / ProtocolError otherwise."""
+        prefix, topic, sig, header_b, content_b, buffers = self._verify(frames, topic_frames)
         # From here on the message is authentic: errors are worth a reply.
         try:
             header = json.loads(header_b)

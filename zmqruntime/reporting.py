@@ -58,7 +58,7 @@ class Reporter:
         self.start = time.monotonic()
         self._last_sent = -1.0
         self._closed = False
-        self._send(force=True)
+        self._send()
 
     @property
     def rate(self) -> float:
@@ -81,7 +81,7 @@ class Reporter:
         if _sink is not None and time.monotonic() - self._last_sent >= self.min_interval:
             self._send()
 
-    def _send(self, force: bool = False) -> None:
+    def _send(self) -> None:
         sink = _sink
         if sink is None:
             return
@@ -94,7 +94,7 @@ class Reporter:
         """Send the final state (always, regardless of throttling)."""
         if not self._closed:
             self._closed = True
-            self._send(force=True)
+            self._send()
 
     def __enter__(self) -> "Reporter":
         return self

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .private import ensure_private_dir, make_private_dirs, open_private
+from .protocol import SIGNATURE_SCHEME
 
 DEFAULT_PORT = 7777
 DEFAULT_CONTROL_OFFSET = 1000
@@ -74,7 +75,7 @@ class ConnectionInfo:
     data_url: str
     control_url: str
     key: str
-    signature_scheme: str = "hmac-sha256"
+    signature_scheme: str = SIGNATURE_SCHEME
     pid: int = 0
     start_time: float = 0.0
     name: str = ""
@@ -87,7 +88,7 @@ class ConnectionInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConnectionInfo":
+    def from_dict(cls, data: dict[str, Any]) -> ConnectionInfo:
         known = {f for f in cls.__dataclass_fields__}
         missing = {"transport", "data_url", "control_url", "key"} - set(data)
         if missing:

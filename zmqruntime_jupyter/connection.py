@@ -59,8 +59,8 @@ def default_port() -> int:
 class Connection:
     """One server: its client, its event stream, the executions followed on it."""
 
-    def __init__(self, key: str, client: ExecutionClient, loop: Any):
-        self.key = key
+    def __init__(self, connection_file: str, client: ExecutionClient, loop: Any):
+        self.connection_file = connection_file  # a path; the HMAC key is client.info.key
         self.client = client
         self.loop = loop
         self.closed = False
@@ -87,7 +87,7 @@ class Connection:
         reply with the same start time within a short timeout.
         """
         try:
-            info = read_connection_file(self.key)
+            info = read_connection_file(self.connection_file)
         except (OSError, ValueError):
             return False
         mine = self.client.info
@@ -196,7 +196,7 @@ class ExtensionState:
         # where only blocking mode can work.
         self.loop = getattr(kernel, "io_loop", None)
         self.connections: dict[str, Connection] = {}
-        self.default_key: Optional[str] = None
+        self.default_file: Optional[str] = None
         #: This notebook's session on every server: its namespace and queue.
         self.session = kernel_session()
         self.handles: "OrderedDict[str, ExecutionHandle]" = OrderedDict()
@@ -212,25 +212,25 @@ class ExtensionState:
         or the first use), else the server on ``$ZMQRUNTIME_PORT`` / 7777.
         """
         if connection_file is not None:
-            key = os.path.abspath(os.path.expanduser(connection_file))
+            path = os.path.abspath(os.path.expanduser(connection_file))
         elif port is not None:
-            key = str(connection_path(port))
-        elif self.default_key is not None:
-            key = self.default_key
-            port = _port_from_key(key)
+            path = str(connection_path(port))
+        elif self.default_file is not None:
+            path = self.default_file
+            port = _port_from_file(path)
         else:
             port = default_port()
-            key = str(connection_path(port))
-        conn = self.connections.get(key)
+            path = str(connection_path(port))
+        conn = self.connections.get(path)
         if conn is not None and not conn.still_current():
             self.drop(conn, "the server behind this connection went away or was replaced")
             conn = None
         started = False
         if conn is None:
             if port is None:  # exactly the server of a connection file: never spawn
-                if not os.path.exists(key):
-                    raise ServerUnavailable(f"connection file {key} does not exist")
-                client = ExecutionClient(connection_file=key, timeout=REQUEST_TIMEOUT, session=self.session)
+                if not os.path.exists(path):
+                    raise ServerUnavailable(f"connection file {path} does not exist")
+                client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT, session=self.session)
                 try:
                     client.ping(timeout=2.0)
                 except ServerUnavailable:
@@ -238,10 +238,10 @@ class ExtensionState:
                     raise
             else:
                 client, started = self._client_for_port(port, spawn, server_args)
-            conn = Connection(key, client, self.loop)
-            self.connections[key] = conn
-        if make_default or self.default_key is None:
-            self.default_key = key
+            conn = Connection(path, client, self.loop)
+            self.connections[path] = conn
+        if make_default or self.default_file is None:
+            self.default_file = path
         return conn, started
 
     def _client_for_port(self, port: int, spawn: bool, server_args: Sequence[str] = ()) -> tuple[ExecutionClient, bool]:
@@ -253,23 +253,23 @@ class ExtensionState:
         return ExecutionClient(port, timeout=REQUEST_TIMEOUT, auto_spawn=True, spawn_mode="persistent",
                                session=self.session, server_args=server_args, spawn_timeout=SPAWN_TIMEOUT), True
 
-    def connection_for_key(self, key: str) -> Connection:
+    def connection_for_file(self, path: str) -> Connection:
         """Re-open a connection by its connection file (re-attaching handles)."""
-        conn = self.connections.get(key)
+        conn = self.connections.get(path)
         if conn is not None and conn.still_current():
             return conn
         if conn is not None:
             self.drop(conn, "the server went away or was replaced")
-        client = ExecutionClient(connection_file=key, timeout=REQUEST_TIMEOUT, session=self.session)
-        conn = Connection(key, client, self.loop)
-        self.connections[key] = conn
+        client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT, session=self.session)
+        conn = Connection(path, client, self.loop)
+        self.connections[path] = conn
         return conn
 
     def drop(self, conn: Connection, why: str) -> None:
         """Forget a connection (server shut down / gone); its handles are told why."""
-        self.connections.pop(conn.key, None)
-        if self.default_key == conn.key:
-            self.default_key = None
+        self.connections.pop(conn.connection_file, None)
+        if self.default_file == conn.connection_file:
+            self.default_file = None
         conn.close(why)
 
     # -- handles --------------------------------------------------------------------
@@ -285,7 +285,7 @@ class ExtensionState:
     def adopt(self, handle: ExecutionHandle) -> bool:
         """Re-attach a handle detached by a previous unload; False if its server is gone."""
         try:
-            conn = self.connection_for_key(handle.connection_key)
+            conn = self.connection_for_file(handle.connection_key)
             handle.attach(conn)
         except Exception as exc:  # server gone: the panel says so
             handle.mark_unreachable(f"could not re-attach: {exc}")
@@ -300,7 +300,7 @@ class ExtensionState:
         for conn in list(self.connections.values()):
             live.extend(conn.close(why))
         self.connections.clear()
-        self.default_key = None
+        self.default_file = None
         return live
 
 
@@ -326,14 +326,14 @@ def kernel_session() -> str:
     return "kernel:" + name.removeprefix("kernel-").removesuffix(".json")
 
 
-def _port_from_key(key: str) -> Optional[int]:
+def _port_from_file(path: str) -> Optional[int]:
     """``<runtime dir>/server-7777.json`` → 7777 (so a remembered default can respawn)."""
-    name = os.path.basename(key)
+    name = os.path.basename(path)
     if name.startswith("server-") and name.endswith(".json"):
         try:
             port = int(name[len("server-"):-len(".json")])
         except ValueError:
             return None
-        if str(connection_path(port)) == key:
+        if str(connection_path(port)) == path:
             return port
     return None

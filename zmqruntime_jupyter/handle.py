@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from zmqruntime.errors import ZMQRuntimeError
 from zmqruntime.execution.client import Event
 from zmqruntime.execution.displaylog import OUTPUT_EVENTS
-from zmqruntime.protocol import FINAL_STATES
+from zmqruntime.protocol import FINAL_STATES, progress_state
 
 from .controller import CANCEL_REQUESTED, PanelController
 from .outputs import OUTPUT_KEEP_CHARS, OutputBuffer
@@ -63,7 +63,7 @@ class ExecutionHandle:
         self.id = execution_id
         self.name = name
         self.connection: Optional[Connection] = connection
-        self.connection_key = connection.key
+        self.connection_key = connection.connection_file
         self.panel = panel
         self.out_name = out_name
         self._user_ns = user_ns
@@ -309,7 +309,7 @@ class ExecutionHandle:
         c = event.content
         kind = event.type
         if kind == "progress":
-            self.state["progress"] = {k: c.get(k) for k in ("done", "total", "desc", "rate", "elapsed")}
+            self.state["progress"] = progress_state(c)
         elif kind == "stream":
             self.buffer.stream(c.get("name", "stdout"), c.get("text", ""))
         elif kind in OUTPUT_EVENTS:
@@ -457,7 +457,7 @@ class ExecutionHandle:
     def attach(self, connection: Connection) -> None:
         """Follow again through a (new) connection, e.g. after ``%reload_ext``."""
         self.connection = connection
-        self.connection_key = connection.key
+        self.connection_key = connection.connection_file
         self.view.rebind(connection.loop)
         self.view.unnote("detached")
         self.poller.watchdog.restart()

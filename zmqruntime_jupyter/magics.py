@@ -25,8 +25,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from zmqruntime.cli import (format_sessions, format_table, nonnegative_seconds, port_number, positive_seconds,
-                            session_name)
+from zmqruntime.options import (format_sessions, format_table, nonnegative_seconds, port_number, positive_seconds,
+                                session_name)
 from zmqruntime.errors import (
     ExecutionCancelled,
     ExecutionFailed,
@@ -36,6 +36,7 @@ from zmqruntime.errors import (
     ServerUnavailable,
     ZMQRuntimeError,
 )
+from zmqruntime.protocol import ACTIVE_STATES, FINAL_STATES, STATES
 from zmqruntime.serialize import SerializationError
 from zmqruntime.transport import pid_alive
 
@@ -111,7 +112,7 @@ def _zmq_parser() -> _ZmqParser:
     p.add_argument("id", nargs="?", help="an execution id")
     _server_options(p)
     p = sub.add_parser("list", help="a table of this notebook's executions (--all: every session's)")
-    p.add_argument("--status", choices=["queued", "running", "complete", "failed", "cancelled"], default=None)
+    p.add_argument("--status", choices=list(STATES), default=None)
     p.add_argument("--all", action="store_true", help="every session's executions, not only this notebook's")
     p.add_argument("--session", type=session_name, default=None, help="that session's executions")
     _server_options(p)
@@ -376,7 +377,7 @@ class ZMQMagics(Magics):
         conn = self._existing(args)
         ids = list(args.ids)
         if args.all:
-            ids += [r["execution_id"] for r in conn.client.list_executions() if r["status"] in ("queued", "running")]
+            ids += [r["execution_id"] for r in conn.client.list_executions() if r["status"] in ACTIVE_STATES]
         if not ids:
             raise UsageError("%zmq cancel: give one or more execution ids, or --all")
         rows = [("ID", "RESULT")]
@@ -398,7 +399,7 @@ class ZMQMagics(Magics):
         handle = self.state.handles.get(args.id)
         if handle is not None and handle.connection is conn:
             return handle.result()
-        return conn.client.get_results(args.id).get("_")
+        return conn.client.get_results(args.id, wait=False).get("_")
 
     def _zmq_handle(self, args: argparse.Namespace) -> ExecutionHandle:
         conn = self._existing(args)
@@ -408,7 +409,7 @@ class ZMQMagics(Magics):
             return handle
         status = conn.client.get_status(args.id)
         panel = None
-        if status["status"] not in ("complete", "failed", "cancelled"):
+        if status["status"] not in FINAL_STATES:
             panel = self._panel(args.id, status.get("name") or "", 0.0)
         handle = handle_from_status(status, conn, panel=panel)
         self.state.register(handle)

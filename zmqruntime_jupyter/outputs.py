@@ -15,9 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from zmqruntime.execution.displaylog import DisplayLog, display_id_of, output_of
-
-#: Output kept per handle (the server keeps the same amount per stream).
-OUTPUT_KEEP_CHARS = 1 << 20
+from zmqruntime.protocol import OUTPUT_KEEP_CHARS
 
 #: What the panel is told, in order: ("stream", name, text) | ("display", output) |
 #: ("update", output) | ("clear", wait)

@@ -37,7 +37,6 @@ for a skipped progress one.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -48,7 +47,7 @@ from zmq.eventloop.zmqstream import ZMQStream
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.errors import ExecutionTimeout
 from zmqruntime.execution.client import Event, expand_progress_batch, parse_event
-from zmqruntime.protocol import MARKER, SIGNATURE_FRAME_LEN, Session, compute_signature
+from zmqruntime.protocol import Session, peek_event_seq
 from zmqruntime.transport import ConnectionInfo
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,8 +71,6 @@ MAX_BATCH = 4096
 FULL_EVENT_COST_S = 30e-6
 
 _PROGRESS_SUFFIX = b".progress"
-_EXEC_ID_HEAD = b'{"execution_id":"'
-_SEQ_KEY = b'","seq":'
 
 
 class Coalescer:
@@ -144,42 +141,6 @@ def _sub_socket(context: zmq.Context, info: ConnectionInfo, hwm: int = RCV_HWM) 
     return sock
 
 
-def _progress_seq(frames: list[bytes], execution_id: bytes) -> Optional[int]:
-    """The ``seq`` of a progress message, read from its content bytes without a JSON parse.
-
-    Events are serialized compactly with ``execution_id`` then ``seq`` first
-    (``{"execution_id":"a1b2c3d4e5f6","seq":42,...``), so the seq sits at a
-    fixed place. Anything else -- buffers, another layout -- gives None and
-    the message simply takes the full path (verify, decode, apply): this is a
-    shortcut, never a second parser whose mistakes could matter. The result
-    is used only once :func:`_authentic` said the bytes are the signer's.
-    """
-    if len(frames) != 4:
-        return None
-    content = frames[3]
-    n = len(_EXEC_ID_HEAD) + len(execution_id)
-    if not (content.startswith(_EXEC_ID_HEAD) and content[len(_EXEC_ID_HEAD):n] == execution_id
-            and content[n:n + len(_SEQ_KEY)] == _SEQ_KEY):
-        return None
-    start = n + len(_SEQ_KEY)
-    end = content.find(b",", start, start + 21)
-    digits = content[start:end] if end > 0 else b""
-    return int(digits) if digits.isdigit() else None  # bytes.isdigit(): ASCII digits only
-
-
-def _authentic(session: Session, frames: list[bytes]) -> bool:
-    """Signature check of a four-frame data-channel message (topic, signature, header, content).
-
-    The HMAC of ``Session.deserialize`` (docs/protocol.md, "Signing") with the
-    topic as the first frame, without decoding the header and content.
-    """
-    topic, sig_frame, header, content = frames
-    if len(sig_frame) != SIGNATURE_FRAME_LEN or not sig_frame.startswith(MARKER):
-        return False
-    expected = compute_signature(session.key, topic, header, content, ())
-    return hmac.compare_digest(sig_frame[len(MARKER):], expected)
-
-
 def triage(batch: list[list[bytes]]) -> tuple[list[list[bytes]], dict[bytes, list[tuple[int, list[bytes]]]]]:
     """Split a drained batch into ``(to_apply, superseded)`` by reading topic frames only.
 
@@ -200,7 +161,7 @@ def triage(batch: list[list[bytes]]) -> tuple[list[list[bytes]], dict[bytes, lis
         topic = frames[0] if frames else b""
         if newest.get(topic, i) != i:
             execution_id = topic[: -len(_PROGRESS_SUFFIX)]
-            seq = _progress_seq(frames, execution_id)
+            seq = peek_event_seq(frames, execution_id)
             if seq is not None:
                 superseded.setdefault(execution_id, []).append((seq, frames))
                 continue
@@ -210,7 +171,7 @@ def triage(batch: list[list[bytes]]) -> tuple[list[list[bytes]], dict[bytes, lis
 
 def skippable(session: Session, messages: list[tuple[int, list[bytes]]]) -> list[int]:
     """The seqs of those superseded progress messages that are authentic; the rest are dropped."""
-    return [seq for seq, frames in messages if _authentic(session, frames)]
+    return [seq for seq, frames in messages if session.is_authentic(frames, topic_frames=1)]
 
 
 def _drain(sock: zmq.Socket, batch: list[list[bytes]], budget: float) -> None:

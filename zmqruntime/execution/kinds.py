@@ -35,7 +35,11 @@ class TaskKind:
 
 
 class PythonSource(TaskKind):
-    """``{"kind": "python", "code": ..., "results": [names]}``: source run in the session's namespace."""
+    """``{"kind": "python", "code": ..., "results": [names], "config": ...}``: source run in the session's namespace.
+
+    ``config`` (optional) runs first in the same namespace: source code, or an
+    object of names bound to values (docs/protocol.md, ``execute``).
+    """
 
     def validate(self, task: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(task.get("code"), str):
@@ -49,10 +53,28 @@ class PythonSource(TaskKind):
         except SyntaxError as exc:
             raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno,
                                text=exc.text) from None
+        check_python_config(task.get("config"))
         return task
 
     def run(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         return run_python_source(task, ctx)
+
+
+def check_python_config(config: Any) -> None:
+    """A python task's ``config``: null, source that compiles, or an object of names to values."""
+    if config is None:
+        return
+    if isinstance(config, str):
+        try:
+            compile(config, "<zmqexec-config>", "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise RequestError("syntax_error", f"config failed: {exc.msg} (line {exc.lineno})",
+                               lineno=exc.lineno, text=exc.text, where="config") from None
+        return
+    if not isinstance(config, dict) or not all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)
+                                               for k in config):
+        raise RequestError("bad_request", "'config' must be Python source (a string) or an object whose keys "
+                                          "are variable names")
 
 
 BUILTIN_KINDS = {"python": "zmqruntime.execution.kinds:PythonSource"}

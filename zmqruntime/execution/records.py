@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from .. import spill
-from ..protocol import FINAL_STATES
+from ..protocol import FINAL_STATES, OUTPUT_KEEP_CHARS, progress_state
 from .displaylog import OUTPUT_EVENTS, DisplayLog
 
 #: Characters of each output stream kept per execution for late subscribers.
-OUTPUT_KEEP_CHARS = 1 << 20
 #: Relayed events kept raw before they are folded into the record.
 MAX_PENDING_EVENTS = 4096
 
@@ -76,6 +75,7 @@ class ExecutionRecord:
     result_files: list[spill.BufferFile] = field(default_factory=list)  # buffers held in files (spill.py)
     result_nbytes: int = 0
     result_error: Optional[str] = None
+    result_json: Optional[str] = None  # the JSON form, when every value is JSON-able (json_results.py)
     results_fetched: bool = False
     results_expired: bool = False
     displays: DisplayLog = field(default_factory=DisplayLog)  # display outputs and tqdm bars
@@ -96,6 +96,7 @@ class ExecutionRecord:
         self.result_files = []
         self.result_frames = []
         self.result_digests = []
+        self.result_json = None
 
     def drop_push(self) -> None:
         spill.delete(self.push_files)
@@ -120,10 +121,10 @@ class ExecutionRecord:
             msg_type = json.loads(header)["msg_type"]
             self.seq = max(self.seq, content["seq"])
             if msg_type == "progress":
-                self.progress = {k: content[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+                self.progress = progress_state(content)
             elif msg_type == "progress_batch":  # only the newest row matters to the record
                 latest = dict(zip(content["fields"], content["events"][-1]))
-                self.progress = {k: latest[k] for k in ("done", "total", "desc", "rate", "elapsed")}
+                self.progress = progress_state(latest)
             elif msg_type == "stream":
                 self.append_output(content["name"], content["text"], OUTPUT_KEEP_CHARS)
             elif msg_type in OUTPUT_EVENTS:

@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, Optional, Protocol
 
 from .. import reporting, serialize, spill
 from . import capture
+from .json_results import json_form
 
 STREAM_FLUSH_BYTES = 64 * 1024
 
@@ -179,8 +180,10 @@ def pack_results(results: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
     except serialize.SerializationError as exc:
         return {"names": sorted(results), "digests": [], "nbytes": 0, "error": str(exc)}, []
     nbytes = serialize.nbytes(frames)
+    json_text = json_form(results, nbytes)  # small plain-JSON results also as JSON (results format "json")
     frames, digests, files = spill.place_result_buffers(frames)  # large buffers into files, where configured
-    return {"names": sorted(results), "digests": digests, "files": files, "nbytes": nbytes, "error": None}, frames
+    return {"names": sorted(results), "digests": digests, "files": files, "nbytes": nbytes, "error": None,
+            "json": json_text}, frames
 
 
 def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -199,6 +202,7 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         assert isinstance(last, ast.Expr)
         last_expr = ast.Expression(last.value)
     ns = ctx.namespace
+    _apply_config(task.get("config"), ns, ctx.execution_id)
     exec(compile(tree, filename, "exec"), ns)
     results: dict[str, Any] = {}
     if last_expr is not None:
@@ -211,6 +215,25 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for name in task.get("results", []):
         results[name] = ns[name]
     return results
+
+
+class ConfigError(Exception):
+    """The task's ``config`` raised: reported as "config failed: ..." (the cause chained)."""
+
+
+def _apply_config(config: Any, ns: dict[str, Any], execution_id: str) -> None:
+    """``config`` first, in the task's namespace: source code run, or names bound."""
+    if config is None:
+        return
+    try:
+        if isinstance(config, str):
+            filename = f"<zmqexec-{execution_id}-config>"
+            _remember_source(filename, config)
+            exec(compile(config, filename, "exec"), ns)
+        else:
+            ns.update(config)
+    except Exception as exc:
+        raise ConfigError(f"config failed: {type(exc).__name__}: {exc}") from exc
 
 
 #: Sources of this many recent executions stay in linecache, so tracebacks through

@@ -43,6 +43,7 @@ from .. import parts, shm, spill
 from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
+from .json_results import RESULT_FORMATS
 from .records import ExecutionRecord, RecordStore
 from .sessions import SessionState, SessionTable, check_session_name
 from .kinds import load_kinds
@@ -81,6 +82,14 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
 
     return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes),
             "session": digest(session)}
+
+
+def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
+    """A ``results`` reply with ``format: "json"``: the values inline, or ``not_json``."""
+    if rec.result_json is None and rec.result_names:
+        raise RequestError("not_json", f"the results of {rec.execution_id} are not plain JSON values (or are larger "
+                                       "than 1 MiB): fetch them with format 'pickle'", names=rec.result_names)
+    return {**content, "format": "json", "values": json.loads(rec.result_json or "{}")}
 
 
 class ExecutionServer(ZMQServer):
@@ -262,6 +271,7 @@ class ExecutionServer(ZMQServer):
             rec.result_frames = list(buffers)
             rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
             rec.result_nbytes = result["nbytes"]
+            rec.result_json = result.get("json")
             if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
                 rec.namespace_reset = True
             if result.get("files"):
@@ -602,6 +612,9 @@ class ExecutionServer(ZMQServer):
         release = msg.content.get("release", False)
         if not isinstance(release, bool):
             raise RequestError("bad_request", "'release' must be true or false")
+        fmt = msg.content.get("format", "pickle")
+        if fmt not in RESULT_FORMATS:
+            raise RequestError("bad_request", f"'format' must be one of {list(RESULT_FORMATS)}, got {fmt!r}")
         if not rec.final:
             raise RequestError("not_finished", f"execution {rec.execution_id} is still {rec.status}", status=rec.status)
         if rec.status == "failed":
@@ -617,15 +630,20 @@ class ExecutionServer(ZMQServer):
             form = parts.requested_form(msg.content)
         except parts.PartError as exc:
             raise RequestError("bad_request", str(exc)) from None
+        if fmt == "json" and form is not None:
+            raise RequestError("bad_request", f"'format' \"json\" cannot go with '{form}'")
         content = {"execution_id": rec.execution_id, "names": rec.result_names, "nbytes": rec.result_nbytes}
-        try:
-            reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
-                     if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
-        except parts.PartError as exc:
-            raise RequestError("bad_request", str(exc)) from None
-        if reply is None:
-            parts.ensure_digests(rec)
-            reply = content, rec.result_frames, rec.result_digests
+        if fmt == "json":
+            reply: Any = json_reply(rec, content), [], []
+        else:
+            try:
+                reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
+                         if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+            except parts.PartError as exc:
+                raise RequestError("bad_request", str(exc)) from None
+            if reply is None:
+                parts.ensure_digests(rec)
+                reply = content, rec.result_frames, rec.result_digests
         rec.results_fetched = True
         if release:
             rec.drop_results()  # the reply keeps its own references to the frames

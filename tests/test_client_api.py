@@ -1,0 +1,303 @@
+"""The documented client API, as written: the paper's example, config, progress_callback,
+and the blocking and asyncio clients agreeing method for method (real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import socket
+import threading
+
+import pytest
+from helpers import ROOT
+
+from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError
+
+pytestmark = pytest.mark.timeout(90)
+
+PIPELINE_CODE = """
+from zmqruntime import progress
+total = 0.0
+for i in progress(range(n_items), desc="pipeline"):
+    total += i * scale
+total
+"""
+CONFIG_CODE = "n_items = 50\nscale = 0.5\n"
+EXPECTED = sum(range(50)) * 0.5
+
+# The paper's first example, character for character.
+PAPER_EXAMPLE = """\
+from zmqruntime import ExecutionClient
+
+client = ExecutionClient(port=5555)
+exec_id = client.execute(pipeline_code, config_code)  # Non-blocking
+status = client.get_status(exec_id)  # Poll for results
+results = client.get_results(exec_id)  # Retrieve when ready
+"""
+
+
+def _port_pair_free(port: int, offset: int = 1000) -> bool:
+    for p in (port, port + offset):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+def test_the_papers_example_runs_verbatim(runtime_dir):
+    """Port 5555 as printed; only if 5555 or 6555 is taken on this machine does the test use a free port
+    (the text is otherwise unchanged), since another process's port is not ours to take."""
+    from helpers import free_port
+
+    source = PAPER_EXAMPLE
+    if not _port_pair_free(5555):
+        source = source.replace("port=5555", f"port={free_port()}")
+    scope = {"pipeline_code": PIPELINE_CODE, "config_code": CONFIG_CODE}
+    try:
+        exec(compile(source, "<paper>", "exec"), scope)
+        assert scope["status"]["status"] in ("queued", "running", "complete")
+        assert scope["results"] == {"_": EXPECTED}
+    finally:
+        client = scope.get("client")
+        if client is not None:
+            client.shutdown()
+            client.close()
+
+
+def test_the_docs_flow_submit_poll_wait_with_a_progress_callback(server):
+    """ExecutionClient: submit/poll/wait with an optional progress callback; serialize_task is JSON-friendly."""
+    seen: list = []
+    threads: set = set()
+
+    def on_progress(event):
+        seen.append(event)
+        threads.add(threading.current_thread().name)
+
+    client = server.new_client(progress_callback=on_progress)
+    try:
+        spec = client.serialize_task(PIPELINE_CODE, CONFIG_CODE)
+        assert json.loads(json.dumps(spec)) == {"kind": "python", "code": PIPELINE_CODE, "config": CONFIG_CODE}
+        exec_id = client.execute(PIPELINE_CODE, CONFIG_CODE)
+        status = client.get_status(exec_id)
+        assert status["execution_id"] == exec_id
+        assert client.wait(exec_id, timeout=30)["status"] == "complete"
+        assert client.get_results(exec_id) == {"_": EXPECTED}
+        # the last progress event may still be on its way to the callback thread
+        deadline = 5.0
+        while deadline > 0 and not (seen and seen[-1]["done"] == 50):
+            threading.Event().wait(0.02)
+            deadline -= 0.02
+        assert seen and all(e.type == "progress" and e.execution_id == exec_id for e in seen)
+        assert seen[-1]["done"] == 50 and seen[-1]["total"] == 50 and seen[-1]["desc"] == "pipeline"
+        assert [e.seq for e in seen] == sorted({e.seq for e in seen})  # once each, in order
+        assert threads == {"zmqruntime-progress"}  # a background thread, not the caller's
+        # another client's execution is not ours: no callback for it
+        other = server.client.execute("from zmqruntime import progress\nfor _ in progress(range(5)): pass")
+        server.client.wait(other, timeout=30)
+        threading.Event().wait(0.2)
+        assert all(e.execution_id == exec_id for e in seen)
+        watch = client._progress_watch
+    finally:
+        client.close()
+    assert not watch._thread.is_alive() and not watch.watching  # unsubscribed on close()
+
+
+def test_progress_callback_bad_input(server):
+    with pytest.raises(TypeError, match="progress_callback must be callable"):
+        server.new_client(progress_callback="print")
+
+    def boom(event):
+        raise RuntimeError("a broken callback")
+
+    client = server.new_client(progress_callback=boom)  # a raising callback is logged, nothing breaks
+    try:
+        exec_id = client.execute("from zmqruntime import progress\nfor _ in progress(range(3)): pass\n'ok'")
+        assert client.result(exec_id, timeout=30) == {"_": "ok"}
+    finally:
+        client.close()
+    assert server.client.ping()["ok"]
+
+
+def test_config_as_source_and_as_a_mapping(server):
+    client = server.client
+    assert client.run("threshold * 2", "threshold = 21", timeout=30) == {"_": 42}
+    assert client.run("f'{name}:{n}'", {"name": "run", "n": 3}, timeout=30) == {"_": "run:3"}
+    # config runs in the task's namespace, before the task: the task sees and may change it
+    assert client.run("limit += 1\nlimit", "limit = 9", timeout=30) == {"_": 10}
+    assert client.run("x", config={"x": [1, 2]}, timeout=30) == {"_": [1, 2]}
+
+
+def test_config_errors_are_reported_as_config_errors(server):
+    client = server.client
+    failing = client.execute("'never runs'", "1 / 0")
+    assert client.wait(failing, timeout=30)["status"] == "failed"
+    with pytest.raises(ExecutionFailed) as info:
+        client.get_results(failing)
+    assert "config failed: ZeroDivisionError: division by zero" in str(info.value)
+    with pytest.raises(RemoteError) as bad:
+        client.execute("1", "def (")  # refused before it is queued
+    assert bad.value.code == "syntax_error" and bad.value.message.startswith("config failed:")
+    assert client.run("'still serving'", timeout=30) == {"_": "still serving"}
+
+
+def test_config_bad_input(server):
+    client = server.client
+    for config, match in ((42, "config must be Python source"), ({"not an id": 1}, "identifiers"),
+                          ({"x": object()}, "JSON-able"), ({"x": float("nan")}, "JSON-able"), ([1], "config must be")):
+        with pytest.raises(TypeError, match=match):
+            client.execute("1", config)
+    # a client that skips the checks: the server refuses with a clear error and goes on serving
+    for bad in (42, ["x"], {"class": 1}, {"1x": 2}):
+        with pytest.raises(RemoteError) as info:
+            client._client.call("execute", {"task": {"kind": "python", "code": "1", "config": bad}})
+        assert info.value.code == "bad_request" and "'config'" in info.value.message
+    assert client.run("'ok'", timeout=30) == {"_": "ok"}
+
+
+def test_custom_kinds_receive_config(start_server, monkeypatch):
+    examples = str(ROOT / "examples")
+    monkeypatch.syspath_prepend(examples)
+    server = start_server('--ExecutionServer.task_kind_classes={"call": "call_kind:CallKind"}', extra_path=examples)
+    from call_kind import CallClient
+
+    client = CallClient(connection_file=str(server.connection_file))
+    try:
+        assert client.run(("builtins:round", [2.567]), {"ndigits": 1}, timeout=30) == {"_": 2.6}
+        with pytest.raises(RemoteError) as info:
+            client.execute(("builtins:round", [2.5]), "ndigits = 1")
+        assert "config failed" in info.value.message
+        assert client.run("n + 1", "n = 1", timeout=30) == {"_": 2}  # the python kind through the subclass
+    finally:
+        client.close()
+
+
+# -- one client core: the blocking and asyncio APIs match ----------------------------------------
+
+
+def _public_methods(cls: type) -> dict[str, inspect.Signature]:
+    return {name: inspect.signature(getattr(cls, name)) for name in dir(cls)
+            if not name.startswith("_") and callable(getattr(cls, name)) and name != "connect"}
+
+
+def test_the_blocking_and_asyncio_clients_have_the_same_api():
+    sync, asynchronous = _public_methods(ExecutionClient), _public_methods(AsyncExecutionClient)
+    assert sorted(sync) == sorted(asynchronous)
+    for name in sync:
+        assert sync[name].parameters == asynchronous[name].parameters, name
+        sync_is_coro = inspect.iscoroutinefunction(getattr(ExecutionClient, name))
+        assert not sync_is_coro, name
+    blocking_init = list(inspect.signature(ExecutionClient.__init__).parameters.values())[1:]
+    async_connect = list(inspect.signature(AsyncExecutionClient.connect).parameters.values())
+    assert blocking_init == async_connect
+    for name in ("execute", "get_status", "list_executions", "cancel", "get_results", "wait", "result", "ping",
+                 "shutdown", "run"):
+        assert inspect.iscoroutinefunction(getattr(AsyncExecutionClient, name)), name
+
+
+def test_both_clients_behave_alike_on_bad_input_and_timeouts(server):
+    sync = server.client
+
+    async def main():
+        client = await AsyncExecutionClient.connect(connection_file=str(server.connection_file))
+        try:
+            # long enough that its 'done' event surely comes over the subscription (not a status poll)
+            done = await client.execute("import time\ntime.sleep(0.5)\n6 * 7")
+            assert await client.wait(done, timeout=30)
+            assert done in client._kept_done
+            # get_results reuses the result the 'done' event carried: no request needed
+            requests: list = []
+            real = client._client.request
+
+            async def counting(msg_type, *args, **kwargs):
+                requests.append(msg_type)
+                return await real(msg_type, *args, **kwargs)
+
+            client._client.request = counting
+            assert await client.get_results(done) == {"_": 42}
+            assert requests == []
+            client._client.request = real
+            assert (await client.ping(timeout=5))["server_id"]
+            assert (await client.get_status(done, timeout=5))["status"] == "complete"
+            assert (await client.cancel(done, timeout=5))["cancelled"] is False
+            with pytest.raises(TypeError, match="reason must be a string"):
+                await client.cancel(done, reason=3)
+            with pytest.raises(ValueError, match="timeout"):
+                await client.ping(timeout=-1)
+            with pytest.raises(TypeError, match="wait must be True or False"):
+                await client.get_results(done, wait="yes")
+            with pytest.raises(TypeError, match="release must be"):
+                await client.get_results(done, release="no")
+            with pytest.raises(TypeError, match="status must be"):
+                await client.list_executions(status=1)
+        finally:
+            client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    exec_id = sync.execute("6 * 7")
+    sync.wait(exec_id, timeout=30)
+    with pytest.raises(TypeError, match="reason must be a string"):
+        sync.cancel(exec_id, reason=3)
+    with pytest.raises(ValueError, match="timeout"):
+        sync.ping(timeout=-1)
+    with pytest.raises(TypeError, match="wait must be True or False"):
+        sync.get_results(exec_id, wait="yes")
+    with pytest.raises(TypeError, match="release must be"):
+        sync.get_results(exec_id, release="no")
+    with pytest.raises(TypeError, match="status must be"):
+        sync.list_executions(status=1)
+    assert sync.get_results(exec_id) == {"_": 42}
+
+
+def test_the_asyncio_client_times_out_against_a_silent_server(start_server):
+    """IMMEDIATE in both clients: a request to a server that is gone fails within its timeout, never hangs."""
+    server = start_server()
+    info = server.client.info
+    server.stop()
+
+    async def main():
+        client = AsyncExecutionClient(info, timeout=0.5)
+        try:
+            from zmqruntime import ServerUnavailable
+
+            with pytest.raises(ServerUnavailable):
+                await client.ping()
+        finally:
+            client.close()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_the_asyncio_client_subscribes_and_takes_a_progress_callback(server):
+    seen: list = []
+    progress: list = []
+    got_done = threading.Event()
+
+    def on_event(event):
+        seen.append(event.type)
+        if event.type == "done":
+            got_done.set()
+
+    async def main():
+        client = await AsyncExecutionClient.connect(connection_file=str(server.connection_file),
+                                                    progress_callback=progress.append)
+        try:
+            exec_id = await client.execute("from zmqruntime import progress\nfor _ in progress(range(4)): pass\n7",
+                                           "unused = 1")
+            sub = client.subscribe(on_event, exec_id)
+            assert await client.result(exec_id, timeout=30) == {"_": 7}
+            for _ in range(250):  # the last progress event may still be on its way to the callback thread
+                if progress and progress[-1]["done"] == 4:
+                    break
+                await asyncio.sleep(0.02)
+            return sub, client._progress_watch
+        finally:
+            client.close()
+
+    sub, watch = asyncio.run(asyncio.wait_for(main(), 60))
+    assert progress and progress[-1]["done"] == 4
+    assert not watch._thread.is_alive() and not sub._thread.is_alive()  # both closed with the client
+    with pytest.raises(TypeError, match="progress_callback must be callable"):
+        AsyncExecutionClient(server.client.info, progress_callback=42)
