@@ -177,7 +177,7 @@ def cancel_once(ray, remote_fn, force: bool, workdir: Path, i: int) -> tuple[flo
     try:
         ray.get(ref, timeout=CANCEL_TIMEOUT)
     except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"ray.cancel(force={force}) did not stop the task within {CANCEL_TIMEOUT}s")
+        raise TimeoutError(f"ray.cancel(force={force}) did not stop the task within {CANCEL_TIMEOUT}s") from None
     except (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError, KeyboardInterrupt):
         pass
     else:

@@ -86,7 +86,7 @@ class PeakRSS:
                 old_rss, old_anon = self.peak[name]
                 self.peak[name] = (max(old_rss, rss), max(old_anon, anon))
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self._thread.start()
         return self
 

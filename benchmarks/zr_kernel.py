@@ -340,8 +340,9 @@ def _terminated(signum, frame):  # run.py's timeout: clean up in the finally blo
 def measure() -> dict:
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        import jupyter_client  # noqa: F401
         import ipykernel  # noqa: F401
+        import jupyter_client  # noqa: F401
+
         import zmqruntime_jupyter  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return {"kernel": {"error": f"not available: {type(exc).__name__}: {exc}", "unavailable": True}}

@@ -29,14 +29,14 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NoReturn
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from helpers import ROOT, server_env
 from conftest_jupyter import free_port, stop_servers
+from helpers import ROOT, server_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -169,7 +169,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"jupyter lab did not answer in 90 s:\n{server.log_tail()}")
+                    raise RuntimeError(f"jupyter lab did not answer in 90 s:\n{server.log_tail()}") from None
                 time.sleep(0.2)
         yield server
     finally:
@@ -260,7 +260,7 @@ class Notebook:
     def output_text(self, i: int) -> str:
         return self.cells.nth(i).locator(".jp-Cell-outputArea").inner_text()
 
-    def panel(self, i: int) -> "Panel":
+    def panel(self, i: int) -> Panel:
         return Panel(self.cells.nth(i))
 
 

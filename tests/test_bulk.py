@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from helpers import ServerProcess, free_port, server_env
 
+from helpers import ServerProcess, free_port, server_env
 from zmqruntime import AsyncExecutionClient, RemoteError
 from zmqruntime.receive import load_directory
 from zmqruntime.shm import SegmentRefused

@@ -36,7 +36,7 @@ def test_submit_wait_shows_output_progress_and_result(runtime_dir, port, tmp_pat
         assert out.returncode == 0, out.stderr
         lines = out.stdout.splitlines()
         assert len(lines[0]) == 12  # the execution id first
-        assert [l for l in lines if l.startswith("step")] == [f"step {i}" for i in range(5)]
+        assert [line for line in lines if line.startswith("step")] == [f"step {i}" for i in range(5)]
         assert lines[-1] == "10"
         assert "steps [" in out.stderr and "5/5" in out.stderr and "complete in" in out.stderr
         exec_id = lines[0]

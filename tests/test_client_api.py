@@ -10,8 +10,8 @@ import socket
 import threading
 
 import pytest
-from helpers import ROOT
 
+from helpers import ROOT
 from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError
 
 pytestmark = pytest.mark.timeout(90)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from zmqruntime import ExecutionCancelled
 from helpers import wait_until
+from zmqruntime import ExecutionCancelled
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from zmqruntime import ExecutionFailed, RemoteError
 from helpers import ROOT
+from zmqruntime import ExecutionFailed, RemoteError
 
 pytestmark = pytest.mark.timeout(60)
 

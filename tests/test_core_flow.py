@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from zmqruntime import AsyncExecutionClient, ExecutionFailed, ExecutionTimeout, RemoteError
-from zmqruntime.protocol import FINAL_STATES
 from zmqruntime.curve import secure_client_socket
+from zmqruntime.protocol import FINAL_STATES
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ import zmq
 
 from zmqruntime import RemoteError
 from zmqruntime.curve import secure_client_socket
-from zmqruntime.protocol import MARKER, make_header, ProtocolError, Session, SignatureError, compute_signature
+from zmqruntime.protocol import MARKER, ProtocolError, Session, SignatureError, compute_signature, make_header
 
 pytestmark = pytest.mark.timeout(60)
 

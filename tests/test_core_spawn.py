@@ -15,9 +15,9 @@ import time
 
 import pytest
 
+from helpers import server_env, wait_until
 from zmqruntime import ExecutionClient, ServerStartError, ServerUnavailable
 from zmqruntime.transport import connection_file_name, pid_alive
-from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

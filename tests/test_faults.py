@@ -23,10 +23,10 @@ import psutil
 import pytest
 import zmq
 
+from helpers import server_env, wait_until
 from zmqruntime import ExecutionClient, RemoteError, ServerUnavailable
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.transport import connection_file_name, read_connection_file, write_connection_file
-from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -29,12 +29,12 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
-
-from zmqruntime.protocol import MARKER, Session, compute_signature, is_execution_id, make_header
-from zmqruntime.curve import secure_client_socket
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from helpers import ServerProcess, free_port
+from zmqruntime.curve import secure_client_socket
+from zmqruntime.protocol import MARKER, Session, compute_signature, is_execution_id, make_header
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -86,7 +86,7 @@ class Wire:
         assert self.sock.poll(timeout_ms), "no reply: the server stopped answering"
         return self.session.deserialize(self.sock.recv_multipart())
 
-    def request(self, frames) -> "object":
+    def request(self, frames) -> object:
         self.sock.send_multipart(frames)
         return self.recv()
 

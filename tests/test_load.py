@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import zmq
 
+from helpers import server_env, wait_until
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import Session
-from helpers import server_env, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +75,7 @@ def test_threads_and_processes_every_request_answered_every_execution_once(start
 
     def run(who: str) -> None:
         try:
-            results[who] = mixed_load(shared, who, REQUESTS, marks)
+            results[who] = mixed_load(shared, who, REQUESTS, marks)  # noqa: F821 (defined by exec above)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -123,7 +123,7 @@ def test_pipelined_requests_each_get_exactly_one_reply(server):
     per_socket, n_sockets = 400, 4
     sent: dict[str, tuple[int, str, dict]] = {}
     try:
-        for s in range(n_sockets):
+        for _ in range(n_sockets):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             secure_client_socket(sock, info)
@@ -158,10 +158,10 @@ def test_pipelined_requests_each_get_exactly_one_reply(server):
     assert set(answers) == set(sent) and set(answers.values()) == {1}
     assert all(r["ok"] for r in replies.values())
     by_request = collections.defaultdict(list)
-    for msg_id, (s, kind, content) in sent.items():
+    for msg_id, (_sock, kind, content) in sent.items():
         if kind == "execute":
             by_request[content["request_id"]].append(replies[msg_id])
-    for request_id, pair in by_request.items():
+    for pair in by_request.values():
         assert len(pair) == 2 and pair[0]["execution_id"] == pair[1]["execution_id"]
         assert sorted(r["duplicate"] for r in pair) == [False, True]
     assert len(server.client.list_executions()) == len(by_request) == n_sockets * per_socket // 8

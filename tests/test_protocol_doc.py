@@ -10,7 +10,6 @@ import json
 import re
 
 from helpers import ROOT
-
 from zmqruntime.protocol import buffer_digest, compute_signature
 
 DOC = (ROOT / "docs" / "protocol.md").read_text()

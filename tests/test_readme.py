@@ -23,7 +23,7 @@ def test_readme_quickstart_runs(runtime_dir, port):
     code = quickstart_code()
     assert "port=7777" in code
     code = code.replace("port=7777", f"port={port}")
-    code += "\nExecutionClient(port=%d).shutdown()\n" % port
+    code += f"\nExecutionClient(port={port}).shutdown()\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=server_env())
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 
 import pytest
-from helpers import ROOT
 
+from helpers import ROOT
 from zmqruntime import RemoteError
 
 pytestmark = pytest.mark.timeout(90)

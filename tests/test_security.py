@@ -28,15 +28,15 @@ from pathlib import Path
 
 import pytest
 import zmq
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from helpers import free_port, server_env, wait_until
 from zmqruntime import ExecutionClient
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import MARKER, Session, make_header
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
-
-from helpers import free_port, server_env, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,7 +118,7 @@ def test_bad_requests_are_dropped_logged_and_have_no_side_effect(server, ctx, tm
         raw.send(bad)
         assert raw.reply(200) is None, f"{name}: must not be answered"
         assert server.client.ping()["executions"] == 0, name  # requests are handled in order: it was seen
-        wait_until(lambda: dropped_lines(server) > before, 5)  # and logged
+        wait_until(lambda before=before: dropped_lines(server) > before, 5)  # and logged
     assert server.client.list_executions() == []
     assert not marker.exists()
     # the untouched request still works: the variants were refused for what they broke

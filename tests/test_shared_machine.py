@@ -44,8 +44,8 @@ from typing import Any, Callable
 import psutil
 import pytest
 import zmq
-from helpers import server_env, wait_until
 
+from helpers import server_env, wait_until
 from zmqruntime import ExecutionClient, ServerUnavailable
 from zmqruntime.private import InsecurePathError
 from zmqruntime.transport import connection_file_name

@@ -76,7 +76,7 @@ def needs_proof(info: ConnectionInfo) -> bool:
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
-        self.timeout = check_timeout(timeout, allow_none=False)
+        self.timeout: float = positive_timeout(timeout)
         self.session = Session(info.key)
         self.needs_proof = needs_proof(info)
 
@@ -140,7 +140,7 @@ class ZMQClient(_BaseClient):
     def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                 timeout: Optional[float] = None, copy: bool = True) -> Message:
         """Send one request, return its verified reply message (ok or not)."""
-        timeout = self.timeout if timeout is None else check_timeout(timeout, allow_none=False)
+        timeout = self.timeout if timeout is None else positive_timeout(timeout)
         deadline = time.monotonic() + timeout
         sock = self._socket()
         if self.needs_proof and not self._local.proven and msg_type != "ping":
@@ -159,7 +159,7 @@ class ZMQClient(_BaseClient):
             if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
-            reply = sock.recv_multipart(copy=copy)
+            reply = sock.recv_multipart(copy=copy)  # type: ignore[call-overload]  # bool: frames or bytes
             try:
                 msg = self.session.deserialize(reply)
             except ProtocolError:

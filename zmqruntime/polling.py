@@ -34,7 +34,7 @@ def spin_until_readable(socks: Sequence[zmq.Socket], spin: float) -> bool:
     events = EVENTS
     while True:
         for get in getters:
-            if get(events) & POLLIN:
+            if int(get(events)) & POLLIN:
                 return True
         if time.perf_counter() >= end:
             return False

@@ -96,7 +96,7 @@ class Reporter:
             self._closed = True
             self._send()
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

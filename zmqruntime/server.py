@@ -311,7 +311,7 @@ class ZMQServer(Configurable):
                 if self._soon or (served and spin_until_readable(self._sockets, self.busy_poll)):
                     timeout = 0.0
                 served = False
-                for sock, _ in self.poller.poll(timeout):
+                for sock, _ in self.poller.poll(int(timeout)):
                     try:
                         self._handlers[sock]()
                     except Exception:  # a bad message must never take the server down
@@ -398,10 +398,11 @@ class ZMQServer(Configurable):
     # -- control channel ----------------------------------------------------
     def _on_control(self) -> None:
         sock = self.control
+        assert sock is not None
         # frames: routing identity, signature, header, content, buffers; bytes: + framing slack
         max_frames, max_bytes = self.max_message_frames + 4, self.max_message_bytes + 4096
         for _ in range(256):  # drain, but let other sockets and timers have a turn
-            if not sock.getsockopt(EVENTS) & POLLIN:  # cheaper than catching zmq.Again
+            if not int(sock.getsockopt(EVENTS)) & POLLIN:  # cheaper than catching zmq.Again
                 return
             frames, complete = recv_bounded(sock, max_frames, max_bytes)
             if complete:
@@ -490,9 +491,10 @@ class ZMQServer(Configurable):
         """Track the data channel's subscribed prefixes (XPUB reports each
         prefix's first subscribe and last unsubscribe, across subscribers)."""
         sock = self.pub
+        assert sock is not None
         subs = self._subscriptions
         for _ in range(SUBSCRIPTIONS_PER_TURN):  # bounded: a flood cannot hold the loop
-            if not sock.getsockopt(EVENTS) & POLLIN:
+            if not int(sock.getsockopt(EVENTS)) & POLLIN:
                 return
             msg = sock.recv()
             if msg[:1] == b"\x01":

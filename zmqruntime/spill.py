@@ -73,7 +73,7 @@ class Settings:
                            "spill_dir": str(self.spill_dir), "spill_bytes": self.spill_bytes})
 
     @classmethod
-    def from_env(cls) -> Optional["Settings"]:
+    def from_env(cls) -> Optional[Settings]:
         raw = os.environ.get(ENV)
         if not raw:
             return None

@@ -199,7 +199,7 @@ class ExtensionState:
         self.default_file: Optional[str] = None
         #: This notebook's session on every server: its namespace and queue.
         self.session = kernel_session()
-        self.handles: "OrderedDict[str, ExecutionHandle]" = OrderedDict()
+        self.handles: OrderedDict[str, ExecutionHandle] = OrderedDict()
         self.closed = False
 
     # -- connections --------------------------------------------------------------

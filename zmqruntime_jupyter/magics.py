@@ -25,8 +25,6 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from zmqruntime.options import (format_sessions, format_table, nonnegative_seconds, port_number, positive_seconds,
-                                session_name)
 from zmqruntime.errors import (
     ExecutionCancelled,
     ExecutionFailed,
@@ -35,6 +33,14 @@ from zmqruntime.errors import (
     ServerStartError,
     ServerUnavailable,
     ZMQRuntimeError,
+)
+from zmqruntime.options import (
+    format_sessions,
+    format_table,
+    nonnegative_seconds,
+    port_number,
+    positive_seconds,
+    session_name,
 )
 from zmqruntime.protocol import ACTIVE_STATES, FINAL_STATES, STATES
 from zmqruntime.serialize import SerializationError
@@ -152,6 +158,12 @@ class ZMQMagics(Magics):
         super().__init__(shell)
         self.state = state
 
+    @property
+    def ishell(self) -> Any:
+        """The shell these magics are registered with (never None once loaded)."""
+        assert self.shell is not None, "the zmqruntime magics are not registered with a shell"
+        return self.shell
+
     # ------------------------------------------------------------------ %%zmqexec
     @magic_arguments()
     @argument("--block", action="store_true",
@@ -222,15 +234,15 @@ class ZMQMagics(Magics):
         panel = None if quiet else self._panel(exec_id, args.name or "", args.progress_after)
         echo = _echo if (quiet and block) else None
         handle = ExecutionHandle(exec_id, conn, name=args.name or "", panel=panel, out_name=args.out,
-                                 user_ns=self.shell.user_ns, echo=echo, result_in_cell=block)
+                                 user_ns=self.ishell.user_ns, echo=echo, result_in_cell=block)
         self.state.register(handle)
         if args.out:
-            self.shell.user_ns[args.out] = handle
+            self.ishell.user_ns[args.out] = handle
         if panel is not None:
             from IPython.display import display
 
             display(panel)
-            handle.displayed_in = self.shell.execution_count
+            handle.displayed_in = self.ishell.execution_count
         if block:
             return self._run_blocking(handle)
         try:
@@ -249,7 +261,7 @@ class ZMQMagics(Magics):
     def _push_values(self, names: Optional[Sequence[str]]) -> Optional[dict[str, Any]]:
         if not names:
             return None
-        ns = self.shell.user_ns
+        ns = self.ishell.user_ns
         missing = [n for n in names if n not in ns]
         if missing:
             raise UsageError(f"%%zmqexec --push: not defined in the notebook: {', '.join(missing)}")

@@ -327,7 +327,7 @@ class EventStream(EventBatches):
         self.topics.clear()
 
 
-def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Optional[zmq.Context] = None) -> None:
+def pump(handle: ExecutionHandle, timeout: Optional[float] = None, context: Optional[zmq.Context] = None) -> None:
     """Follow ``handle`` from the calling (cell) thread until it is final.
 
     Used where IO-loop callbacks cannot run: ``%%zmqexec --block`` and
@@ -338,6 +338,7 @@ def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Op
     propagates to the caller (who decides whether it means "cancel").
     """
     conn = handle.connection
+    assert conn is not None, "the handle is not attached to a server"
     client = conn.client
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = _sub_socket(context or zmq.Context.instance(), client.info)
@@ -360,7 +361,7 @@ def pump(handle: "ExecutionHandle", timeout: Optional[float] = None, context: Op
                 wait = min(UPDATE_INTERVAL / 2, handle.poller.watchdog.seconds_left(now))
                 if deadline is not None:
                     wait = min(wait, deadline - now)
-                if sock.poll(max(0.0, wait) * 1000):
+                if sock.poll(int(max(0.0, wait) * 1000)):
                     batch: list[list[bytes]] = []
                     _drain(sock, batch, DRAIN_BUDGET_S * 4)
                     batches.handle_batch(batch)

@@ -190,7 +190,7 @@ class RecordStore:
 
     def __init__(self, max_records: int, max_results: int, max_result_bytes: int, max_result_age: float,
                  max_spill_bytes: int = 1 << 62):
-        self.records: "OrderedDict[str, ExecutionRecord]" = OrderedDict()
+        self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
         self.by_request: dict[str, str] = {}  # request_id -> execution_id, for remembered records only
         # records that hold results, oldest first: retention looks at these, never at every record
         # (a record whose results went some other way is pruned at the next enforce)

@@ -40,14 +40,21 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Int, Unicode
 
 from .. import parts, shm, spill
-from ..protocol import EXECUTION_ID_LENGTH, PROGRESS_BATCH_TOPIC, event_topic, is_execution_id, new_execution_id, send_frames
+from ..protocol import (
+    EXECUTION_ID_LENGTH,
+    PROGRESS_BATCH_TOPIC,
+    event_topic,
+    is_execution_id,
+    new_execution_id,
+    send_frames,
+)
 from ..server import Reply, RequestError, ZMQServer
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
-from .records import ExecutionRecord, RecordStore
-from .sessions import SessionState, SessionTable, check_session_name
 from .kinds import load_kinds
+from .records import ExecutionRecord, RecordStore
 from .runner import TaskContext
+from .sessions import SessionState, SessionTable, check_session_name
 
 log = logging.getLogger("zmqruntime.execution")
 
