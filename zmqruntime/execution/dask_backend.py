@@ -112,10 +112,10 @@ class DaskBackend(ExecutionBackend):
         if self.cluster is not None:
             if not isinstance(self.cluster, str):
                 return self.cluster
-            from .worker import _load_class
+            from ..options import load_class
 
             try:
-                factory = _load_class(self.cluster)
+                factory = load_class(self.cluster)
             except (ImportError, AttributeError, ValueError) as exc:
                 raise ServerStartError(f"cannot import dask cluster class {self.cluster!r}: {exc}") from None
             self.own_cluster = factory(**self.cluster_kwargs)

@@ -153,7 +153,7 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
     from distributed import get_worker
 
     from .. import serialize  # noqa: F401  (imported here so a worker fails early if zmqruntime is broken)
-    from .worker import _load_class
+    from ..options import load_class
 
     worker = get_worker()
     routes = router()
@@ -165,7 +165,7 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
     routes.by_thread[ident] = (streams[0], streams[1], sink)
     RUNNING[execution_id] = ident
     try:
-        app = _load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
+        app = load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
         outcome = run_task(app, execution_id, task, buffers, namespace, sink,
                            install_progress=False)
     finally:

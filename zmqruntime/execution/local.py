@@ -39,7 +39,7 @@ import zmq
 from traitlets import Dict, Float, Int, Unicode
 
 from ..polling import EVENTS, POLLIN
-from ..protocol import new_id, send_frames, unpack_frames
+from ..protocol import EVENT_FRAMES, new_id, send_frames, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
 from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
@@ -332,13 +332,13 @@ class LocalBackend(ExecutionBackend):
             message = read_worker_message(sock)  # checked shape (link.py): a bad one is dropped
             if message is None:
                 continue
-            worker_id, kind, rest = message
+            worker_id, link_kind, rest = message
             handle = self.workers.get(worker_id)
             if handle is None:  # not a worker we started
                 continue
-            if kind == KIND_EVENT:  # the hot path: small, copied, one frame
+            if link_kind == KIND_EVENT:  # the hot path: small, copied, one frame
                 event = unpack_frames(rest[0])
-                if len(event) == 4:
+                if len(event) == EVENT_FRAMES:
                     host.backend_signed_event(event)
                 continue
             try:

@@ -254,7 +254,8 @@ class ExecutionServer(ZMQServer):
         rec = self.records.get(frames[0][:EXECUTION_ID_LENGTH].decode("ascii", "replace"))
         if rec is None or rec.final:
             return
-        rec.queue_event(frames[2], frames[3])  # topic, signature, header, content
+        topic, _signature, header, content = frames  # protocol.EVENT_FRAMES, checked by the backend
+        rec.queue_event(header, content)
         if self.wants(frames[0]):
             send_frames(self.pub, frames)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ from typing import Any, Iterator, Optional
 
 import zmq
 
+from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames, send_frames
 from .link import KIND_CONTROL, KIND_EVENT
 from .runner import StreamCapture, finite, run_task
@@ -112,7 +112,7 @@ class Worker:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_id: Optional[str] = None
         self.seq = 0
-        self.app = _load_class(server_class)(_worker_side=True, task_kind_classes=task_kinds or {})
+        self.tasks = load_class(server_class)(_worker_side=True, task_kind_classes=task_kinds or {})  # runs execute_task
         self.stdout = StreamCapture(self.emit, "stdout")
         self.stderr = StreamCapture(self.emit, "stderr")
         self._stop = threading.Event()
@@ -222,7 +222,7 @@ class Worker:
         exec_id = msg["execution_id"]
         self.execution_id = exec_id
         self.seq = msg["seq"]
-        outcome = run_task(self.app, exec_id, msg["task"], buffers, self.namespace, self,
+        outcome = run_task(self.tasks, exec_id, msg["task"], buffers, self.namespace, self,
                            streams=(self.stdout, self.stderr), interruptible=self.guard.armed_section())
         self.execution_id = None
         self._send_control(outcome.message(exec_id, self.seq), outcome.frames)
@@ -233,11 +233,6 @@ class Worker:
 
     def flush(self) -> None:
         self.flush_progress()
-
-
-def _load_class(spec: str) -> Any:
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
