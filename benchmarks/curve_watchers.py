@@ -104,16 +104,7 @@ def measure_curve(client, port: int) -> dict:
 
 
 def measure() -> dict:
-    try:
-        zr_server.import_api()
-    except zr_server.NotAvailable as exc:
-        return {"curve": zr_server.unavailable_or_error(exc)}
-    args = (f"--ExecutionServer.concurrency={max(WATCHERS) + 1}",)
-    try:
-        with zr_server.running_server(args) as (client, port):
-            return {"curve": common.guarded(measure_curve, client, port)}
-    except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
-        return {"curve": common.error_entry(exc, "server")}
+    return zr_server.measure_curve(measure_curve, (f"--ExecutionServer.concurrency={max(WATCHERS) + 1}",))
 
 
 class Counter:

@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks import common
 
@@ -61,6 +62,19 @@ def measure_all(measurements: dict, server_args: tuple[str, ...] = ()) -> dict:
     except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
         entry = common.error_entry(exc, "server")
         return {name: entry for name in measurements}
+
+
+def measure_curve(fn: Any, server_args: tuple[str, ...] = ()) -> dict:
+    """``{"curve": fn(client, port)}`` against one server; its own failure, or the server's, as an entry."""
+    try:
+        import_api()
+    except NotAvailable as exc:
+        return {"curve": unavailable_or_error(exc)}
+    try:
+        with running_server(server_args) as (client, port):
+            return {"curve": common.guarded(fn, client, port)}
+    except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
+        return {"curve": common.error_entry(exc, "server")}
 
 
 def connection_file(runtime_dir: Path, port: int) -> Path:
