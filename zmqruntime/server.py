@@ -143,6 +143,8 @@ class ZMQServer(Configurable):
         self.control: Optional[zmq.Socket] = None
         self.pub: Optional[zmq.Socket] = None
         self._subscriptions: set[bytes] = set()
+        # How many tracked prefixes have each length: wants() tries only those lengths (usually one or two).
+        self._prefix_lengths: collections.Counter[int] = collections.Counter()
         self._subscriptions_overflow = False  # too many prefixes to track: publish everything
         self.dropped = RateLimitedLog(log)
         self.zap: Optional[ZapHandler] = None
@@ -497,15 +499,23 @@ class ZMQServer(Configurable):
             if not int(sock.getsockopt(EVENTS)) & POLLIN:
                 return
             msg = sock.recv()
+            prefix = msg[1:]
             if msg[:1] == b"\x01":
+                if prefix in subs:
+                    continue
                 if len(subs) < MAX_TRACKED_SUBSCRIPTIONS:
-                    subs.add(msg[1:])
-                elif msg[1:] not in subs and not self._subscriptions_overflow:
+                    subs.add(prefix)
+                    self._prefix_lengths[len(prefix)] += 1
+                elif not self._subscriptions_overflow:
                     self._subscriptions_overflow = True
                     log.warning("more than %d distinct subscriptions on the data channel: every event is "
                                 "published from now on", MAX_TRACKED_SUBSCRIPTIONS)
-            elif msg[:1] == b"\x00":
-                subs.discard(msg[1:])
+            elif msg[:1] == b"\x00" and prefix in subs:
+                subs.discard(prefix)
+                lengths = self._prefix_lengths
+                lengths[len(prefix)] -= 1
+                if not lengths[len(prefix)]:
+                    del lengths[len(prefix)]
 
     def wants(self, topic: bytes) -> bool:
         """Would any subscriber receive ``topic``?  (PUB/SUB matching is by prefix.)
@@ -520,9 +530,7 @@ class ZMQServer(Configurable):
             return True
         if not subs:
             return False
-        if b"" in subs:
-            return True
-        return any(topic[:i] in subs for i in range(1, len(topic) + 1))
+        return any(topic[:n] in subs for n in self._prefix_lengths if n <= len(topic))
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:

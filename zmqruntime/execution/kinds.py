@@ -48,16 +48,34 @@ class PythonSource(TaskKind):
         if not isinstance(names, list) or not all(
                 isinstance(n, str) and n.isidentifier() and not keyword.iskeyword(n) for n in names):
             raise RequestError("bad_request", "'results' must be a list of variable names")
-        try:
-            compile(task["code"], "<zmqexec>", "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno,
-                               text=exc.text) from None
+        check_syntax(task["code"])
         check_python_config(task.get("config"))
         return task
 
     def run(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
         return run_python_source(task, ctx)
+
+
+#: Sources seen to compile, most recent last: the same cell submitted again (a
+#: loop of ``execute``) skips the compile, which on a freshly woken server costs
+#: more than the rest of accepting it. Short sources only, so it stays small.
+_COMPILED: dict[str, None] = {}
+COMPILED_CACHE_ENTRIES, COMPILED_CACHE_MAX_CHARS = 256, 4096
+
+
+def check_syntax(code: str) -> None:
+    """RequestError ``syntax_error`` unless ``code`` compiles (the compile is not kept)."""
+    if code in _COMPILED:
+        return
+    try:
+        compile(code, "<zmqexec>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise RequestError("syntax_error", f"{exc.msg} (line {exc.lineno})", lineno=exc.lineno,
+                           text=exc.text) from None
+    if len(code) <= COMPILED_CACHE_MAX_CHARS:
+        _COMPILED[code] = None
+        if len(_COMPILED) > COMPILED_CACHE_ENTRIES:
+            del _COMPILED[next(iter(_COMPILED))]
 
 
 def check_python_config(config: Any) -> None:

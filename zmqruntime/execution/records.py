@@ -67,7 +67,7 @@ class ExecutionRecord:
     push_files: list[spill.BufferFile] = field(default_factory=list)  # shared-memory pushes, deleted when final
     # idempotent submit: the client's key and what the request looked like
     request_id: Optional[str] = None
-    request_fingerprint: dict[str, str] = field(default_factory=dict)
+    request_fingerprint: dict[str, Any] = field(default_factory=dict)
     # results
     result_names: list[str] = field(default_factory=list)
     result_frames: list[Any] = field(default_factory=list)

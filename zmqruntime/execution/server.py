@@ -27,7 +27,6 @@ imports the server class by name, so it must be importable).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -75,20 +74,18 @@ def check_request_id(value: Any) -> Optional[str]:
 
 
 def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: list[Any],
-                        session: str) -> dict[str, str]:
+                        session: str) -> dict[str, Any]:
     """What must match for a repeated ``request_id`` to be the same request.
 
-    Pushed buffers are compared by count and sizes: hashing them again would
-    cost a pass over possibly gigabytes on the control loop, and a client
-    retrying sends the very same frames.
+    The values themselves (the record keeps the task anyway), compared with
+    ``==`` only when a request_id repeats: hashing them on every ``execute``
+    cost more than the rest of accepting a no-op. Pushed buffers are compared
+    by count and sizes: hashing them again would cost a pass over possibly
+    gigabytes on the control loop, and a client retrying sends the very same
+    frames.
     """
     sizes = [len(b.buffer) if hasattr(b, "buffer") else len(b) for b in buffers]
-
-    def digest(value: Any) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-    return {"task": digest(task), "name": digest(name), "timeout": digest(timeout), "push": digest(sizes),
-            "session": digest(session)}
+    return {"task": task, "name": name, "timeout": timeout, "push": sizes, "session": session}
 
 
 def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
@@ -270,40 +267,40 @@ class ExecutionServer(ZMQServer):
 
     def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
         rec = self.records.get(execution_id)
-        if rec is not None and not rec.final:
-            rec.absorb_events()
-            rec.seq = max(rec.seq, msg["seq"])
-            result = msg["result"]
-            rec.result_names = result["names"]
-            rec.result_error = result["error"]
-            rec.result_frames = list(buffers)
-            rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
-            rec.result_nbytes = result["nbytes"]
-            rec.result_json = result.get("json")
-            if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
-                rec.namespace_reset = True
-            if result.get("files"):
-                try:
-                    rec.result_files = self.files.adopt_results(result["files"], rec.result_frames)
-                except (OSError, ValueError) as exc:
-                    log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
-                    rec.drop_results()
-                    rec.result_error = f"result buffer file refused: {exc}"
-                parts.start_digests(rec)  # for clients that fetch over the socket
-                if rec.result_nbytes <= self.inline_result_bytes:
-                    parts.ensure_digests(rec)  # it rides in the 'done' event
-            status = msg["status"]
-            error = msg["error"]
-            if status == "cancelled":
-                reason = rec.reason or "interrupted"
-            elif status == "failed" and error:
-                reason = f"{error['ename']}: {error['evalue']}"[:500]  # lists and tables say why at a glance
-            else:
-                reason = None
-            self._finish(rec, status, reason=reason, error=error)
-        else:  # nobody will fetch it: delete the files the worker wrote
+        if rec is None or rec.final:  # nobody will fetch it: delete the files the worker wrote
             self.files.discard(msg["result"].get("files") or [])
-        self._schedule()
+            self._schedule()
+            return
+        rec.absorb_events()
+        rec.seq = max(rec.seq, msg["seq"])
+        result = msg["result"]
+        rec.result_names = result["names"]
+        rec.result_error = result["error"]
+        rec.result_frames = list(buffers)
+        rec.result_digests = [bytes.fromhex(d) for d in result["digests"]]
+        rec.result_nbytes = result["nbytes"]
+        rec.result_json = result.get("json")
+        if msg.get("namespace_reset"):  # the backend found the namespace gone only when it ran
+            rec.namespace_reset = True
+        if result.get("files"):
+            try:
+                rec.result_files = self.files.adopt_results(result["files"], rec.result_frames)
+            except (OSError, ValueError) as exc:
+                log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
+                rec.drop_results()
+                rec.result_error = f"result buffer file refused: {exc}"
+            parts.start_digests(rec)  # for clients that fetch over the socket
+            if rec.result_nbytes <= self.inline_result_bytes:
+                parts.ensure_digests(rec)  # it rides in the 'done' event
+        status = msg["status"]
+        error = msg["error"]
+        if status == "cancelled":
+            reason = rec.reason or "interrupted"
+        elif status == "failed" and error:
+            reason = f"{error['ename']}: {error['evalue']}"[:500]  # lists and tables say why at a glance
+        else:
+            reason = None
+        self._finish(rec, status, reason=reason, error=error, schedule_first=True)
 
     def backend_lost(self, loss: Loss) -> None:
         state = self.sessions.get(loss.session)
@@ -418,7 +415,13 @@ class ExecutionServer(ZMQServer):
         })
 
     def _finish(self, rec: ExecutionRecord, status: str, *, reason: Optional[str] = None,
-                error: Optional[dict[str, Any]] = None) -> None:
+                error: Optional[dict[str, Any]] = None, schedule_first: bool = False) -> None:
+        """Record the end of ``rec`` and announce it (status, then 'done').
+
+        ``schedule_first``: start the next queued executions before the
+        announcements are signed and sent, so a session's next task runs on
+        its worker while this one's events go out (pipelined throughput).
+        """
         if rec.status == "running":
             self.sessions.finished(rec.session, rec.execution_id)
         rec.status = status
@@ -430,6 +433,8 @@ class ExecutionServer(ZMQServer):
         if rec.has_results:
             self.records.hold(rec)
             self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
+        if schedule_first:
+            self._schedule()
         self._emit_status(rec)
         rec.seq += 1
         # Small results ride along, so a waiting client needs no extra round trip.
@@ -533,7 +538,7 @@ class ExecutionServer(ZMQServer):
         except (OSError, ValueError) as exc:
             raise RequestError("bad_request", str(exc)) from None
 
-    def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, str]) -> dict[str, Any]:
+    def _repeated_execute(self, rec: ExecutionRecord, request_id: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
         """The answer to an ``execute`` whose ``request_id`` was seen: the same id, or a conflict."""
         differs = sorted(k for k in fingerprint if fingerprint[k] != rec.request_fingerprint.get(k))
         if differs:
