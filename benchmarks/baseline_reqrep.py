@@ -5,7 +5,9 @@ run.  zmqruntime's ``ping`` (signed, framed, dispatched) is judged as a ratio to
 REQ/REP (target <= 2x), so both must be measured side by side, not against a
 number from another day.  DEALER/ROUTER is the socket pair zmqruntime really
 uses (an identity frame on the server side, no lock-step envelope), shown beside
-it so the cost of the pattern itself is visible.
+it so the cost of the pattern itself is visible, over TCP and over IPC (the
+transport a local zmqruntime server uses by default, and the one its ``ping``
+is judged against: the same pattern on the same transport, target <= 1.5x).
 
 Each echo server is a separate process (as zmqruntime's server is), bound to a
 random free loopback port that it reports back on stdout.  The two patterns are
@@ -14,7 +16,10 @@ measured in alternating blocks, so drift on a noisy machine hits both alike.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 
 import zmq
 
@@ -24,13 +29,22 @@ PAYLOAD = b'{"type": "ping", "id": "0123456789abcdef"}'  # ~ a small control mes
 BLOCKS = 5
 
 
+KINDS = ("reqrep", "routerdealer", "routerdealer_ipc")
+
+
 def serve(kind: str) -> None:
-    """Echo server (child process): REP, or ROUTER echoing [identity, payload]."""
+    """Echo server (child process): REP, or ROUTER echoing [identity, payload]; TCP or IPC."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP if kind == "reqrep" else zmq.ROUTER)
     sock.linger = 0
-    port = sock.bind_to_random_port(f"tcp://{common.LOOPBACK}")
-    print(f"READY {port}", flush=True)
+    ipc_dir = None
+    if kind.endswith("_ipc"):
+        ipc_dir = tempfile.mkdtemp(prefix="bench-echo-")
+        url = f"ipc://{os.path.join(ipc_dir, 'echo')}"
+        sock.bind(url)
+    else:
+        url = f"tcp://{common.LOOPBACK}:{sock.bind_to_random_port(f'tcp://{common.LOOPBACK}')}"
+    print(f"READY {url}", flush=True)
     try:
         while True:
             frames = sock.recv_multipart()
@@ -40,6 +54,8 @@ def serve(kind: str) -> None:
     finally:
         sock.close()
         ctx.term()
+        if ipc_dir:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
 class EchoPeer:
@@ -52,12 +68,12 @@ class EchoPeer:
         self.sock.linger = 0
         self.sock.rcvtimeo = self.sock.sndtimeo = 5000  # bounded: a dead server raises zmq.Again
         try:
-            port = int(common.read_line(self.proc, 15, "READY "))
+            url = common.read_line(self.proc, 15, "READY ").strip()
         except BaseException:
             self.sock.close()
             common.reap(self.proc)
             raise
-        self.sock.connect(f"tcp://{common.LOOPBACK}:{port}")
+        self.sock.connect(url)
 
     def round_trip(self) -> None:
         self.sock.send(PAYLOAD)
@@ -77,7 +93,7 @@ def measure() -> dict:
     ctx = zmq.Context()
     peers: list[EchoPeer] = []
     try:
-        peers = [EchoPeer(ctx, "reqrep"), EchoPeer(ctx, "routerdealer")]
+        peers = [EchoPeer(ctx, kind) for kind in KINDS]
         samples: dict[str, list[float]] = {p.kind: [] for p in peers}
         per_block = max(1, common.scaled(5000, minimum=50) // BLOCKS)
         for peer in peers:  # warm both up before any timing
@@ -89,6 +105,7 @@ def measure() -> dict:
         result = common.summarize(samples["reqrep"], "us", 1e6)  # the judged baseline
         result["payload_bytes"] = len(PAYLOAD)
         result["router_dealer"] = common.summarize(samples["routerdealer"], "us", 1e6)
+        result["router_dealer_ipc"] = common.summarize(samples["routerdealer_ipc"], "us", 1e6)
         return result
     finally:
         for peer in peers:

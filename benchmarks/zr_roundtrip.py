@@ -41,7 +41,9 @@ def measure_pipelined(client) -> dict:
     from zmqruntime import AsyncExecutionClient
 
     async def batch_async(n: int) -> None:
-        aclient = AsyncExecutionClient(client.info)
+        # One session across the batches, as a script or notebook keeps its own: its worker is
+        # warm (a new session per batch would time a worker boot as well).
+        aclient = AsyncExecutionClient(client.info, session="bench-pipelined")
         try:
             ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(n)))
             await asyncio.gather(*(aclient.result(eid, timeout=60) for eid in ids))

@@ -25,10 +25,10 @@ import time
 from typing import Any, Optional, Sequence
 
 import zmq
-import zmq.asyncio
 
 from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
+from .loop_reader import LoopReader, send_when_possible
 from .protocol import Message, ProtocolError, Session, send_frames
 from .transport import ConnectionInfo
 
@@ -183,14 +183,14 @@ class AsyncZMQClient(_BaseClient):
 
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         super().__init__(info, timeout)
-        self.context = zmq.asyncio.Context.instance()
-        self._sock: Optional[zmq.asyncio.Socket] = None
+        self.context: zmq.Context = zmq.Context.instance()
+        self._sock: Optional[zmq.Socket] = None
         self._pending: dict[str, asyncio.Future] = {}
-        self._reader: Optional[asyncio.Task] = None
-        self._proven: Optional[zmq.asyncio.Socket] = None  # the socket whose peer answered a signed ping
+        self._reader: Optional[LoopReader] = None
+        self._proven: Optional[zmq.Socket] = None  # the socket whose peer answered a signed ping
         self.closed = False
 
-    def _socket(self) -> zmq.asyncio.Socket:
+    def _socket(self) -> zmq.Socket:
         if self.closed:
             raise ServerUnavailable("this client is closed")
         if self._sock is None:
@@ -200,27 +200,25 @@ class AsyncZMQClient(_BaseClient):
             self._sock.setsockopt(zmq.IMMEDIATE, 1)
             self._configure(self._sock)
             self._sock.connect(self.info.control_url)
-            self._reader = asyncio.ensure_future(self._read_replies(self._sock))
+            self._reader = LoopReader(self._sock, self._on_reply)
         return self._sock
 
-    async def _read_replies(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            try:
-                msg = self.session.deserialize(frames)
-            except ProtocolError:
-                continue
-            fut = self._pending.pop(msg.parent_id or "", None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+    def _on_reply(self, frames: list[Any]) -> None:
+        try:
+            msg = self.session.deserialize(frames)
+        except ProtocolError:
+            return  # unsigned / foreign frames are dropped
+        fut = self._pending.pop(msg.parent_id or "", None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     def _reset(self) -> None:
         if self._reader is not None:
-            self._reader.cancel()
+            self._reader.close()
             self._reader = None
-        if self._sock is not None:
+        elif self._sock is not None:
             self._sock.close(linger=0)
-            self._sock = None
+        self._sock = None
 
     async def request(self, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                       timeout: Optional[float] = None) -> Message:
@@ -233,10 +231,17 @@ class AsyncZMQClient(_BaseClient):
             self._proven = sock
             timeout = max(0.001, timeout - (time.monotonic() - started))
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
         self._pending[msg_id] = fut
+        # One timer bounds the send (it waits for a connected server: IMMEDIATE) and the reply.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
-            return await asyncio.wait_for(self._send_and_wait(frames, bool(buffers), fut), timeout)
+            sock = self._socket()
+            await send_when_possible(sock, frames, send_frames, until=fut)
+            if self._reader is not None:
+                self._reader.poke()  # the send may have taken the edge of a reply that arrived meanwhile
+            return await fut
         except asyncio.TimeoutError:
             self._pending.pop(msg_id, None)
             # A fresh socket drops whatever is still queued for a server that may be gone, but
@@ -245,12 +250,8 @@ class AsyncZMQClient(_BaseClient):
                 self._reset()
             raise self._unavailable(timeout, msg_type) from None
         finally:
+            timer.cancel()
             self._pending.pop(msg_id, None)
-
-    async def _send_and_wait(self, frames: list[Any], zero_copy: bool, fut: asyncio.Future) -> Message:
-        """Send (it waits for a connected server: IMMEDIATE), then the reply; both under one timeout."""
-        await self._socket().send_multipart(frames, copy=not zero_copy)
-        return await fut
 
     async def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return reply_content(await self.request(msg_type, content, **kwargs))
@@ -261,6 +262,11 @@ class AsyncZMQClient(_BaseClient):
         for fut in self._pending.values():
             fut.cancel()
         self._pending.clear()
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 __all__ = ["ZMQClient", "AsyncZMQClient", "RemoteError", "ServerUnavailable", "check_timeout", "ok_or_raise",

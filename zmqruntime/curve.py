@@ -63,3 +63,20 @@ def secure_client_socket(sock: zmq.Socket, info: Any) -> zmq.Socket:
         sock.curve_publickey = public
         sock.curve_secretkey = secret
     return sock
+
+
+def subscriber_socket(context: zmq.Context, info: Any, rcvhwm: int) -> zmq.Socket:
+    """A SUB socket connected to ``info``'s data channel (CURVE when the server encrypts).
+
+    Its send high-water mark is unlimited: subscriptions travel to the server as
+    messages, and past the default of 1,000 in flight libzmq drops the rest
+    silently, so a client that subscribed to 2,000 pipelined executions at once
+    never got half of their 'done' events. The client bounds its own subscriptions.
+    """
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    sock.setsockopt(zmq.SNDHWM, 0)
+    secure_client_socket(sock, info)
+    sock.connect(info.data_url)
+    return sock

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import zmq
 from zmq.eventloop.zmqstream import ZMQStream
 
-from zmqruntime.curve import secure_client_socket
+from zmqruntime.curve import subscriber_socket
 from zmqruntime.errors import ExecutionTimeout
 from zmqruntime.execution.client import Event, expand_progress_batch, parse_event
 from zmqruntime.protocol import Session, peek_event_seq
@@ -133,12 +133,7 @@ class Coalescer:
 
 
 def _sub_socket(context: zmq.Context, info: ConnectionInfo, hwm: int = RCV_HWM) -> zmq.Socket:
-    sock = context.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    secure_client_socket(sock, info)  # CurveZMQ when the server encrypts
-    sock.connect(info.data_url)
-    return sock
+    return subscriber_socket(context, info, rcvhwm=hwm)  # CurveZMQ when the server encrypts
 
 
 def triage(batch: list[list[bytes]]) -> tuple[list[list[bytes]], dict[bytes, list[tuple[int, list[bytes]]]]]:

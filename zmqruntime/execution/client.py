@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import zmq
-import zmq.asyncio
 
 from .. import receive
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, positive_timeout, reply_content
-from ..curve import secure_client_socket
+from ..curve import subscriber_socket
 from ..errors import RemoteError, ServerUnavailable
+from ..loop_reader import LoopReader
 from ..polling import EVENTS, POLLIN
 from ..protocol import Session, event_topic
 from ..spawn import ensure_server
@@ -97,12 +98,8 @@ class Subscription:
                  execution_id: Optional[str], context: zmq.Context):
         self.callback = callback
         self.execution_id = execution_id
-        self._sock = context.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock = subscriber_socket(context, info, rcvhwm=0)
         self._sock.setsockopt(zmq.SUBSCRIBE, (execution_id or "").encode())
-        secure_client_socket(self._sock, info)
-        self._sock.connect(info.data_url)
         self._session = session
         self._stop = threading.Event()
         self.tracker = SequenceTracker()
@@ -155,16 +152,16 @@ class DoneWaiter:
 
     def __init__(self, context: zmq.Context, info: ConnectionInfo, session: Session):
         self.session = session
-        self.sock = context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)  # 'done' events only; overflow costs a status poll
-        secure_client_socket(self.sock, info)
-        self.sock.connect(info.data_url)
+        self.sock = subscriber_socket(context, info, rcvhwm=10_000)  # 'done' events only; overflow costs a status poll
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.topics: dict[str, int] = {}
         self.done: dict[str, Event] = {}
         self.promised: set[str] = set()  # ids whose 'done' the server said it will publish to us
+        self.last_done = -math.inf  # monotonic time of the last 'done' event read
+
+    def heard_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_done <= seconds
 
     def subscribe(self, execution_id: str) -> None:
         if execution_id not in self.topics:
@@ -204,11 +201,13 @@ class DoneWaiter:
             remaining = end - time.monotonic()
             if remaining <= 0 or not self.poller.poll(remaining * 1000):  # type: ignore[arg-type]
                 return None
-            while self.sock.getsockopt(EVENTS) & POLLIN:
+            while int(self.sock.getsockopt(EVENTS)) & POLLIN:
                 frames = self.sock.recv_multipart(copy=False)
                 event = parse_event(self.session, frames)
-                if event is not None and event.type == "done" and event.execution_id in self.topics:
-                    self.done[event.execution_id] = event
+                if event is not None and event.type == "done":
+                    self.last_done = time.monotonic()
+                    if event.execution_id in self.topics:
+                        self.done[event.execution_id] = event
         return self.done[execution_id]
 
 
@@ -442,16 +441,13 @@ class AsyncDoneChannel:
 
     def __init__(self, info: ConnectionInfo, session: Session):
         self.session = session
-        self.sock = zmq.asyncio.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)
-        secure_client_socket(self.sock, info)
-        self.sock.connect(info.data_url)
+        self.sock = subscriber_socket(zmq.Context.instance(), info, rcvhwm=10_000)
         self.topics: dict[str, int] = {}
         self.futures: dict[str, asyncio.Future[Event]] = {}
         self.promised: set[str] = set()
         self._to_unsubscribe: set[str] = set()
-        self._reader = asyncio.ensure_future(self._read_events())
+        self.last_done = -math.inf
+        self._reader = LoopReader(self.sock, self._on_event, copy=True)
 
     def subscribe(self, execution_id: str) -> None:
         if execution_id not in self.topics:
@@ -499,17 +495,19 @@ class AsyncDoneChannel:
             for execution_id in ids:
                 self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
 
-    async def _read_events(self) -> None:
-        while True:
-            event = parse_event(self.session, await self.sock.recv_multipart())
-            if event is not None and event.type == "done":
-                fut = self.futures.get(event.execution_id)
-                if fut is not None and not fut.done():
-                    fut.set_result(event)
+    def heard_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_done <= seconds
+
+    def _on_event(self, frames: list[Any]) -> None:
+        event = parse_event(self.session, frames)
+        if event is not None and event.type == "done":
+            self.last_done = time.monotonic()
+            fut = self.futures.get(event.execution_id)
+            if fut is not None and not fut.done():
+                fut.set_result(event)
 
     def close(self) -> None:
-        self._reader.cancel()
-        self.sock.close(linger=0)
+        self._reader.close()
 
 
 class AsyncExecutionClient(ClientCore):

@@ -45,6 +45,9 @@ log = logging.getLogger("zmqruntime.client")
 # fast when the event could have been missed, slowly otherwise.
 UNSURE_POLL_START, UNSURE_POLL_MAX = 0.002, 0.5
 PROMISED_POLL_START, PROMISED_POLL_MAX = 1.0, 2.0
+#: A promised wait skips its safety-net ``status`` poll while other 'done' events keep
+#: arriving on the channel (it is alive, so ours is not lost), but polls at least this often.
+PROMISED_POLL_QUIET_MAX = 10.0
 #: 'done' events a client keeps for get_results (inline results are <= 64 KiB each).
 MAX_KEPT_DONE_EVENTS = 1024
 #: Tries of one ``execute`` request (same request_id) within the client's timeout.
@@ -104,6 +107,7 @@ class DoneChannel(Protocol):
     def forget(self, execution_id: str) -> None: ...
     def promise(self, execution_id: str) -> None: ...
     def is_promised(self, execution_id: str) -> bool: ...
+    def heard_within(self, seconds: float) -> bool: ...
 
 
 def check_id(execution_id: Any) -> str:
@@ -357,19 +361,32 @@ class ClientCore:
         promised = channel.is_promised(execution_id)
         channel.subscribe(execution_id)
         backoff, cap = (PROMISED_POLL_START, PROMISED_POLL_MAX) if promised else (UNSURE_POLL_START, UNSURE_POLL_MAX)
+        polled = time.monotonic()
         try:
             while True:
                 seconds = backoff if deadline is None else min(backoff, deadline - time.monotonic())
                 final = yield AwaitDone(execution_id, seconds)
                 if final is not None:
                     break
-                status = (yield Request("status", {"execution_id": execution_id}))["execution"]
+                # Hundreds of pipelined waits would each poll every second or two: while
+                # the channel delivers other 'done' events, ours is queued, not lost.
+                if (cap == PROMISED_POLL_MAX and channel.heard_within(backoff)
+                        and time.monotonic() - polled < PROMISED_POLL_QUIET_MAX
+                        and (deadline is None or time.monotonic() < deadline)):
+                    continue
+                polled = time.monotonic()
+                reply = yield Request("status", {"execution_id": execution_id})
+                status = reply["execution"]
                 if status["status"] in FINAL_STATES:
                     final = status
                     break
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ExecutionTimeout(f"execution {execution_id} still {status['status']} after {timeout:g} s")
-                backoff = min(backoff * 2, cap)
+                if reply.get("done_subscribed") and cap < PROMISED_POLL_MAX:  # our subscription has arrived
+                    channel.promise(execution_id)
+                    backoff, cap = PROMISED_POLL_START, PROMISED_POLL_MAX
+                else:
+                    backoff = min(backoff * 2, cap)
         except BaseException:
             channel.unsubscribe(execution_id)  # not over yet: execute's own subscription stays
             raise

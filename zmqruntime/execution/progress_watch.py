@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import zmq
 
-from ..curve import secure_client_socket
+from ..curve import subscriber_socket
 from ..protocol import Session, event_topic, new_id
 from ..transport import ConnectionInfo
 from .events import Event, SequenceTracker, parse_events
@@ -41,11 +41,7 @@ class ProgressWatch:
         self.callback = callback
         self._session = session
         context: zmq.Context = zmq.Context.instance()
-        self._sub = context.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, 0)
-        secure_client_socket(self._sub, info)
-        self._sub.connect(info.data_url)
+        self._sub = subscriber_socket(context, info, rcvhwm=0)
         url = f"inproc://zmqruntime-progress-{new_id()}"
         self._wake_in = context.socket(zmq.PULL)
         self._wake_in.bind(url)

@@ -558,7 +558,10 @@ class ExecutionServer(ZMQServer):
         rec = self._record(msg) if msg.content.get("execution_id") is not None else None
         if rec is not None:
             rec.absorb_events()
-            return {"execution": rec.to_status()}, [], None
+            # As in the execute reply: a waiting client that now sees its subscription arrived
+            # can stop polling fast (its 'done' event will come).
+            done_subscribed = not rec.final and self.wants(event_topic(rec.execution_id, "done"))
+            return {"execution": rec.to_status(), "done_subscribed": done_subscribed}, [], None
         for r in self.records:
             r.absorb_events()
         # all executions: without their buffered output (ask per id for that)
