@@ -211,3 +211,36 @@ def test_no_event_lost_at_the_documented_rate(server):
         kinds = collections.Counter(e.type for e in mine)
         assert kinds["progress"] == EVENTS + 2 and kinds["stream"] >= 1 and kinds["done"] == 1
     print(f"{len(subscribers)} subscribers x {final_seq} events of one execution at ~{RATE}/s: none lost")
+
+
+def test_thousands_of_pipelined_waits_get_their_done_events_without_polling(server):
+    """2,500 executions in flight from one asyncio client: every 'done' subscription
+    reaches the server (libzmq dropped those past the SUB socket's default send
+    high-water mark of 1,000), so every wait ends on its event: one execute_many,
+    no status polls and no results requests (the no-op results ride in the events)."""
+    import asyncio
+
+    from zmqruntime import AsyncExecutionClient
+
+    n = 2_500
+    sent: collections.Counter = collections.Counter()
+
+    async def run() -> list:
+        aclient = AsyncExecutionClient(server.client.info, session="pipelined")
+        real_request = aclient._client.request
+
+        async def counting(msg_type, *args, **kwargs):
+            sent[msg_type] += 1
+            return await real_request(msg_type, *args, **kwargs)
+
+        aclient._client.request = counting  # type: ignore[method-assign]  # count what goes on the wire
+        try:
+            ids = await asyncio.gather(*(aclient.execute(f"{i} * 2") for i in range(n)))
+            return await asyncio.wait_for(asyncio.gather(*(aclient.result(e, timeout=120) for e in ids)), 150)
+        finally:
+            aclient.close()
+
+    results = asyncio.run(run())
+    assert [r["_"] for r in results] == [2 * i for i in range(n)]
+    assert sent.get("status", 0) == 0 and sent.get("results", 0) == 0, dict(sent)
+    assert sent["execute_many"] >= 1 and sum(sent.values()) <= n // 100, dict(sent)
