@@ -78,3 +78,20 @@ def test_age_limit_and_record_cap_unit():
     store.add(running)
     store.add(ExecutionRecord("new", {"kind": "python"}, status="queued"))
     assert "live" in store and "new" in store  # unfinished records are never dropped
+
+
+def test_record_cap_forgets_in_finishing_order_and_never_the_unfinished():
+    """Past max_records the oldest *finished* records go, however many queued ones
+    sit in front of them (trimming no longer scans the store on every add)."""
+    store = RecordStore(max_records=3, max_results=10, max_result_bytes=10**9, max_result_age=60)
+    queued = [ExecutionRecord(f"q{i}", {"kind": "python"}, status="queued") for i in range(4)]
+    for rec in queued:
+        store.add(rec)
+    assert len(store) == 4  # nothing finished: nothing may be forgotten
+    for rec in (queued[2], queued[0]):  # finish out of submission order
+        rec.status = "complete"
+        store.finished(rec)
+    store.add(ExecutionRecord("late", {"kind": "python"}, status="queued"))
+    assert [r.execution_id for r in store] == ["q0", "q1", "q3", "late"]  # q2 finished first, forgotten first
+    store.add(ExecutionRecord("later", {"kind": "python"}, status="queued"))
+    assert [r.execution_id for r in store] == ["q1", "q3", "late", "later"]

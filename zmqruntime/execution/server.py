@@ -430,6 +430,7 @@ class ExecutionServer(ZMQServer):
         rec.finished_clock = time.monotonic()
         rec.reason = reason
         rec.error = error
+        self.records.finished(rec)
         if rec.has_results:
             self.records.hold(rec)
             self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
