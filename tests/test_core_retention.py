@@ -84,14 +84,19 @@ def test_record_cap_forgets_in_finishing_order_and_never_the_unfinished():
     """Past max_records the oldest *finished* records go, however many queued ones
     sit in front of them (trimming no longer scans the store on every add)."""
     store = RecordStore(max_records=3, max_results=10, max_result_bytes=10**9, max_result_age=60)
-    queued = [ExecutionRecord(f"q{i}", {"kind": "python"}, status="queued") for i in range(4)]
+    queued = [ExecutionRecord(f"q{i}", {"kind": "python"}, status="queued") for i in range(5)]
     for rec in queued:
         store.add(rec)
-    assert len(store) == 4  # nothing finished: nothing may be forgotten
-    for rec in (queued[2], queued[0]):  # finish out of submission order
+    assert len(store) == 5  # nothing finished: nothing may be forgotten
+
+    def finish(rec: ExecutionRecord) -> None:
         rec.status = "complete"
         store.finished(rec)
+
+    finish(queued[3])  # out of submission order
     store.add(ExecutionRecord("late", {"kind": "python"}, status="queued"))
-    assert [r.execution_id for r in store] == ["q0", "q1", "q3", "late"]  # q2 finished first, forgotten first
+    assert [r.execution_id for r in store] == ["q0", "q1", "q2", "q4", "late"]
+    finish(queued[1])
+    finish(queued[0])
     store.add(ExecutionRecord("later", {"kind": "python"}, status="queued"))
-    assert [r.execution_id for r in store] == ["q1", "q3", "late", "later"]
+    assert [r.execution_id for r in store] == ["q2", "q4", "late", "later"]  # both finished ones, and only those
