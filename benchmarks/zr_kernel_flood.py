@@ -27,12 +27,14 @@ In each, ``CELLS`` trivial ``1+1`` cells are sent open-loop (one every
 ``0.75 * DURATION_S / CELLS`` seconds, not waiting for the previous one, so a
 blocked kernel queues them as a user's cells would): ``execute_request`` sent
 -> ``status: idle`` on IOPub (median, p90, max).  Over the scenario's window
-(from the flood cell sent to its output delivered: the cell idle, or the
-remote execution final, then IOPub quiet for ``QUIET_S``) this process reads,
+(from the flood cell sent to its output delivered: once the cell is idle, or
+the remote execution final, the last IOPub message before ``QUIET_S`` of
+quiet) this process reads,
 from outside the kernel so it works while the kernel is blocked:
 
-  * the kernel process's CPU and its main thread's (``/proc``), as a share of
-    one core;
+  * the kernel process's CPU and its main thread's (``/proc``, sampled every
+    20 ms so the window can end at the last IOPub message), as a share of one
+    core;
   * every IOPub message the kernel published (a raw ``SUB`` socket of our
     own on its IOPub port): count and bytes (the sum of all frame sizes), by
     message type; bytes per printed line, and over the printed text.
@@ -92,6 +94,47 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14, 15 of stat(5)
 
 
+class CpuSampler:
+    """The kernel's CPU seconds (process, main thread) every ``PERIOD`` s, so a window can end in the past."""
+
+    PERIOD = 0.02
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.lock = threading.Lock()
+        self.samples: list[tuple[float, float, float]] = []  # (time, process s, main thread s)
+        self._stop = threading.Event()
+        self._take()
+        self._thread = threading.Thread(target=self._run, name="bench-kernel-cpu", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> None:
+        sample = (time.perf_counter(), cpu_seconds(self.pid), cpu_seconds(self.pid, self.pid))
+        with self.lock:
+            self.samples.append(sample)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.PERIOD):
+            with contextlib.suppress(OSError):  # the kernel gone at shutdown
+                self._take()
+
+    def at(self, t: float) -> tuple[float, float]:
+        """(process, main thread) CPU seconds at the first sample taken at or after ``t`` (bounded wait)."""
+        deadline = time.perf_counter() + 5
+        while True:
+            with self.lock:
+                later = [s for s in self.samples if s[0] >= t]
+            if later:
+                return later[0][1], later[0][2]
+            if time.perf_counter() > deadline:
+                raise TimeoutError("no CPU sample of the kernel within 5 s")
+            time.sleep(self.PERIOD)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
 class IOPubBytes:
     """Counts every message the kernel publishes on IOPub, in bytes, on its own ``SUB`` socket."""
 
@@ -136,7 +179,7 @@ class IOPubBytes:
             now = time.perf_counter()
             last = self.last_arrival()
             if now - last >= quiet:
-                return max(last, now - quiet)
+                return last
             if now > deadline:
                 raise TimeoutError(f"IOPub still busy after {timeout}s")
             time.sleep(min(0.05, quiet))
@@ -206,16 +249,14 @@ def flood_stats(text: str) -> dict:
     return stats
 
 
-def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, client: Any, where: str) -> dict:
+def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, cpu: CpuSampler, client: Any, where: str) -> dict:
     """One window: the flood cell (``where``: remote, local, or none for idle) and the probes beside it."""
-    pid = kernel.pid
-    if pid is None:
-        raise RuntimeError("the kernel's pid is unknown (not a local provisioner?)")
     iopub.wait_quiet()
     period = 0.75 * DURATION_S / CELLS
     timeout = DURATION_S + CELL_END_TIMEOUT
     cell = FLOOD_CELL.format(lines=LINES, duration=DURATION_S, line=LINE)
-    cpu0, main0, t0 = cpu_seconds(pid), cpu_seconds(pid, pid), time.perf_counter()
+    t0 = time.perf_counter()
+    cpu0, main0 = cpu.at(t0)
     flood: dict = {}
     if where == "remote":
         kernel.run(f"%%zmqexec --name bench-flood\n{cell}")
@@ -238,8 +279,8 @@ def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, client: Any, where: st
         flood = flood_stats(kernel.watcher.stdout_of(msg_id))
     else:
         probes = probe_latencies(kernel, send_probes(kernel, CELLS, period), timeout)
-    t_end = iopub.wait_quiet()
-    cpu1, main1 = cpu_seconds(pid), cpu_seconds(pid, pid)
+    t_end = iopub.wait_quiet()  # the last message: the cell's output (and the probes') delivered
+    cpu1, main1 = cpu.at(t_end)
     window = t_end - t0
     traffic = iopub.between(t0, t_end)
     lines = flood.get("lines") or 0
@@ -259,7 +300,10 @@ def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, client: Any, where: st
 
 def measure_flood(client: Any, port: int, runtime_dir: str) -> dict:
     with zr_kernel.connected_kernel(port, runtime_dir) as kernel:
+        if kernel.pid is None:
+            raise RuntimeError("the kernel's pid is unknown (not a local provisioner?)")
         iopub = IOPubBytes(kernel.km.get_connection_info())
+        cpu = CpuSampler(kernel.pid)
         try:
             # tqdm imported on both sides and the remote worker up, outside the windows
             kernel.run("import tqdm")
@@ -267,10 +311,11 @@ def measure_flood(client: Any, port: int, runtime_dir: str) -> dict:
             result: dict = {"duration_s": DURATION_S, "lines": LINES, "cells": CELLS,
                             "line_chars": len(LINE.format(n=0)) + 1}
             for where in ("idle", "remote", "local"):
-                result[where] = common.guarded(scenario, kernel, iopub, client, where)
+                result[where] = common.guarded(scenario, kernel, iopub, cpu, client, where)
                 time.sleep(0.5)  # let the kernel settle between scenarios
             return result
         finally:
+            cpu.close()
             with contextlib.suppress(Exception):
                 iopub.close()
 
