@@ -32,6 +32,7 @@ def flood_rows(r: dict) -> list[Row]:
     rem_b, loc_b = get(r, *KEY, "remote", "iopub", "bytes"), get(r, *KEY, "local", "iopub", "bytes")
     rem_bl, loc_bl = get(r, *KEY, "remote", "iopub_bytes_per_line"), get(r, *KEY, "local", "iopub_bytes_per_line")
     rem_x = get(r, *KEY, "remote", "iopub_bytes_over_text")
+    marginal, marginal_x = get(r, *KEY, "remote_marginal_bytes_per_line"), get(r, *KEY, "remote_marginal_over_text")
     lines = get(r, *KEY, "lines")
     err_remote = error_of(r, *KEY, "remote") or error_of(r, *KEY, "idle")
     err_local = error_of(r, *KEY, "local") or error_of(r, *KEY, "idle")
@@ -57,10 +58,12 @@ def flood_rows(r: dict) -> list[Row]:
              "remote_items_per_s": rem_items, "local_items_per_s": loc_items}),
         Row(f"IOPub bytes to the frontend, {fmt(lines, ',')} printed lines",
             f"remote {fmt(rem_b and rem_b / 1e6, '.2f', ' MB')}, {fmt(rem_bl, ',.0f', ' B/line')} "
-            f"({fmt(rem_x, '.1f', 'x the text')})",
+            f"({fmt(rem_x, '.1f', 'x the text')}); 9/10 of the lines: {fmt(marginal, ',.0f', ' B/line')} "
+            f"({fmt(marginal_x, '.1f', 'x the text')})",
             f"local {fmt(loc_b and loc_b / 1e6, '.2f', ' MB')}, {fmt(loc_bl, ',.0f', ' B/line')}",
             fmt(rem_b and loc_b and rem_b / loc_b, ".3f", "x local"), "linear (for reference)", "n/a",
-            err_remote or err_local,
+            err_remote or err_local or error_of(r, *KEY, "remote_tenth"),
             {"remote_bytes": rem_b, "local_bytes": loc_b, "remote_bytes_per_line": rem_bl,
-             "local_bytes_per_line": loc_bl, "remote_bytes_over_text": rem_x}),
+             "local_bytes_per_line": loc_bl, "remote_bytes_over_text": rem_x,
+             "remote_marginal_bytes_per_line": marginal, "remote_marginal_over_text": marginal_x}),
     ]

@@ -39,6 +39,12 @@ from outside the kernel so it works while the kernel is blocked:
     own on its IOPub port): count and bytes (the sum of all frame sizes), by
     message type; bytes per printed line, and over the printed text.
 
+Last, ``remote_tenth``: the remote cell again, printing a tenth of the lines
+in the same time.  What the other nine tenths cost, per line and over their
+text (``remote_marginal_*``), is the growth figure: about 1x the text if
+each line reaches the frontend about once, far more if updates re-sent the
+output's history (the quadratic growth issue 11 §5 rules out).
+
 Every wait is bounded; the kernel is shut down and the server reaped in
 ``finally`` (also on run.py's SIGTERM).  No assertion on any figure.
 """
@@ -249,12 +255,13 @@ def flood_stats(text: str) -> dict:
     return stats
 
 
-def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, cpu: CpuSampler, client: Any, where: str) -> dict:
-    """One window: the flood cell (``where``: remote, local, or none for idle) and the probes beside it."""
+def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, cpu: CpuSampler, client: Any, where: str,
+             lines: int = LINES) -> dict:
+    """One window: the flood cell printing ``lines`` (``where``: remote, local, or none for idle), probes beside it."""
     iopub.wait_quiet()
     period = 0.75 * DURATION_S / CELLS
     timeout = DURATION_S + CELL_END_TIMEOUT
-    cell = FLOOD_CELL.format(lines=LINES, duration=DURATION_S, line=LINE)
+    cell = FLOOD_CELL.format(lines=lines, duration=DURATION_S, line=LINE)
     t0 = time.perf_counter()
     cpu0, main0 = cpu.at(t0)
     flood: dict = {}
@@ -313,6 +320,15 @@ def measure_flood(client: Any, port: int, runtime_dir: str) -> dict:
             for where in ("idle", "remote", "local"):
                 result[where] = common.guarded(scenario, kernel, iopub, cpu, client, where)
                 time.sleep(0.5)  # let the kernel settle between scenarios
+            # the same remote cell printing a tenth of the lines: what the other 90 % cost (linear growth)
+            tenth = common.guarded(scenario, kernel, iopub, cpu, client, "remote", LINES // 10)
+            result["remote_tenth"] = tenth
+            full = result["remote"]
+            if "error" not in full and "error" not in tenth:
+                extra_lines = full["flood"]["lines"] - tenth["flood"]["lines"]
+                marginal = (full["iopub"]["bytes"] - tenth["iopub"]["bytes"]) / extra_lines
+                result["remote_marginal_bytes_per_line"] = marginal
+                result["remote_marginal_over_text"] = marginal / result["line_chars"]
             return result
         finally:
             cpu.close()

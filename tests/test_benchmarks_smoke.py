@@ -68,6 +68,7 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     # The flood rows (issue 11): a remote and a local cell each printed every line, beside the probes;
     # their latency, kernel CPU and IOPub bytes reached the table (figures present, never judged here).
     flood = results["zr_kernel_flood"][0]["flood"]
+    assert flood["remote_tenth"]["flood"]["lines"] == flood["lines"] // 10
     for where in ("remote", "local"):
         assert flood[where]["flood"]["lines"] == flood["lines"], where
         assert flood[where]["idle"]["n"] == flood["cells"] and flood[where]["iopub"]["bytes"] > 0, where
@@ -75,7 +76,8 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
     names = [row.what for row in flood_rows(results)]
     assert len(names) == 4 and all(name in by_name for name in names), names
     for figure in ("remote_median_ms", "local_median_ms", "idle_median_ms", "remote_kernel_cpu_pct",
-                   "local_kernel_cpu_pct", "remote_bytes", "local_bytes", "remote_bytes_per_line"):
+                   "local_kernel_cpu_pct", "remote_bytes", "local_bytes", "remote_bytes_per_line",
+                   "remote_marginal_bytes_per_line"):
         assert any(by_name[name]["numbers"].get(figure) is not None for name in names), figure
     # The cancel rows really cancelled: both a Python loop and a task blocked in C.
     for key in ("cancel", "cancel_blocked"):
