@@ -290,7 +290,7 @@ def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, cpu: CpuSampler, clien
     cpu1, main1 = cpu.at(t_end)
     window = t_end - t0
     traffic = iopub.between(t0, t_end)
-    lines = flood.get("lines") or 0
+    printed = flood.get("lines") or 0
     return {
         **probes,
         "flood": flood,
@@ -299,9 +299,9 @@ def scenario(kernel: zr_kernel.Kernel, iopub: IOPubBytes, cpu: CpuSampler, clien
         "kernel_cpu_pct": 100 * (cpu1 - cpu0) / window,
         "kernel_main_thread_cpu_pct": 100 * (main1 - main0) / window,
         "iopub": traffic,
-        "iopub_bytes_per_line": traffic["bytes"] / lines if lines else None,
+        "iopub_bytes_per_line": traffic["bytes"] / printed if printed else None,
         # over the text printed (LINE + newline per line): 1.0 would be the text alone, once
-        "iopub_bytes_over_text": traffic["bytes"] / (lines * (len(LINE.format(n=0)) + 1)) if lines else None,
+        "iopub_bytes_over_text": traffic["bytes"] / (printed * (len(LINE.format(n=0)) + 1)) if printed else None,
     }
 
 
