@@ -20,11 +20,9 @@ same kernel with nothing running.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
-from benchmarks import common, zr_kernel, zr_server
+from benchmarks import common, zr_kernel
 
 PANELS = (0, 1, 2) if common.SMOKE else (0, 1, 10, 50)
 CELLS = common.scaled(30, minimum=5) if not common.QUICK else 15
@@ -73,44 +71,19 @@ def point(kernel: zr_kernel.Kernel, n: int) -> dict:
 
 
 def measure_curve(port: int, runtime_dir: str) -> dict:
-    env = common.python_env({"ZMQRUNTIME_RUNTIME_DIR": runtime_dir, "ZMQRUNTIME_PORT": str(port),
-                             "PYDEVD_DISABLE_FILE_VALIDATION": "1", "JUPYTER_PLATFORM_DIRS": "1"})
-    kernel = None
-    try:
-        kernel = zr_kernel.Kernel(env, cwd=runtime_dir)
-        kernel.run("%load_ext zmqruntime_jupyter")
-        kernel.run(f"%zmq connect {port} --no-spawn")
+    with zr_kernel.connected_kernel(port, runtime_dir) as kernel:
         points = {}
         for n in PANELS:
             points[str(n)] = common.guarded(point, kernel, n)
             time.sleep(0.5)  # let the kernel settle between points
         return {"panels": list(PANELS), "cells": CELLS, "points": points}
-    finally:
-        if kernel is not None:
-            kernel.close()
 
 
 def measure() -> dict:
-    signal.signal(signal.SIGTERM, zr_kernel._terminated)
-    try:
-        import ipykernel  # noqa: F401
-        import jupyter_client  # noqa: F401
-
-        import zmqruntime_jupyter  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return {"curve": {"error": f"not available: {type(exc).__name__}: {exc}", "unavailable": True}}
-    try:
-        zr_server.import_api()
-    except zr_server.NotAvailable as exc:
-        return {"curve": zr_server.unavailable_or_error(exc)}
-    args = (f"--ExecutionServer.concurrency={max(PANELS) + 1}",)
-    try:
-        with zr_server.running_server(args) as (client, port):
-            for _ in range(3):  # workers up before the first point
-                zr_server.run_to_result(client, "None", timeout=60)
-            return {"curve": common.guarded(measure_curve, port, os.environ["ZMQRUNTIME_RUNTIME_DIR"])}
-    except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
-        return {"curve": common.error_entry(exc, "server")}
+    return zr_kernel.measure_with_server(
+        "curve", lambda _client, port, runtime_dir: measure_curve(port, runtime_dir),
+        server_args=(f"--ExecutionServer.concurrency={max(PANELS) + 1}",),
+        warm_tasks=3)  # workers up before the first point
 
 
 if __name__ == "__main__":

@@ -269,11 +269,12 @@ def kernel_widget_row(r: dict) -> Row:
 
 def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
+    from benchmarks.rows_kernel_flood import flood_rows
 
     return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
-            kernel_row(results), kernel_widget_row(results),
+            kernel_row(results), kernel_widget_row(results), *flood_rows(results),
             *report_ray.rows(results), *report_curves.rows(results), *_scaleout_rows(results)]
 
 

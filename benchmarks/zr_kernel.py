@@ -191,6 +191,11 @@ class Kernel:
             self.close()
             raise
 
+    @property
+    def pid(self) -> int | None:
+        """The kernel process's pid (jupyter_client's local provisioner), for /proc readings."""
+        return getattr(self.km.provisioner, "pid", None)
+
     def send(self, code: str) -> str:
         return self.kc.execute(code, silent=False, store_history=True, allow_stdin=False)
 
@@ -314,7 +319,9 @@ def with_job(kernel: Kernel, job_code: str, name: str) -> dict:
     return cells
 
 
-def measure_kernel(port: int, runtime_dir: str) -> dict:
+@contextlib.contextmanager
+def connected_kernel(port: int, runtime_dir: str):
+    """A real ipykernel with ``%load_ext zmqruntime_jupyter`` and ``%zmq connect <port>``; shut down after."""
     env = common.python_env({"ZMQRUNTIME_RUNTIME_DIR": runtime_dir, "ZMQRUNTIME_PORT": str(port),
                              "PYDEVD_DISABLE_FILE_VALIDATION": "1", "JUPYTER_PLATFORM_DIRS": "1"})
     kernel = None
@@ -322,22 +329,35 @@ def measure_kernel(port: int, runtime_dir: str) -> dict:
         kernel = Kernel(env, cwd=runtime_dir)
         kernel.run("%load_ext zmqruntime_jupyter")
         kernel.run(f"%zmq connect {port} --no-spawn")
+        yield kernel
+    finally:
+        if kernel is not None:
+            kernel.close()
+
+
+def measure_kernel(port: int, runtime_dir: str) -> dict:
+    with connected_kernel(port, runtime_dir) as kernel:
         result = {"cells": CELLS, "pause_s": PAUSE}
         result["baseline"] = common.guarded(trivial_cells, kernel)
         result["throttled"] = common.guarded(with_job, kernel, THROTTLED_JOB, "_zr_job_throttled")
         time.sleep(0.5)  # let the kernel settle between jobs
         result["flood"] = common.guarded(with_job, kernel, FLOOD_JOB, "_zr_job_flood")
         return result
-    finally:
-        if kernel is not None:
-            kernel.close()
 
 
 def _terminated(signum, frame):  # run.py's timeout: clean up in the finally blocks
     raise SystemExit(128 + signum)
 
 
-def measure() -> dict:
+def measure_with_server(key: str, fn, server_args: tuple[str, ...] = (), warm_tasks: int = 0) -> dict:
+    """``{key: fn(client, port, runtime_dir)}`` against a server child process, for a kernel benchmark.
+
+    What every kernel benchmark needs around its measurement: clean-up on
+    run.py's SIGTERM, a plain "not available" entry when ipykernel,
+    jupyter_client or zmqruntime does not import, and the server (its own
+    failure, or ``fn``'s, as an entry).  ``warm_tasks`` no-ops run first so
+    the server's workers are up.
+    """
     signal.signal(signal.SIGTERM, _terminated)
     try:
         import ipykernel  # noqa: F401
@@ -345,16 +365,22 @@ def measure() -> dict:
 
         import zmqruntime_jupyter  # noqa: F401
     except Exception as exc:  # noqa: BLE001
-        return {"kernel": {"error": f"not available: {type(exc).__name__}: {exc}", "unavailable": True}}
+        return {key: {"error": f"not available: {type(exc).__name__}: {exc}", "unavailable": True}}
     try:
         zr_server.import_api()
     except zr_server.NotAvailable as exc:
-        return {"kernel": zr_server.unavailable_or_error(exc)}
+        return {key: zr_server.unavailable_or_error(exc)}
     try:
-        with zr_server.running_server() as (_client, port):
-            return {"kernel": common.guarded(measure_kernel, port, os.environ["ZMQRUNTIME_RUNTIME_DIR"])}
+        with zr_server.running_server(server_args) as (client, port):
+            for _ in range(warm_tasks):
+                zr_server.run_to_result(client, "None", timeout=60)
+            return {key: common.guarded(fn, client, port, os.environ["ZMQRUNTIME_RUNTIME_DIR"])}
     except Exception as exc:  # noqa: BLE001 -- the server itself did not come up
-        return {"kernel": common.error_entry(exc, "server")}
+        return {key: common.error_entry(exc, "server")}
+
+
+def measure() -> dict:
+    return measure_with_server("kernel", lambda _client, port, runtime_dir: measure_kernel(port, runtime_dir))
 
 
 if __name__ == "__main__":

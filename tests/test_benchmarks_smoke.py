@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
+from benchmarks.rows_kernel_flood import flood_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-ZR_KEYS = ["zr_roundtrip", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel",
+ZR_KEYS = ["zr_roundtrip", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel", "zr_kernel_flood",
            "curve_clients", "curve_records", "curve_sizes", "curve_panels", "curve_watchers"]
 BASELINE_KEYS = ["raw_reqrep", "raw_zerocopy"]
 PEER_KEYS = ["ipyparallel", "dask", "ray", "ray_bigresult"]  # optional extras: figures, or said to be not installed
@@ -64,6 +65,20 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
         assert row["what"] in proc.stdout
         assert row["value"] != "-", f"row {row['what']!r} has no zmqruntime figure: {row}"
         assert row["verdict"] in ("ok", "MISS", "n/a")
+    # The flood rows (issue 11): a remote and a local cell each printed every line, beside the probes;
+    # their latency, kernel CPU and IOPub bytes reached the table (figures present, never judged here).
+    flood = results["zr_kernel_flood"][0]["flood"]
+    assert flood["remote_tenth"]["flood"]["lines"] == flood["lines"] // 10
+    for where in ("remote", "local"):
+        assert flood[where]["flood"]["lines"] == flood["lines"], where
+        assert flood[where]["idle"]["n"] == flood["cells"] and flood[where]["iopub"]["bytes"] > 0, where
+    by_name = {row["what"]: row for row in rows}
+    names = [row.what for row in flood_rows(results)]
+    assert len(names) == 4 and all(name in by_name for name in names), names
+    for figure in ("remote_median_ms", "local_median_ms", "idle_median_ms", "remote_kernel_cpu_pct",
+                   "local_kernel_cpu_pct", "remote_bytes", "local_bytes", "remote_bytes_per_line",
+                   "remote_marginal_bytes_per_line"):
+        assert any(by_name[name]["numbers"].get(figure) is not None for name in names), figure
     # The cancel rows really cancelled: both a Python loop and a task blocked in C.
     for key in ("cancel", "cancel_blocked"):
         assert results["zr_cancel"][0][key]["n"] >= 2
