@@ -467,6 +467,10 @@ class ZMQServer(Configurable):
             log.exception("internal error handling %s", msg_type)
             content = _error("internal", f"{type(exc).__name__}: {exc}")
             buffers, digests = [], None
+        # Work the handler deferred (an execute's dispatch to a worker) goes out before the
+        # reply: the worker starts while the reply is signed and sent. Nothing it starts can
+        # be announced before the reply, since this loop handles the worker's answer later.
+        self._run_soon()
         try:
             self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests)
         except (TypeError, ValueError) as exc:  # a reply that is not strict JSON: answer, never die

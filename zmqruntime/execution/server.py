@@ -520,7 +520,7 @@ class ExecutionServer(ZMQServer):
                               request_id=request_id, request_fingerprint=fingerprint)
         self.records.add(rec)
         self.sessions.enqueue(session, exec_id)
-        self.call_soon(lambda: self._submitted(rec))  # reply first, dispatch right after
+        self.call_soon(lambda: self._submitted(rec))  # dispatched once accepted, before the reply goes out
         # Whether the '<id>.done' event will reach a subscriber: the client that
         # subscribed before submitting can then wait on the event alone.
         done_subscribed = self.wants(event_topic(exec_id, "done"))
