@@ -152,13 +152,44 @@ def watchers(c: dict, out: Path) -> Path:
     return _save(fig, out, "watchers.png")
 
 
+def sessions(c: dict, out: Path) -> Path:
+    """zr_sessions: one no-op at a time per session, and pipelined, vs active sessions."""
+    fig, (lat, thr) = _figure("no-op latency and pipelined throughput vs active sessions (concurrency 2)")
+    counts = sorted(int(k.split("_")[0]) for k in (c.get("latency") or {}) if k.endswith("_sessions"))
+    pts = [(n, c["latency"][f"{n}_sessions"]) for n in counts
+           if isinstance(c["latency"].get(f"{n}_sessions"), dict) and "median_ms" in c["latency"][f"{n}_sessions"]]
+    lat.plot([n for n, _ in pts], [p["median_ms"] for _, p in pts], "o-", label="median")
+    lat.plot([n for n, _ in pts], [p["p90_ms"] for _, p in pts], "o--", alpha=0.4, label="p90")
+    piped = [(n, (c.get("pipelined") or {}).get(f"{n}_sessions")) for n in counts]
+    piped = [(n, p) for n, p in piped if isinstance(p, dict) and "tasks_per_s" in p]
+    thr.plot([n for n, _ in piped], [p["tasks_per_s"] for _, p in piped], "s-", label="pipelined, all sessions")
+    for ax in (lat, thr):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.set_xlabel("active sessions (each its own client and worker)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    lat.set_ylabel("no-op execute -> result (ms)")
+    thr.set_ylabel("tasks/s")
+    thr.set_ylim(bottom=0)
+    return _save(fig, out, "sessions.png")
+
+
+def sessions_curve(results: dict, key: str) -> dict | None:
+    """zr_sessions keeps its points at the top level of its (first) round, not under "curve"."""
+    rounds = results.get(key)
+    entry = rounds[0] if isinstance(rounds, list) and rounds else rounds
+    return entry if isinstance(entry, dict) and isinstance(entry.get("latency"), dict) else None
+
+
 DRAWERS = {"curve_clients": clients, "curve_records": records, "curve_sizes": sizes,
-           "curve_panels": panels, "curve_watchers": watchers}
+           "curve_panels": panels, "curve_watchers": watchers, "zr_sessions": sessions}
+GETTERS = {"zr_sessions": sessions_curve}
 
 
 def draw_all(results: dict, out: Path = PLOT_DIR) -> list[Path]:
     """One PNG per curve in ``results``; ValueError if there is none to draw."""
-    found = {key: c for key in DRAWERS if (c := curve(results, key)) is not None}
+    found = {key: c for key in DRAWERS if (c := GETTERS.get(key, curve)(results, key)) is not None}
     if not found:
         raise ValueError("no curve in these results (run without --only, or with curve_* keys)")
     out.mkdir(parents=True, exist_ok=True)

@@ -108,8 +108,8 @@ def test_smoke_run_produces_every_row(tmp_path: Path) -> None:
         assert drawn_cli.returncode == 2 and "--plots needs matplotlib" in drawn_cli.stderr
     else:
         drawn = plots.draw_all(results, tmp_path / "plots")
-        assert sorted(p.name for p in drawn) == ["clients.png", "panels.png", "records.png", "sizes.png",
-                                                 "watchers.png"]
+        assert sorted(p.name for p in drawn) == ["clients.png", "panels.png", "records.png", "sessions.png",
+                                                 "sizes.png", "watchers.png"]
         assert all(p.stat().st_size > 10_000 for p in drawn)
     # ... and compared with itself.
     cmp = subprocess.run([sys.executable, "-m", "benchmarks", "--compare", str(out), str(out)], cwd=ROOT,
