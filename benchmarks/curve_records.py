@@ -2,9 +2,10 @@
 
 Why: a long-lived server remembers up to ``max_records`` finished executions.
 A request about one execution (``execute``, ``status`` of one id) should cost
-the same with 100 records as with 100,000; ``list`` and ``status`` of all
-return every record, so they grow by design (shown per record).  Memory per
-record tells what ``max_records`` costs.
+the same with 100 records as with 100,000, and so should ``list`` and
+``status`` of all, which return the newest 1,000 by default; asking for every
+record (``limit`` = all) grows with them by design (shown per record).  Memory
+per record tells what ``max_records`` costs.
 
 The server under test runs with ``--ExecutionServer.max_records`` above the
 largest level.  It is filled with no-op executions (async client,
@@ -14,11 +15,12 @@ largest level.  It is filled with no-op executions (async client,
   * ``execute_value``: the same with ``"1"`` (a value to keep: finishing it
     runs the server's result-retention check);
   * ``status``: ``get_status(id)`` of the oldest execution;
-  * ``list`` / ``status_all``: ``list_executions()`` / ``get_status()``, also
-    per record;
+  * ``list`` / ``status_all``: ``list_executions()`` / ``get_status()`` as a
+    user calls them (the newest 1,000);
+  * ``list_all``: ``list_executions(limit=<all>)``, per record (O(n) by design);
   * ``ping_during_status_all_ms``: another client's ping sent while a
-    ``get_status()`` of all records is being served (the server answers
-    requests one at a time, so an O(n) request delays everyone);
+    ``get_status()`` of all is being served (the server answers requests
+    one at a time, so an O(n) request would delay everyone);
   * ``server_rss_bytes``: the server process's VmRSS; ``bytes_per_record``
     is the slope from the first level.
 
@@ -87,6 +89,9 @@ def rss_of(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+EVERY = 10**9  # a list limit above any level: every record
+
+
 def timed(fn, n: int) -> dict:
     return common.summarize(common.time_each(fn, n=n, warmup=min(5, n)), "ms", 1e3)
 
@@ -116,15 +121,17 @@ def level_point(client, port: int, oldest: str, records: int, pid: int) -> dict:
         "status": timed(lambda: client.get_status(oldest), SAMPLES),
         "status_all": common.guarded(timed, lambda: client.get_status(timeout=BIG_TIMEOUT), LIST_SAMPLES),
         "server_rss_bytes": rss_of(pid),
-        "retained": len(client.get_status(timeout=BIG_TIMEOUT)),
+        "retained": len(client.list_executions(limit=EVERY, timeout=BIG_TIMEOUT)),
     }
     # list_executions() has no timeout argument: the 'list' request is timed on a
     # thread, so a server that takes longer than the client's default is reported.
     point["list"] = common.guarded(timed, lambda: common.call_with_timeout(
         client.list_executions, BIG_TIMEOUT, "list"), LIST_SAMPLES)
+    point["list_all"] = common.guarded(timed, lambda: client.list_executions(limit=EVERY, timeout=BIG_TIMEOUT),
+                                       LIST_SAMPLES)
     point["ping_during_status_all_ms"] = common.guarded(
         ping_during, client, port, lambda: client.get_status(timeout=BIG_TIMEOUT))
-    for key in ("list", "status_all"):
+    for key in ("list", "status_all", "list_all"):
         if "median_ms" in point[key]:
             point[key]["us_per_record"] = 1e3 * point[key]["median_ms"] / max(1, point["retained"])
     return point

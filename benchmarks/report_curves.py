@@ -62,6 +62,7 @@ def records_rows(r: dict) -> list[Row]:
     lo, hi = first.get("records"), last.get("records")
     g_exec, g_stat = _c(r, "curve_records", "growth", "execute"), _c(r, "curve_records", "growth", "status")
     g_val = _c(r, "curve_records", "growth", "execute_value")
+    g_list, g_all = _c(r, "curve_records", "growth", "list"), _c(r, "curve_records", "growth", "status_all")
     bpr = _c(r, "curve_records", "bytes_per_record")
     err = _err(r, "curve_records")
     return [
@@ -78,17 +79,19 @@ def records_rows(r: dict) -> list[Row]:
              "status_first_ms": m(first, "status"), "status_last_ms": m(last, "status"),
              "execute_value_first_ms": m(first, "execute_value"), "execute_value_last_ms": m(last, "execute_value"),
              "execute_growth": g_exec, "execute_value_growth": g_val, "status_growth": g_stat}),
-        Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: list, status(all)",
-            f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.0f')} ms; "
-            f"status(all) {fmt(m(first, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.0f')} ms",
-            f"another client's ping meanwhile: {fmt(_num(last.get('ping_during_status_all_ms')), ',.0f', ' ms')}",
-            f"{fmt((last.get('list') or {}).get('us_per_record'), '.1f')} / "
-            f"{fmt((last.get('status_all') or {}).get('us_per_record'), '.1f')} us per record",
-            "O(n) by design", "n/a",
-            err or next((f"{k} at {fmt(hi, ',')}: {last[k]['error']}" for k in ("list", "status_all")
+        Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: list, status(all) (newest 1,000)",
+            f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.1f')} ms; "
+            f"status(all) {fmt(m(first, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.1f')} ms",
+            f"another client's ping meanwhile: {fmt(_num(last.get('ping_during_status_all_ms')), ',.1f', ' ms')}; "
+            f"list of every record: {fmt(m(last, 'list_all'), ',.0f', ' ms')} "
+            f"({fmt((last.get('list_all') or {}).get('us_per_record'), '.1f')} us per record)",
+            f"{fmt(g_list, '.2f', 'x')} / {fmt(g_all, '.2f', 'x')}", f"flat (<= {FLAT}x)",
+            verdict(g_list <= FLAT if g_list else None, g_all <= FLAT if g_all else None),
+            err or next((f"{k} at {fmt(hi, ',')}: {last[k]['error']}" for k in ("list", "status_all", "list_all")
                          if isinstance(last.get(k), dict) and "error" in last[k]), ""),
             {"list_first_ms": m(first, "list"), "list_last_ms": m(last, "list"),
-             "status_all_last_ms": m(last, "status_all"),
+             "status_all_last_ms": m(last, "status_all"), "list_all_last_ms": m(last, "list_all"),
+             "list_growth": g_list, "status_all_growth": g_all,
              "ping_during_status_all_ms": _num(last.get("ping_during_status_all_ms"))}),
         Row("records: server memory", fmt(bpr, ",.0f", " bytes/record"),
             f"RSS {fmt(first.get('server_rss_bytes') and first['server_rss_bytes'] / 2**20, '.0f')} -> "

@@ -90,6 +90,8 @@ def test_submit_from_stdin(server):
     (["submit"], "the following arguments are required"),
     (["submit", "x.py", "--exec-timeout", "-3"], "must be positive"),
     (["ping", "--bogus"], "unrecognized arguments"),
+    (["list", "--limit", "0"], "must be 1 or more"),
+    (["list", "--limit", "ten"], "expected a whole number"),
     (["serve", "--ExecutionServer.concurrency=many"], "expected an int"),
     (["serve", "--ExecutionServer.concurrency=0"], "concurrency must be >= 1"),
     (["serve", "--ExecutionServer.max_batch=0"], "max_batch must be >= 1"),
@@ -133,3 +135,14 @@ def test_submit_wait_shows_tqdm_rows_and_display_outputs(server, tmp_path):
     assert "[image/png output" in out.stdout and "zmqruntime status ID" in out.stdout
     assert out.stdout.splitlines()[-1] == "'done'"  # the value once (its repr event is not printed twice)
     assert out.stdout.count("'done'") == 1
+
+
+def test_list_shows_the_newest_executions_up_to_the_limit(server):
+    import json
+
+    ids = [server.client.execute(f"{i}") for i in range(4)]
+    for exec_id in ids:
+        server.client.wait(exec_id, timeout=20)
+    out = zr("list", "--limit", "2", "--json", "--port", server.port)
+    assert out.returncode == 0, out.stderr
+    assert [row["execution_id"] for row in json.loads(out.stdout)] == ids[-2:]

@@ -301,3 +301,28 @@ def test_the_asyncio_client_subscribes_and_takes_a_progress_callback(server):
     assert not watch._thread.is_alive() and not sub._thread.is_alive()  # both closed with the client
     with pytest.raises(TypeError, match="progress_callback must be callable"):
         AsyncExecutionClient(server.client.info, progress_callback=42)
+
+
+def test_list_and_status_of_all_return_the_newest_up_to_a_limit(server):
+    """``list`` and ``status`` of all walk back from the newest record: ``limit`` of them
+    (oldest first) and ``more`` when older ones match too; bad limits are refused."""
+    client = server.client
+    ids = [client.execute(f"{i}") for i in range(5)]
+    for exec_id in ids:
+        client.wait(exec_id, timeout=30)
+    mine = [row["execution_id"] for row in client.list_executions(session=client.session_name)]
+    assert mine[-5:] == ids
+    assert [row["execution_id"] for row in client.list_executions(session=client.session_name, limit=3)] == ids[2:]
+    assert [row["execution_id"] for row in client.get_status(limit=2)] == ids[3:]
+    wire = client._client.call("list", {"limit": 2})
+    assert wire["more"] is True and len(wire["executions"]) == 2
+    assert client._client.call("list", {"limit": 10_000})["more"] is False
+    for bad in (0, -1, "3", True, 2.5):
+        with pytest.raises(RemoteError, match="'limit' must be a positive integer"):
+            client._client.call("list", {"limit": bad})
+        with pytest.raises(RemoteError, match="'limit' must be a positive integer"):
+            client._client.call("status", {"limit": bad})
+        with pytest.raises(ValueError, match="limit must be a positive integer"):
+            client.list_executions(limit=bad)
+    with pytest.raises(TypeError, match="limit applies to the status of all"):
+        client.get_status(ids[0], limit=3)

@@ -36,6 +36,7 @@ from .options import (  # noqa: F401 (re-exported)
     load_class,
     nonnegative_seconds,
     port_number,
+    positive_count,
     positive_seconds,
     session_name,
 )
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print raw JSON")
     p.add_argument("--session", default=None, type=session_name, help="only this session's executions")
     p.add_argument("--sessions", action="store_true", help="list sessions instead (as 'zmqruntime sessions')")
+    p.add_argument("--limit", type=positive_count, default=None,
+                   help="the newest N executions (default: the server's, 1000)")
 
     p = sub.add_parser("sessions", help="list sessions: worker, queue, idle time")
     client_opts(p)
@@ -341,7 +344,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.sessions:
         return cmd_sessions(args)
     with _client(args) as client:
-        rows = client.list_executions(session=args.session)
+        rows = client.list_executions(session=args.session, limit=args.limit)
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0
 

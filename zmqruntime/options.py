@@ -51,6 +51,17 @@ def port_number(text: str) -> int:
     return value
 
 
+def positive_count(text: str) -> int:
+    """argparse type: a whole number >= 1 (e.g. ``list --limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def session_name(text: str) -> str:
     """argparse type (shared with the magics): a session name the server accepts."""
     from .execution.sessions import check_session_name

@@ -313,15 +313,17 @@ class ExecutionClient(ClientCore):
         content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
         return self._drive(self._execute_flow(self._waiter(), content, buffers, push))
 
-    def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
-        """One execution's full state, or a list of all when no id is given."""
-        reply = self._client.call("status", self._status_content(execution_id), timeout=timeout)
+    def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None,
+                   limit: Optional[int] = None) -> Any:
+        """One execution's full state, or a list of all (the newest ``limit``, default 1,000) when no id is given."""
+        reply = self._client.call("status", self._status_content(execution_id, limit), timeout=timeout)
         return self._status_of(reply, execution_id)
 
     def list_executions(self, status: Optional[str] = None, session: Optional[str] = None,
-                        timeout: Optional[float] = None) -> list[dict[str, Any]]:
-        """A one-line summary of each execution the server remembers (``status``, ``session`` filter)."""
-        return self._client.call("list", self._list_content(status, session), timeout=timeout)["executions"]
+                        timeout: Optional[float] = None, limit: Optional[int] = None) -> list[dict[str, Any]]:
+        """A one-line summary of each execution the server remembers (``status``, ``session`` filter),
+        oldest first: the newest ``limit`` of them (default 1,000)."""
+        return self._client.call("list", self._list_content(status, session, limit), timeout=timeout)["executions"]
 
     def sessions(self, timeout: Optional[float] = None) -> list[dict[str, Any]]:
         """The server's sessions: worker, queue length, running execution, idle time."""
@@ -649,15 +651,18 @@ class AsyncExecutionClient(ClientCore):
         content, buffers = self._execute_request(task, config, name, timeout, results, push, request_id, session)
         return await self._drive(self._execute_flow(self._done_channel(), content, buffers, push))
 
-    async def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None) -> Any:
-        """One execution's full state, or a list of all when no id is given."""
-        reply = await self._client.call("status", self._status_content(execution_id), timeout=timeout)
+    async def get_status(self, execution_id: Optional[str] = None, timeout: Optional[float] = None,
+                         limit: Optional[int] = None) -> Any:
+        """One execution's full state, or a list of all (the newest ``limit``, default 1,000) when no id is given."""
+        reply = await self._client.call("status", self._status_content(execution_id, limit), timeout=timeout)
         return self._status_of(reply, execution_id)
 
     async def list_executions(self, status: Optional[str] = None, session: Optional[str] = None,
-                              timeout: Optional[float] = None) -> list[dict[str, Any]]:
-        """A one-line summary of each execution the server remembers (``status``, ``session`` filter)."""
-        return (await self._client.call("list", self._list_content(status, session), timeout=timeout))["executions"]
+                              timeout: Optional[float] = None, limit: Optional[int] = None) -> list[dict[str, Any]]:
+        """A one-line summary of each execution the server remembers (``status``, ``session`` filter),
+        oldest first: the newest ``limit`` of them (default 1,000)."""
+        return (await self._client.call("list", self._list_content(status, session, limit),
+                                        timeout=timeout))["executions"]
 
     async def sessions(self, timeout: Optional[float] = None) -> list[dict[str, Any]]:
         """The server's sessions: worker, queue length, running execution, idle time."""

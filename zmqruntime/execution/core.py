@@ -154,6 +154,15 @@ def decode_results(msg: Message) -> dict[str, Any]:
     return serialize.loads(msg.buffers)
 
 
+def _with_limit(content: dict[str, Any], limit: Optional[int]) -> dict[str, Any]:
+    """``content`` asking for the newest ``limit`` executions (None: the server's default, 1,000)."""
+    if limit is None:
+        return content
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+    return {**content, "limit": limit}
+
+
 def parallel_map_request(fn: Callable[[Any], Any], items: Sequence[Any]) -> tuple[str, dict[str, Any]]:
     """The task and pushed values of a client-side ``parallel_map``: the function travels pickled by value."""
     from ..parallel import pickle_function
@@ -254,15 +263,19 @@ class ClientCore:
             raise TypeError(f"shm must be True, False or None (automatic), got {shm!r}")
 
     @staticmethod
-    def _status_content(execution_id: Optional[str]) -> dict[str, Any]:
-        return {} if execution_id is None else {"execution_id": check_id(execution_id)}
+    def _status_content(execution_id: Optional[str], limit: Optional[int] = None) -> dict[str, Any]:
+        if execution_id is None:
+            return _with_limit({}, limit)
+        if limit is not None:
+            raise TypeError("limit applies to the status of all executions, not of one execution_id")
+        return {"execution_id": check_id(execution_id)}
 
     @staticmethod
     def _status_of(reply: dict[str, Any], execution_id: Optional[str]) -> Any:
         return reply["executions"] if execution_id is None else reply["execution"]
 
     @staticmethod
-    def _list_content(status: Optional[str], session: Optional[str]) -> dict[str, Any]:
+    def _list_content(status: Optional[str], session: Optional[str], limit: Optional[int] = None) -> dict[str, Any]:
         if status is not None and not isinstance(status, str):
             raise TypeError(f"status must be a state name (str) or None, got {type(status).__name__}")
         if session is not None and not isinstance(session, str):
@@ -270,7 +283,7 @@ class ClientCore:
         content: dict[str, Any] = {"status": status} if status else {}
         if session is not None:
             content["session"] = session
-        return content
+        return _with_limit(content, limit)
 
     def _reset_content(self, session: Optional[str]) -> dict[str, Any]:
         if session is not None and not isinstance(session, str):

@@ -212,6 +212,9 @@ class RecordStore:
     def __len__(self) -> int:
         return len(self.records)
 
+    def newest_first(self) -> Iterator[ExecutionRecord]:
+        return reversed(self.records.values())
+
     def get(self, exec_id: str) -> Optional[ExecutionRecord]:
         return self.records.get(exec_id)
 

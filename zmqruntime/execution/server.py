@@ -33,7 +33,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Int, Unicode
@@ -86,6 +86,10 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
     """
     sizes = [len(b.buffer) if hasattr(b, "buffer") else len(b) for b in buffers]
     return {"task": task, "name": name, "timeout": timeout, "push": sizes, "session": session}
+
+
+#: Executions a ``list`` or ``status`` (of all) returns unless the request sets ``limit``: the newest.
+DEFAULT_LIST_LIMIT = 1000
 
 
 def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
@@ -563,10 +567,11 @@ class ExecutionServer(ZMQServer):
             # can stop polling fast (its 'done' event will come).
             done_subscribed = not rec.final and self.wants(event_topic(rec.execution_id, "done"))
             return {"execution": rec.to_status(), "done_subscribed": done_subscribed}, [], None
-        for r in self.records:
+        # all executions (the newest `limit`): without their buffered output (ask per id for that)
+        found, more = self._newest(msg.content, lambda r: True)
+        for r in found:
             r.absorb_events()
-        # all executions: without their buffered output (ask per id for that)
-        return {"executions": [r.to_status(include_output=False) for r in self.records]}, [], None
+        return {"executions": [r.to_status(include_output=False) for r in found], "more": more}, [], None
 
     def handle_list(self, msg: Any) -> Reply:
         status = msg.content.get("status")
@@ -575,11 +580,39 @@ class ExecutionServer(ZMQServer):
         session = msg.content.get("session")
         if session is not None:
             session = self._session_name(session)
-        found = [r for r in self.records if (status is None or r.status == status)
-                 and (session is None or r.session == session)]
+        found, more = self._newest(msg.content, lambda r: (status is None or r.status == status)
+                                   and (session is None or r.session == session))
         for r in found:
             r.absorb_events()
-        return {"executions": [r.summary() for r in found]}, [], None
+        return {"executions": [r.summary() for r in found], "more": more}, [], None
+
+    @staticmethod
+    def _list_limit(content: dict[str, Any]) -> int:
+        limit = content.get("limit")
+        if limit is None:
+            return DEFAULT_LIST_LIMIT
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise RequestError("bad_request", f"'limit' must be a positive integer, got {limit!r}")
+        return limit
+
+    def _newest(self, content: dict[str, Any], keep: Callable[[ExecutionRecord], bool]) -> tuple[list[ExecutionRecord], bool]:
+        """The newest ``limit`` records ``keep`` accepts, oldest first, and whether older ones match too.
+
+        Walks back from the newest record, so a request costs O(limit) however many
+        records the server keeps (``list`` of 100,000 records held the loop for seconds).
+        """
+        limit = self._list_limit(content)
+        found: list[ExecutionRecord] = []
+        more = False
+        for rec in self.records.newest_first():
+            if not keep(rec):
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            found.append(rec)
+        found.reverse()
+        return found, more
 
     def handle_sessions(self, msg: Any) -> Reply:
         """Every session: its worker, queue length, what runs, how long it has been idle."""
