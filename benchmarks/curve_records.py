@@ -90,6 +90,7 @@ def rss_of(pid: int) -> int:
 
 
 EVERY = 10**9  # a list limit above any level: every record
+LIST_LIMIT = 1000  # what list / status of all return by default (the newest)
 
 
 def timed(fn, n: int) -> dict:
@@ -204,9 +205,16 @@ def measure_curve(client, port: int) -> dict:
     first, last = points[0], points[-1]
     slope = (last["server_rss_bytes"] - first["server_rss_bytes"]) / max(1, last["retained"] - first["retained"])
     growth = {k: last[k]["median_ms"] / first[k]["median_ms"]
-              for k in ("execute", "execute_value", "status", "list", "status_all")
+              for k in ("execute", "execute_value", "status")
               if "median_ms" in last[k] and "median_ms" in first[k]}
-    out = {"levels": list(LEVELS), "points": points, "bytes_per_record": slope, "growth": growth}
+    # list / status of all return up to LIST_LIMIT records: flat means from the first level
+    # that fills a reply (below it they return fewer records, so they are cheaper).
+    full = next((p for p in points if p["retained"] >= LIST_LIMIT), first)
+    growth.update({k: last[k]["median_ms"] / full[k]["median_ms"] for k in ("list", "status_all")
+                   if "median_ms" in last[k] and "median_ms" in full[k]})
+    out_full_level = full["records"]
+    out = {"levels": list(LEVELS), "points": points, "bytes_per_record": slope, "growth": growth,
+           "list_growth_from": out_full_level}
     out["flat"] = growth["execute"] <= FLAT and growth["status"] <= FLAT
     out["execute_p90_growth"] = last["execute"]["p90_ms"] / first["execute"]["p90_ms"]
     if not common.SMOKE:  # at the last level: where the server's time goes, flat or not

@@ -63,6 +63,8 @@ def records_rows(r: dict) -> list[Row]:
     g_exec, g_stat = _c(r, "curve_records", "growth", "execute"), _c(r, "curve_records", "growth", "status")
     g_val = _c(r, "curve_records", "growth", "execute_value")
     g_list, g_all = _c(r, "curve_records", "growth", "list"), _c(r, "curve_records", "growth", "status_all")
+    full_lo = _c(r, "curve_records", "list_growth_from") or lo  # the first level that fills a reply
+    full = next((p for p in pts if p.get("records") == full_lo), first)
     bpr = _c(r, "curve_records", "bytes_per_record")
     err = _err(r, "curve_records")
     return [
@@ -79,9 +81,9 @@ def records_rows(r: dict) -> list[Row]:
              "status_first_ms": m(first, "status"), "status_last_ms": m(last, "status"),
              "execute_value_first_ms": m(first, "execute_value"), "execute_value_last_ms": m(last, "execute_value"),
              "execute_growth": g_exec, "execute_value_growth": g_val, "status_growth": g_stat}),
-        Row(f"records {fmt(lo, ',')}->{fmt(hi, ',')}: list, status(all) (newest 1,000)",
-            f"list {fmt(m(first, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.1f')} ms; "
-            f"status(all) {fmt(m(first, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.1f')} ms",
+        Row(f"records {fmt(full_lo, ',')}->{fmt(hi, ',')}: list, status(all) (newest 1,000)",
+            f"list {fmt(m(full, 'list'), '.1f')} -> {fmt(m(last, 'list'), ',.1f')} ms; "
+            f"status(all) {fmt(m(full, 'status_all'), '.1f')} -> {fmt(m(last, 'status_all'), ',.1f')} ms",
             f"another client's ping meanwhile: {fmt(_num(last.get('ping_during_status_all_ms')), ',.1f', ' ms')}; "
             f"list of every record: {fmt(m(last, 'list_all'), ',.0f', ' ms')} "
             f"({fmt((last.get('list_all') or {}).get('us_per_record'), '.1f')} us per record)",
