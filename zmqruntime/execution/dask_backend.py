@@ -33,6 +33,7 @@ thread pool, never on the server's loop.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import os
@@ -163,7 +164,7 @@ class DaskBackend(ExecutionBackend):
                                     key=f"zmqr-{job.execution_id}", workers=[address],
                                     allow_other_workers=False, pure=False, retries=0)
         self.running[job.execution_id] = (future, job, address)
-        future.add_done_callback(lambda f: self._collect(job, f))
+        self.client.loop.add_callback(self._collect, job, future)
         return True
 
     def _report(self, message: Optional[str]) -> None:
@@ -305,11 +306,12 @@ class DaskBackend(ExecutionBackend):
                                         detail={"worker": address}))
         self.pool.submit(_logged(self._refreshed_soon))
 
-    def _collect(self, job: Job, future: Any) -> None:
-        """Dask's callback thread: fetch the outcome, hand it to the loop."""
+    async def _collect(self, job: Job, future: Any) -> None:
+        """The dask client's event loop: await the outcome there (no hop through dask's callback
+        thread and back for the result), then hand it to the server's loop."""
         try:
-            out = future.result()
-        except concurrent.futures.CancelledError:
+            out = await future
+        except (concurrent.futures.CancelledError, asyncio.CancelledError):
             out = {"message": _cancelled(), "frames": []}
         except Exception as exc:  # the task could not even run (unpicklable argument, worker lost …)
             out = {"message": _failed(type(exc).__name__, str(exc)), "frames": []}
