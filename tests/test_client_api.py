@@ -326,3 +326,15 @@ def test_list_and_status_of_all_return_the_newest_up_to_a_limit(server):
             client.list_executions(limit=bad)
     with pytest.raises(TypeError, match="limit applies to the status of all"):
         client.get_status(ids[0], limit=3)
+
+
+def test_the_asyncio_client_works_from_one_event_loop_to_the_next(server):
+    """One AsyncExecutionClient used by two asyncio.run calls (a script's functions, a notebook's
+    cells): its sockets are read by whichever loop is running."""
+    client = AsyncExecutionClient(server.client.info, session="two-loops")
+    try:
+        assert asyncio.run(asyncio.wait_for(client.run("x = 20\nx + 1"), 30))["_"] == 21
+        assert asyncio.run(asyncio.wait_for(client.run("x * 2"), 30))["_"] == 40
+        assert asyncio.run(asyncio.wait_for(client.ping(), 30))["server_id"]
+    finally:
+        client.close()

@@ -201,6 +201,12 @@ class AsyncZMQClient(_BaseClient):
             self._configure(self._sock)
             self._sock.connect(self.info.control_url)
             self._reader = LoopReader(self._sock, self._on_reply)
+        elif self._reader is not None and not self._reader.on_current_loop():
+            # Used again from a new event loop (another asyncio.run): read there. Requests
+            # left waiting on the old loop can never complete; they are forgotten.
+            self._reader.detach()
+            self._pending = {k: f for k, f in self._pending.items() if f.get_loop() is asyncio.get_running_loop()}
+            self._reader = LoopReader(self._sock, self._on_reply)
         return self._sock
 
     def _on_reply(self, frames: list[Any]) -> None:

@@ -63,11 +63,19 @@ class LoopReader:
                 log.exception("error handling a message")
         self.poke()  # more are waiting: let other callbacks run first
 
-    def close(self) -> None:
-        """Stop reading and close the socket (LINGER 0)."""
+    def detach(self) -> None:
+        """Stop reading on this loop (nothing to undo on a closed one); the socket stays open."""
         if not self.loop.is_closed():
             self.loop.remove_reader(self.fd)
+
+    def close(self) -> None:
+        """Stop reading and close the socket (LINGER 0)."""
+        self.detach()
         self.sock.close(linger=0)
+
+    def on_current_loop(self) -> bool:
+        """Whether the running loop is the one this reader serves (a client may outlive an ``asyncio.run``)."""
+        return self.loop is asyncio.get_running_loop()
 
 
 async def send_when_possible(sock: zmq.Socket, frames: list[Any], send: Callable[..., None],

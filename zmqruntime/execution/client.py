@@ -508,6 +508,9 @@ class AsyncDoneChannel:
             if fut is not None and not fut.done():
                 fut.set_result(event)
 
+    def on_current_loop(self) -> bool:
+        return self._reader.on_current_loop()
+
     def close(self) -> None:
         self._reader.close()
 
@@ -595,6 +598,9 @@ class AsyncExecutionClient(ClientCore):
         return msg
 
     def _done_channel(self) -> AsyncDoneChannel:
+        if self._channel is not None and not self._channel.on_current_loop():
+            self._channel.close()  # made on an earlier event loop (another asyncio.run): start afresh
+            self._channel = None
         if self._channel is None:
             if self.closed:
                 raise ServerUnavailable("this client is closed")
