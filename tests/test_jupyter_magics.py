@@ -218,6 +218,14 @@ def test_bad_input_gives_clear_messages_and_the_next_cell_works(k: KernelDriver)
     assert "before it started" in q.wait_status("cancelled", timeout=10)
     k.ok(f"%zmq cancel {a.exec_id}")
     a.wait_status("cancelled", timeout=20)
+    # --all: the running one and every queued one behind it.
+    b = PanelView(k, k.ok(LONG_JOB.format(opts="--name second", n=400, desc="second")))
+    behind = [PanelView(k, k.ok(f"%%zmqexec --name behind{i}\n'never runs'")) for i in range(3)]
+    out = k.ok("%zmq cancel --all").stdout
+    assert all(view.exec_id in out for view in (b, *behind))
+    b.wait_status("cancelled", timeout=20)
+    for view in behind:
+        assert "before it started" in view.wait_status("cancelled", timeout=10)
     assert k.ok("%%zmqexec --block\n40 + 2").result_text == "42"
 
 

@@ -59,6 +59,9 @@ SHUTDOWN_WAIT = 10.0
 _RED, _BOLD, _RESET = "\x1b[31m", "\x1b[1m", "\x1b[0m"
 
 
+#: A list limit above any server's max_records: every execution that matches.
+EVERY_EXECUTION = 10**9
+
 class ZMQExecError(Exception):
     """An error shown in the cell as a short message (plus a remote traceback)."""
 
@@ -389,7 +392,9 @@ class ZMQMagics(Magics):
         conn = self._existing(args)
         ids = list(args.ids)
         if args.all:
-            ids += [r["execution_id"] for r in conn.client.list_executions() if r["status"] in ACTIVE_STATES]
+            # every active one, however many: a list returns only the newest 1,000 unless told otherwise
+            ids += [r["execution_id"] for state in ACTIVE_STATES
+                    for r in conn.client.list_executions(status=state, limit=EVERY_EXECUTION)]
         if not ids:
             raise UsageError("%zmq cancel: give one or more execution ids, or --all")
         rows = [("ID", "RESULT")]
