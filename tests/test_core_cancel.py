@@ -179,3 +179,17 @@ def test_interrupt_guard_counts_only_the_main_threads_sections():
         with guard:
             guard.handler(2, None)
             assert guard.pending  # deferred, not raised mid-send
+
+
+def test_ping_names_the_first_queued_ids_and_counts_them_all(server):
+    """A ping's size does not grow with the queue: the first 100 ids, in order, and the total."""
+    client = server.client
+    blocker = client.execute("import time\ntime.sleep(30)")
+    wait_running(client, blocker)
+    waiting = [client.execute("None") for _ in range(150)]
+    info = client.ping()
+    assert info["queued"] == waiting[:100] and info["queued_total"] == 150
+    for exec_id in [blocker, *waiting]:
+        client.cancel(exec_id)
+    client.wait(blocker, timeout=20)
+    assert wait_until(lambda: client.ping()["queued_total"] == 0, 20)

@@ -231,7 +231,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
         info = client.ping()
         rtt = (time.perf_counter() - t0) * 1e6
     print(f"server {info['server_id']} pid {info['pid']} up {info['uptime']:.1f} s, {info['transport']} "
-          f"{info['control_url']}; running {len(info['running'])}, queued {len(info['queued'])}; round trip {rtt:.0f} µs")
+          f"{info['control_url']}; running {len(info['running'])}, queued {info.get('queued_total', len(info['queued']))}; round trip {rtt:.0f} µs")
     return 0
 
 

@@ -61,6 +61,17 @@ _RED, _BOLD, _RESET = "\x1b[31m", "\x1b[1m", "\x1b[0m"
 
 #: A list limit above any server's max_records: every execution that matches.
 EVERY_EXECUTION = 10**9
+#: Queued ids ``%zmq status`` names before it says how many more there are.
+QUEUED_SHOWN = 10
+
+
+def _queued_text(info: dict) -> str:
+    """``ping``'s queue for a status table: the first ids and the count of the rest."""
+    ids = info.get("queued", [])
+    total = info.get("queued_total", len(ids))
+    shown = ", ".join(ids[:QUEUED_SHOWN])
+    rest = total - min(len(ids), QUEUED_SHOWN)
+    return (shown + (f" (+{rest} more)" if rest > 0 else "")) or "-"
 
 class ZMQExecError(Exception):
     """An error shown in the cell as a short message (plus a remote traceback)."""
@@ -365,7 +376,7 @@ class ZMQMagics(Magics):
                 ("session", self.state.session),
                 ("workers", workers or "-"),
                 ("running", ", ".join(info.get("running", [])) or "-"),
-                ("queued", ", ".join(info.get("queued", [])) or "-"),
+                ("queued", _queued_text(info)),
                 ("executions", str(info.get("executions", "")))]
         print(_kv_table(rows))
         print()

@@ -90,6 +90,8 @@ def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: 
 
 #: Executions a ``list`` or ``status`` (of all) returns unless the request sets ``limit``: the newest.
 DEFAULT_LIST_LIMIT = 1000
+#: Queued ids a ``ping`` reply names (``queued_total`` counts them all).
+PING_QUEUED_IDS = 100
 
 
 def json_reply(rec: ExecutionRecord, content: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +219,8 @@ class ExecutionServer(ZMQServer):
         described = self.backend.describe()
         return {
             "concurrency": self.concurrency,
-            "queued": self.sessions.queued(),
+            "queued": self.sessions.queued(most=PING_QUEUED_IDS),  # a ping costs the same however long the queue
+            "queued_total": self.sessions.queued_count(),
             "running": [s.running for s in self.sessions if s.running],
             "workers": described.get("workers", []),
             "backend": described,

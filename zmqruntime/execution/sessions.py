@@ -143,8 +143,18 @@ class SessionTable:
         if state.queue:
             self._line.append(name)
 
-    def queued(self) -> list[str]:
-        return [eid for s in self.sessions.values() for eid in s.queue]
+    def queued(self, most: Optional[int] = None) -> list[str]:
+        """Queued execution ids, session by session in queue order (at most ``most``)."""
+        found: list[str] = []
+        for state in self.sessions.values():
+            for eid in state.queue:
+                if most is not None and len(found) >= most:
+                    return found
+                found.append(eid)
+        return found
+
+    def queued_count(self) -> int:
+        return sum(len(s.queue) for s in self.sessions.values())
 
     def idle_with_namespace(self, idle_timeout: float) -> list[SessionState]:
         """Sessions whose worker has been idle longer than ``idle_timeout`` (oldest first)."""
