@@ -30,7 +30,7 @@ import zmq.asyncio
 from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
 from .protocol import Message, ProtocolError, Session, send_frames
-from .transport import ConnectionInfo
+from .transport import ConnectionInfo, choose_scheme
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -77,7 +77,7 @@ class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
         self.timeout: float = positive_timeout(timeout)
-        self.session = Session(info.key)
+        self.session = Session(info.key, scheme=choose_scheme(info))
         self.needs_proof = needs_proof(info)
 
     def _configure(self, sock: zmq.Socket) -> None:

@@ -26,8 +26,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
-from .protocol import DIGEST_CHUNK, buffer_digest
-from .spill import EMPTY_DIGEST
+from .protocol import BLAKE3, DIGEST_CHUNK, HMAC_SHA256, available_schemes, buffer_digest
 
 #: Largest slice one ``part`` reply carries.
 MAX_PART = 64 * 1024 * 1024
@@ -61,9 +60,10 @@ def requested_form(content: dict[str, Any]) -> Optional[str]:
     return forms[0] if forms else None
 
 
-def manifest(rec: Any, base: dict[str, Any]) -> Reply:
-    ensure_digests(rec)
-    buffers = [{"nbytes": _size(f), "digest": d.hex()} for f, d in zip(rec.result_frames, rec.result_digests)]
+def manifest(rec: Any, base: dict[str, Any], scheme: str = HMAC_SHA256) -> Reply:
+    """Sizes and digests, under the request's signature scheme (the digests the parts will be checked against)."""
+    digests = ensure_digests(rec, scheme)
+    buffers = [{"nbytes": _size(f), "digest": d.hex()} for f, d in zip(rec.result_frames, digests)]
     return {**base, "buffers": buffers}, [], None
 
 
@@ -82,11 +82,12 @@ def part(rec: Any, spec: list[int]) -> Reply:
     return {"execution_id": rec.execution_id, "part": [index, offset, end - offset]}, [data], None
 
 
-def shm_reply(rec: Any, base: dict[str, Any]) -> Reply:
-    """Name the file-held buffers instead of sending them; send the rest."""
+def shm_reply(rec: Any, base: dict[str, Any], scheme: str = HMAC_SHA256) -> Reply:
+    """Name the file-held buffers instead of sending them; send the rest (nothing large is hashed)."""
     by_index = {f.index: f for f in rec.result_files}
     frames = [b"" if i in by_index else f for i, f in enumerate(rec.result_frames)]
-    digests = [EMPTY_DIGEST if i in by_index else d for i, d in enumerate(rec.result_digests)]
+    empty = buffer_digest(b"", scheme)
+    digests = [empty if i in by_index else _digest_of(rec, i, scheme) for i in range(len(frames))]
     named = [{"index": f.index, "path": str(f.path), "nbytes": f.nbytes} for f in rec.result_files]
     return {**base, "shm": named}, frames, digests
 
@@ -94,43 +95,74 @@ def shm_reply(rec: Any, base: dict[str, Any]) -> Reply:
 _hasher: Optional[ThreadPoolExecutor] = None
 
 
+def _table(rec: Any, scheme: str) -> list[Any]:
+    """The record's digests under ``scheme``: bytes, a Future (being hashed) or ``b""`` (not yet)."""
+    if scheme == HMAC_SHA256:
+        table = rec.result_digests
+    else:
+        table = rec.result_digests_by.setdefault(scheme, [])
+    if len(table) != len(rec.result_frames):
+        table[:] = [b""] * len(rec.result_frames)
+    return table
+
+
 def start_digests(rec: Any) -> None:
-    """Start hashing the buffers the worker left undigested (shared-memory files), in the background.
+    """Start hashing the buffers the worker left undigested (buffer files), in the background.
 
     A same-host client never needs them; a remote one then finds them ready
     (the old design hashed in the worker, before ``done``: this keeps that
-    cost off the execution's latency). One background thread at a time.
+    cost off the execution's latency). Only under the fastest scheme this
+    server knows (BLAKE3 when it has it: what the reference clients sign
+    with); HMAC-SHA256 digests of files are made when a peer asks for them.
+    One background thread at a time.
     """
     global _hasher
+    scheme = available_schemes()[0]
+    table = _table(rec, scheme)
     for f in rec.result_files:
-        if not rec.result_digests[f.index]:
+        if not table[f.index]:
             if _hasher is None:
                 _hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqruntime-file-digest")
-            rec.result_digests[f.index] = _hasher.submit(file_digest, f.path, f.nbytes)
+            table[f.index] = _hasher.submit(file_digest, f.path, f.nbytes, scheme)
 
 
-def ensure_digests(rec: Any) -> None:
-    """Every buffer's digest, waiting for background hashing or computing what is missing.
+def ensure_digests(rec: Any, scheme: str = HMAC_SHA256) -> list[bytes]:
+    """Every buffer's digest under ``scheme``, waiting for background hashing or computing what is missing.
 
-    Files are read, not the server's mapping, so their pages do not stay
-    resident in the server.
+    Files are hashed from the file, not from the server's mapping.
     """
-    files = {f.index: f for f in rec.result_files}
-    for i, d in enumerate(rec.result_digests):
-        if isinstance(d, Future):
-            rec.result_digests[i] = d.result()
-        elif not d:
-            held = files.get(i)
-            rec.result_digests[i] = (file_digest(held.path, held.nbytes) if held is not None
-                                     else buffer_digest(rec.result_frames[i]))
+    return [_digest_of(rec, i, scheme) for i in range(len(rec.result_frames))]
 
 
-def file_digest(path: Any, nbytes: int) -> bytes:
-    """The §3.2 digest of a file's first ``nbytes``, read one chunk at a time (chunks in parallel).
+def _digest_of(rec: Any, index: int, scheme: str) -> bytes:
+    table = _table(rec, scheme)
+    d = table[index]
+    if isinstance(d, Future):
+        d = table[index] = d.result()
+    elif not d:
+        held = next((f for f in rec.result_files if f.index == index), None)
+        d = table[index] = (file_digest(held.path, held.nbytes, scheme) if held is not None
+                            else buffer_digest(rec.result_frames[index], scheme))
+    return d
 
-    ``pread`` and ``hashlib`` both release the GIL, so threads use every core.
+
+def file_digest(path: Any, nbytes: int, scheme: str = HMAC_SHA256) -> bytes:
+    """The §3.2 digest of a file's first ``nbytes`` under ``scheme``.
+
+    BLAKE3: the package maps the file and hashes it with several threads.
+    SHA-256 tree: read one chunk at a time (chunks in parallel threads:
+    ``pread`` and ``hashlib`` both release the GIL).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if scheme == BLAKE3:
+        try:
+            if os.fstat(fd).st_size == nbytes and nbytes:
+                import blake3
+
+                return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f"/proc/self/fd/{fd}").digest()
+            return buffer_digest(os.pread(fd, nbytes, 0), scheme)
+        finally:
+            os.close(fd)
 
     def leaf(offset: int) -> bytes:
         return hashlib.sha256(os.pread(fd, min(DIGEST_CHUNK, nbytes - offset), offset)).digest()

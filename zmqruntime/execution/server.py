@@ -291,7 +291,7 @@ class ExecutionServer(ZMQServer):
                     rec.result_error = f"result buffer file refused: {exc}"
                 parts.start_digests(rec)  # for clients that fetch over the socket
                 if rec.result_nbytes <= self.inline_result_bytes:
-                    parts.ensure_digests(rec)  # it rides in the 'done' event
+                    parts.ensure_digests(rec)  # it rides in the 'done' event (HMAC-SHA256: every subscriber's)
             status = msg["status"]
             error = msg["error"]
             if status == "cancelled":
@@ -645,13 +645,13 @@ class ExecutionServer(ZMQServer):
             reply: Any = json_reply(rec, content), [], []
         else:
             try:
-                reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
-                         if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+                reply = (parts.manifest(rec, content, msg.scheme) if form == "manifest"
+                         else parts.part(rec, msg.content["part"]) if form == "part"
+                         else parts.shm_reply(rec, content, msg.scheme) if form == "shm" else None)
             except parts.PartError as exc:
                 raise RequestError("bad_request", str(exc)) from None
-            if reply is None:
-                parts.ensure_digests(rec)
-                reply = content, rec.result_frames, rec.result_digests
+            if reply is None:  # digests under the request's scheme: its reply is signed with it
+                reply = content, rec.result_frames, parts.ensure_digests(rec, msg.scheme)
         rec.results_fetched = True
         if release:
             rec.drop_results()  # the reply keeps its own references to the frames
