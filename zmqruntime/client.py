@@ -167,6 +167,47 @@ class ZMQClient(_BaseClient):
             if msg.parent_id == msg_id:
                 return msg
 
+    def request_window(self, msg_type: str, items: Sequence[tuple[dict[str, Any], Sequence[Any]]], window: int,
+                       timeout: Optional[float] = None) -> list[Message]:
+        """Several requests of one type, at most ``window`` unanswered at a time: their replies, in order.
+
+        ``timeout`` bounds the wait for each next reply (a long upload takes
+        as long as it takes while replies keep coming).
+        """
+        timeout = self.timeout if timeout is None else positive_timeout(timeout)
+        sock = self._socket()
+        if self.needs_proof and not self._local.proven:
+            self.request("ping", {}, timeout=timeout)
+            self._local.proven = True
+        replies: list[Optional[Message]] = [None] * len(items)
+        pending: dict[str, int] = {}
+        sent = 0
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        deadline = time.monotonic() + timeout
+        while sent < len(items) or pending:
+            while sent < len(items) and len(pending) < window:
+                frames, msg_id = self.session.serialize_request(msg_type, *items[sent])
+                try:
+                    send_frames(sock, frames)
+                except zmq.Again:
+                    self._discard_socket()
+                    raise self._unavailable(timeout, msg_type) from None
+                pending[msg_id] = sent
+                sent += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
+                self._discard_socket()
+                raise self._unavailable(timeout, msg_type)
+            try:
+                msg = self.session.deserialize(sock.recv_multipart(copy=True))
+            except ProtocolError:
+                continue
+            index = pending.pop(msg.parent_id or "", None)
+            if index is not None:
+                replies[index] = msg
+                deadline = time.monotonic() + timeout
+        return [r for r in replies if r is not None]
+
     def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return reply_content(self.request(msg_type, content, **kwargs))
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -114,7 +115,9 @@ def start_digests(rec: Any) -> None:
     cost off the execution's latency). Only under the fastest scheme this
     server knows (BLAKE3 when it has it: what the reference clients sign
     with); HMAC-SHA256 digests of files are made when a peer asks for them.
-    One background thread at a time.
+    One background thread, single-threaded hashing at a lower CPU priority
+    (nice +10): on a busy host it takes only the idle CPU, so a same-host
+    client mapping the file, or the next task, is not slowed down by it.
     """
     global _hasher
     scheme = available_schemes()[0]
@@ -122,8 +125,17 @@ def start_digests(rec: Any) -> None:
     for f in rec.result_files:
         if not table[f.index]:
             if _hasher is None:
-                _hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqruntime-file-digest")
-            table[f.index] = _hasher.submit(file_digest, f.path, f.nbytes, scheme)
+                _hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmqruntime-file-digest",
+                                             initializer=_lower_priority)
+            table[f.index] = _hasher.submit(file_digest, f.path, f.nbytes, scheme, False)
+
+
+def _lower_priority() -> None:
+    """This thread only (Linux: a thread is a task with its own nice value)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (OSError, AttributeError):  # another OS: the thread keeps the process's priority
+        pass
 
 
 def ensure_digests(rec: Any, scheme: str = HMAC_SHA256) -> list[bytes]:
@@ -146,10 +158,11 @@ def _digest_of(rec: Any, index: int, scheme: str) -> bytes:
     return d
 
 
-def file_digest(path: Any, nbytes: int, scheme: str = HMAC_SHA256) -> bytes:
+def file_digest(path: Any, nbytes: int, scheme: str = HMAC_SHA256, threads: bool = True) -> bytes:
     """The §3.2 digest of a file's first ``nbytes`` under ``scheme``.
 
-    BLAKE3: the package maps the file and hashes it with several threads.
+    BLAKE3: the package maps the file and hashes it (with several threads
+    unless ``threads`` is false).
     SHA-256 tree: read one chunk at a time (chunks in parallel threads:
     ``pread`` and ``hashlib`` both release the GIL).
     """
@@ -159,7 +172,8 @@ def file_digest(path: Any, nbytes: int, scheme: str = HMAC_SHA256) -> bytes:
             if os.fstat(fd).st_size == nbytes and nbytes:
                 import blake3
 
-                return blake3.blake3(max_threads=blake3.blake3.AUTO).update_mmap(f"/proc/self/fd/{fd}").digest()
+                hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if threads else 1)
+                return hasher.update_mmap(f"/proc/self/fd/{fd}").digest()
             return buffer_digest(os.pread(fd, nbytes, 0), scheme)
         finally:
             os.close(fd)

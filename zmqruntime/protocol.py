@@ -55,7 +55,7 @@ SIGNATURE_SCHEME = HMAC_SHA256  # the scheme every peer understands (connection 
 
 #: Control requests a server understands; replies are ``<type>_reply``.
 REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
-                 "shutdown")
+                 "shutdown", "upload")
 #: Data-channel message types. The topic is always ``<execution_id>.<msg_type>``;
 #: a client dispatches on the signed header's ``msg_type``.
 EVENT_TYPES = ("status", "progress", "progress_batch", "stream", "done")
@@ -196,7 +196,7 @@ def new_key() -> str:
 DIGEST_CHUNK = 4 * 1024 * 1024
 _PARALLEL_FROM = 4 * DIGEST_CHUNK
 #: BLAKE3 hashes a buffer this large with several threads (its own tree; fewer is not worth a thread).
-_BLAKE3_THREADS_FROM = 1 << 20
+_BLAKE3_THREADS_FROM = int(os.environ.get("ZMQR_EXP_B3_FROM", 1 << 20))  # EXPERIMENT
 _digest_pool: Optional[ThreadPoolExecutor] = None
 
 _blake3: Any

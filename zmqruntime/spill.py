@@ -225,8 +225,13 @@ class FileStore:
         except BaseException:
             delete(adopted)
             raise
-        names = [{"index": f.index, "path": str(f.path), "nbytes": f.nbytes} for f in adopted]
-        return [FILES_MARK + json.dumps(names).encode(), *buffers], adopted
+        return hand_over(adopted, buffers), adopted
+
+
+def hand_over(files: list[BufferFile], buffers: list[Any]) -> list[Any]:
+    """The frames a worker gets for a push whose large buffers are in ``files``: their names first."""
+    names = [{"index": f.index, "path": str(f.path), "nbytes": f.nbytes} for f in files]
+    return [FILES_MARK + json.dumps(names).encode(), *buffers]
 
 
 def delete(files: list[BufferFile]) -> None:

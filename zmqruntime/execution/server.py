@@ -49,6 +49,7 @@ from ..protocol import (
     send_frames,
 )
 from ..server import Reply, RequestError, ZMQServer
+from ..uploads import UploadError, UploadStore
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
 from .kinds import load_kinds
@@ -123,6 +124,8 @@ class ExecutionServer(ZMQServer):
                                            "memory; 0 = never.").tag(config=True)
     spill_dir = Unicode("", help="Directory of spill files (default: the runtime directory).").tag(config=True)
     max_spill_bytes = Int(64 << 30, help="Results kept at most in spill files (total bytes on disk).").tag(config=True)
+    max_upload_bytes = Int(4 << 30, help="Pushed bytes staged at most by 'upload' parts not yet taken by an "
+                                         "execute (total, in shared-memory files).").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
     task_kind_classes = Dict(Unicode(), help="Task kinds besides 'python': name -> 'module:Class' "
                                              "(a TaskKind, importable on the workers too).").tag(config=True)
@@ -156,6 +159,7 @@ class ExecutionServer(ZMQServer):
         self.files = spill.FileStore(spill.Settings(
             Path(self.shm_dir) if self.shm_dir else shm.default_dir(), max(0, self.shm_result_bytes),
             Path(self.spill_dir) if self.spill_dir else runtime_dir(), max(0, self.spill_result_bytes)))
+        self.uploads = UploadStore(self.files.settings.shm_dir, max(0, self.max_upload_bytes))
         self.sessions = SessionTable()
         # Made now, so bad backend settings fail before any socket is bound; started in on_start.
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
@@ -211,6 +215,7 @@ class ExecutionServer(ZMQServer):
         for rec in self.records:  # results do not outlive the server: nor do their files
             rec.drop_results()
             rec.drop_push()
+        self.uploads.close()
 
     def ping_info(self) -> dict[str, Any]:
         described = self.backend.describe()
@@ -444,6 +449,7 @@ class ExecutionServer(ZMQServer):
     def _enforce_retention(self) -> None:
         self.records.enforce()
         self.files.sweep()
+        self.uploads.sweep()
 
     def _record(self, msg: Any) -> ExecutionRecord:
         """The record the request names; RequestError when it names none or an unknown one."""
@@ -508,7 +514,7 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        buffers, push_files = self._adopt_push(c.get("shm"), buffers)
+        buffers, push_files = self._adopt_push(c.get("shm"), c.get("uploads"), buffers)
         rec = ExecutionRecord(exec_id, task, name=name, session=session, timeout=timeout, push_frames=buffers,
                               push_files=push_files,
                               request_id=request_id, request_fingerprint=fingerprint)
@@ -521,8 +527,26 @@ class ExecutionServer(ZMQServer):
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
                 "session": session}
 
-    def _adopt_push(self, field: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
-        """Pushed buffers the client left in shared-memory files (``shm``), see spill.py."""
+    def handle_upload(self, msg: Any) -> Reply:
+        """One part of a pushed buffer (uploads.py): verified already, written to its staging file."""
+        try:
+            return self.uploads.accept_part(msg.content, list(msg.buffers)), [], None
+        except UploadError as exc:
+            raise RequestError(exc.code, str(exc)) from None
+        except OSError as exc:
+            raise RequestError("too_large", f"cannot write the upload part: {exc}") from None
+
+    def _adopt_push(self, field: Any, uploads: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Pushed buffers the client left in shared-memory files (``shm``, see spill.py) or sent as
+        ``upload`` parts (``uploads``, see uploads.py)."""
+        if uploads is not None:
+            if field is not None:
+                raise RequestError("bad_request", "'shm' and 'uploads' cannot go together in one execute")
+            try:
+                files = self.uploads.take(uploads, buffers)
+            except UploadError as exc:
+                raise RequestError(exc.code, str(exc)) from None
+            return spill.hand_over(files, buffers), files
         try:
             return self.files.adopt_push(field, buffers)
         except FileNotFoundError as exc:
