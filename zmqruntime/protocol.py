@@ -196,7 +196,7 @@ def new_key() -> str:
 DIGEST_CHUNK = 4 * 1024 * 1024
 _PARALLEL_FROM = 4 * DIGEST_CHUNK
 #: BLAKE3 hashes a buffer this large with several threads (its own tree; fewer is not worth a thread).
-_BLAKE3_THREADS_FROM = int(os.environ.get("ZMQR_EXP_B3_FROM", 1 << 20))  # EXPERIMENT
+_BLAKE3_THREADS_FROM = 1 << 20
 _digest_pool: Optional[ThreadPoolExecutor] = None
 
 _blake3: Any
