@@ -7,6 +7,7 @@ scheme gets a clear error reply; 1 GiB goes both ways without a second copy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ import psutil
 import pytest
 import zmq
 
-from zmqruntime import RemoteError
+from zmqruntime import AsyncExecutionClient, RemoteError
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.execution.core import UPLOAD_FROM
 from zmqruntime.protocol import (
@@ -104,6 +105,24 @@ def test_results_and_pushes_under_each_scheme(server, scheme, monkeypatch, tmp_p
         assert client.get_results(exec_id)["arr"][-1] == 5 * MIB // 8 - 1  # same host: mapped
     finally:
         client.close()
+
+
+def test_async_client_pushes_in_upload_parts(server, shm_dir):
+    big = np.arange((UPLOAD_FROM + MIB) // 8, dtype=np.float64)
+
+    async def main():
+        client = AsyncExecutionClient(server.client.info)
+        client.push_shm = False
+        try:
+            exec_id = await client.execute("(float(x.sum()), x.nbytes)", push={"x": big})
+            await client.wait(exec_id, timeout=60)
+            return (await client.get_results(exec_id))["_"], client.session.scheme
+        finally:
+            client.close()
+
+    (total, nbytes), scheme = asyncio.run(main())
+    assert total == float(big.sum()) and nbytes == big.nbytes and scheme == BLAKE3
+    assert list(shm_dir.glob("zmqr-*.buf")) == []  # the staged upload went with the execution
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
