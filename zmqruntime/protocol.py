@@ -223,7 +223,7 @@ def _chunk_digest(view: memoryview) -> bytes:
     return hashlib.sha256(view).digest()
 
 
-def buffer_digest(buf: Any, scheme: str = HMAC_SHA256) -> bytes:
+def buffer_digest(buf: Any, scheme: str = HMAC_SHA256, one_thread: bool = False) -> bytes:
     """Digest of one payload buffer under ``scheme`` (32 bytes).
 
     ``hmac-sha256``: a two-level SHA-256 tree,
@@ -233,14 +233,15 @@ def buffer_digest(buf: Any, scheme: str = HMAC_SHA256) -> bytes:
 
     ``blake3``: the plain BLAKE3 hash of the buffer (BLAKE3 is a tree
     itself: the package hashes a large buffer with several threads, and a
-    receiver of parts can feed them to one hasher in order).
+    receiver of parts can feed them to one hasher in order). ``one_thread``:
+    BLAKE3 without helper threads (when the caller keeps the other cores busy).
     """
     global _digest_pool
     view = memoryview(buf).cast("B")
     n = len(view)
     if scheme == BLAKE3:
         assert _blake3 is not None, "blake3 scheme without the blake3 package"
-        threads = _blake3.blake3.AUTO if n >= _BLAKE3_THREADS_FROM else 1
+        threads = _blake3.blake3.AUTO if n >= _BLAKE3_THREADS_FROM and not one_thread else 1
         return _blake3.blake3(view, max_threads=threads).digest()
     chunks = [view[i : i + DIGEST_CHUNK] for i in range(0, n, DIGEST_CHUNK)] or [view]
     if n >= _PARALLEL_FROM and (os.cpu_count() or 1) > 1:

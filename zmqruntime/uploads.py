@@ -98,16 +98,16 @@ class UploadStore:
         if len(buffers) != 1:
             raise UploadError("bad_request", f"an upload part carries exactly one buffer, got {len(buffers)}")
         data = memoryview(getattr(buffers[0], "buffer", buffers[0])).cast("B")
-        upload = self.uploads.get(upload_id)
-        if upload is None:
-            upload = self._create(upload_id, nbytes, part_bytes)
-        elif (nbytes, part_bytes) != (upload.nbytes, upload.part_bytes):
-            raise UploadError("bad_request", f"upload {upload_id}: nbytes/part_bytes differ from its first part's")
         expected = min(part_bytes, nbytes - offset) if offset < nbytes or offset == nbytes == 0 else -1
         if offset % part_bytes or expected < 0 or len(data) != expected:
             raise UploadError("bad_request", f"upload {upload_id}: a part at offset {offset} must start at a "
                                              f"multiple of {part_bytes} below {nbytes} and hold {max(expected, 0)} "
                                              f"bytes, got {len(data)}")
+        upload = self.uploads.get(upload_id)
+        if upload is None:  # only a well-formed part starts an upload
+            upload = self._create(upload_id, nbytes, part_bytes)
+        elif (nbytes, part_bytes) != (upload.nbytes, upload.part_bytes):
+            raise UploadError("bad_request", f"upload {upload_id}: nbytes/part_bytes differ from its first part's")
         if offset in upload.offsets:
             raise UploadError("bad_request", f"upload {upload_id}: the part at offset {offset} was sent twice")
         done = 0

@@ -294,7 +294,8 @@ class ExecutionServer(ZMQServer):
                     log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
                     rec.drop_results()
                     rec.result_error = f"result buffer file refused: {exc}"
-                parts.start_digests(rec)  # for clients that fetch over the socket
+                parts.seed_digests(rec, result["files"])  # the worker hashed them as it wrote them
+                parts.start_digests(rec)  # any it did not: for clients that fetch over the socket
                 if rec.result_nbytes <= self.inline_result_bytes:
                     parts.ensure_digests(rec)  # it rides in the 'done' event (HMAC-SHA256: every subscriber's)
             status = msg["status"]
@@ -675,7 +676,7 @@ class ExecutionServer(ZMQServer):
             except parts.PartError as exc:
                 raise RequestError("bad_request", str(exc)) from None
             if reply is None:  # digests under the request's scheme: its reply is signed with it
-                reply = content, rec.result_frames, parts.ensure_digests(rec, msg.scheme)
+                reply = content, parts.populated_frames(rec), parts.ensure_digests(rec, msg.scheme)
         rec.results_fetched = True
         if release:
             rec.drop_results()  # the reply keeps its own references to the frames
