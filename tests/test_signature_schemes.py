@@ -125,6 +125,32 @@ def test_async_client_pushes_in_upload_parts(server, shm_dir):
     assert list(shm_dir.glob("zmqr-*.buf")) == []  # the staged upload went with the execution
 
 
+OLD_SERVER = """
+from zmqruntime import ExecutionServer
+from zmqruntime.server import RequestError
+
+
+class WithoutUpload(ExecutionServer):
+    \"\"\"A server from before 'upload': the request type is unknown to it.\"\"\"
+
+    def handle_upload(self, msg):
+        raise RequestError("unknown_type", "unknown message type 'upload'")
+"""
+
+
+def test_a_server_without_upload_gets_the_push_in_one_message(start_server, tmp_path):
+    (tmp_path / "old_server.py").write_text(OLD_SERVER)
+    server = start_server("--server-class", "old_server:WithoutUpload", extra_path=str(tmp_path))
+    client = server.new_client(timeout=30)
+    try:
+        client.push_shm = False
+        big = np.arange((UPLOAD_FROM + MIB) // 8, dtype=np.float64)
+        exec_id = finished(client, "float(x.sum())", push={"x": big})
+        assert client.get_results(exec_id)["_"] == float(big.sum())
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_a_tampered_result_is_refused_before_unpickling(server, raw, scheme, tmp_path):
     """A real signed reply, one buffer byte changed: the signature check fails before any unpickling."""

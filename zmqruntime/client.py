@@ -172,7 +172,8 @@ class ZMQClient(_BaseClient):
         """Several requests of one type, at most ``window`` unanswered at a time: their replies, in order.
 
         ``timeout`` bounds the wait for each next reply (a long upload takes
-        as long as it takes while replies keep coming).
+        as long as it takes while replies keep coming). After an error reply
+        no further request is sent: the replies then stop at the ones in flight.
         """
         timeout = self.timeout if timeout is None else positive_timeout(timeout)
         sock = self._socket()
@@ -184,8 +185,9 @@ class ZMQClient(_BaseClient):
         sent = 0
         sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
         deadline = time.monotonic() + timeout
-        while sent < len(items) or pending:
-            while sent < len(items) and len(pending) < window:
+        failed = False
+        while (sent < len(items) and not failed) or pending:
+            while sent < len(items) and not failed and len(pending) < window:
                 frames, msg_id = self.session.serialize_request(msg_type, *items[sent])
                 try:
                     send_frames(sock, frames)
@@ -205,6 +207,7 @@ class ZMQClient(_BaseClient):
             index = pending.pop(msg.parent_id or "", None)
             if index is not None:
                 replies[index] = msg
+                failed = failed or not msg.content.get("ok")
                 deadline = time.monotonic() + timeout
         return [r for r in replies if r is not None]
 

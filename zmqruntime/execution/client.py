@@ -597,10 +597,17 @@ class AsyncExecutionClient(ClientCore):
     async def _upload(self, parts: list[tuple[dict[str, Any], list[Any]]]) -> list[dict[str, Any]]:
         """The parts as requests, at most UPLOAD_WINDOW unanswered at a time; each reply checked."""
         window = asyncio.Semaphore(UPLOAD_WINDOW)
+        failed: list[BaseException] = []
 
         async def one(content: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
             async with window:
-                return reply_content(await self._client.request("upload", content, buffers))
+                if failed:  # one part was refused: send no more (e.g. a server without 'upload')
+                    raise failed[0]
+                try:
+                    return reply_content(await self._client.request("upload", content, buffers))
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
 
         return list(await asyncio.gather(*(one(c, b) for c, b in parts)))
 
