@@ -223,9 +223,10 @@ def populated_frames(rec: Any) -> list[Any]:
 
 
 def _read(rec: Any, index: int, start: int, end: int) -> Any:
-    """A slice of a buffer: read from its file (the server's mapping stays cold) or a view of memory."""
+    """A slice of a buffer: a view of memory or of a shared-memory file's mapping (zero-copy), or read
+    from a spill file on disk (so the server's mapping of it stays cold)."""
     held = next((f for f in rec.result_files if f.index == index), None)
-    if held is None:
+    if held is None or held.kind == "shm":  # memory, or shared memory: a view, sent without a copy
         return memoryview(rec.result_frames[index]).cast("B")[start:end]
     fd = os.open(held.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
