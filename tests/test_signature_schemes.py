@@ -33,7 +33,6 @@ from zmqruntime.protocol import (
     compute_signature,
     make_header,
 )
-from zmqruntime.receive import MEMORY_PARTS_FROM
 from zmqruntime.transport import ConnectionInfo, choose_scheme
 
 pytestmark = pytest.mark.timeout(120)
@@ -104,13 +103,13 @@ def test_results_and_pushes_under_each_scheme(server, scheme, monkeypatch, tmp_p
         into = client.get_results(exec_id, into=tmp_path / "out")  # manifest digests under the scheme, in parts
         assert np.array_equal(into["arr"], over_socket["arr"])
         assert client.get_results(exec_id)["arr"][-1] == 5 * MIB // 8 - 1  # same host: mapped
-        # a large result over the socket after wait(): the 'done' event gave its size, so it comes in parts
-        exec_id = finished(client, f"import numpy as np\nnp.arange({(MEMORY_PARTS_FROM + 5 * MIB) // 8}.0)")
+        # a large result over the socket: received with about its own size, not two copies
+        exec_id = finished(client, f"import numpy as np\nnp.arange({(37 * MIB) // 8}.0)")
         me = psutil.Process()
         before = me.memory_info().rss
         value = client.get_results(exec_id, shm=False, release=True)["_"]
-        assert value.nbytes == MEMORY_PARTS_FROM + 5 * MIB and value[-1] == value.size - 1 and value[12345] == 12345
-        assert me.memory_info().rss - before <= 1.5 * value.nbytes  # the array plus a few parts, not two copies
+        assert value.nbytes == 37 * MIB and value[-1] == value.size - 1 and value[12345] == 12345
+        assert me.memory_info().rss - before <= 1.5 * value.nbytes
     finally:
         client.close()
 
@@ -126,7 +125,7 @@ def test_async_client_pushes_in_upload_parts(server, shm_dir):
             await client.wait(exec_id, timeout=60)
             back = await client.execute("x * 2")
             await client.wait(back, timeout=60)
-            doubled = (await client.get_results(back, shm=False, release=True))["_"]  # in parts: size from done
+            doubled = (await client.get_results(back, shm=False, release=True))["_"]  # over the socket
             assert doubled.nbytes == big.nbytes and doubled[-1] == 2 * big[-1]
             return (await client.get_results(exec_id))["_"], client.session.scheme
         finally:

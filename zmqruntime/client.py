@@ -22,7 +22,7 @@ import asyncio
 import math
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import zmq
 import zmq.asyncio
@@ -168,15 +168,12 @@ class ZMQClient(_BaseClient):
                 return msg
 
     def request_window(self, msg_type: str, items: Sequence[tuple[dict[str, Any], Sequence[Any]]], window: int,
-                       timeout: Optional[float] = None,
-                       on_reply: Optional[Callable[[int, Message], None]] = None) -> list[Message]:
+                       timeout: Optional[float] = None) -> list[Message]:
         """Several requests of one type, at most ``window`` unanswered at a time: their replies, in order.
 
         ``timeout`` bounds the wait for each next reply (a long upload takes
         as long as it takes while replies keep coming). After an error reply
         no further request is sent: the replies then stop at the ones in flight.
-        ``on_reply(index, msg)``: called as each reply arrives, which is then
-        not kept (a large reply's memory is freed as soon as it was used).
         """
         timeout = self.timeout if timeout is None else positive_timeout(timeout)
         sock = self._socket()
@@ -204,16 +201,13 @@ class ZMQClient(_BaseClient):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
             try:
-                msg = self.session.deserialize(sock.recv_multipart(copy=False))
+                msg = self.session.deserialize(sock.recv_multipart(copy=True))
             except ProtocolError:
                 continue
             index = pending.pop(msg.parent_id or "", None)
             if index is not None:
+                replies[index] = msg
                 failed = failed or not msg.content.get("ok")
-                if on_reply is not None and not failed:
-                    on_reply(index, msg)
-                else:
-                    replies[index] = msg
                 deadline = time.monotonic() + timeout
         return [r for r in replies if r is not None]
 

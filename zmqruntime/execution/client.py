@@ -52,7 +52,6 @@ from .core import (
     AwaitDone,
     ClientCore,
     FetchInto,
-    FetchParts,
     Flow,
     Request,
     Submit,
@@ -281,21 +280,7 @@ class ExecutionClient(ClientCore):
             return receive.fetch_into(self._results_request, step.execution_id, step.into, step.release)
         if type(step) is Upload:
             return [reply_content(m) for m in self._client.request_window("upload", step.parts, UPLOAD_WINDOW)]
-        if type(step) is FetchParts:
-            return self._fetch_parts(step.execution_id, step.release)
         raise TypeError(f"unknown step {step!r}")
-
-    def _fetch_parts(self, execution_id: str, release: bool) -> dict[str, Any]:
-        rx = receive.MemoryReceiver(execution_id)
-        rx.start(self._results_request({"execution_id": execution_id, "manifest": True}).content)
-        refused = self._client.request_window("results", [(r, ()) for r in rx.requests], receive.MEMORY_WINDOW,
-                                              on_reply=rx.accept)
-        for msg in refused:
-            reply_content(msg)  # raises the server's error
-        results = rx.finish()
-        if release:
-            self._results_request(receive.release_request(execution_id))
-        return results
 
     def _results_request(self, content: dict[str, Any]) -> Any:
         """One verified ``results`` reply (raises its error): what receive.fetch_into asks with."""
@@ -607,24 +592,7 @@ class AsyncExecutionClient(ClientCore):
             return await receive.fetch_into_async(self._results_request, step.execution_id, step.into, step.release)
         if type(step) is Upload:
             return await self._upload(step.parts)
-        if type(step) is FetchParts:
-            return await self._fetch_parts(step.execution_id, step.release)
         raise TypeError(f"unknown step {step!r}")
-
-    async def _fetch_parts(self, execution_id: str, release: bool) -> dict[str, Any]:
-        rx = receive.MemoryReceiver(execution_id)
-        rx.start((await self._results_request({"execution_id": execution_id, "manifest": True})).content)
-        window = asyncio.Semaphore(receive.MEMORY_WINDOW)
-
-        async def one(number: int) -> None:
-            async with window:
-                rx.accept(number, await self._results_request(rx.requests[number]))
-
-        await asyncio.gather(*(one(i) for i in range(len(rx.requests))))
-        results = rx.finish()
-        if release:
-            await self._results_request(receive.release_request(execution_id))
-        return results
 
     async def _upload(self, parts: list[tuple[dict[str, Any], list[Any]]]) -> list[dict[str, Any]]:
         """The parts as requests, at most UPLOAD_WINDOW unanswered at a time; each reply checked."""

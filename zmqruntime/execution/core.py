@@ -80,14 +80,6 @@ class FetchInto:
 
 
 @dataclass
-class FetchParts:
-    """Step: a large result over the socket as ``part`` replies into memory (``receive.MemoryReceiver``)."""
-
-    execution_id: str
-    release: bool
-
-
-@dataclass
 class AwaitDone:
     """Step: wait up to ``seconds`` for the 'done' Event of a subscribed execution (None if it did not come)."""
 
@@ -109,7 +101,7 @@ UPLOAD_PART_BYTES = 16 << 20
 UPLOAD_WINDOW = 4
 
 
-Step = Union[Request, Submit, AwaitDone, FetchInto, FetchParts, Upload]
+Step = Union[Request, Submit, AwaitDone, FetchInto, Upload]
 Flow = Generator[Step, Any, Any]
 
 
@@ -460,9 +452,8 @@ class ClientCore:
         results = None if release or into is not None else results_in_done_event(done)
         if results is not None:
             return results
-        nbytes = done.get("result_nbytes") if isinstance(done, Event) else None
         try:
-            return (yield from self._fetch_flow(execution_id, release, timeout, into, shm, nbytes))
+            return (yield from self._fetch_flow(execution_id, release, timeout, into, shm))
         except RemoteError as exc:
             if exc.code != "not_finished" or channel is None:
                 raise
@@ -472,14 +463,11 @@ class ClientCore:
         if results is not None:
             return results
         left = None if deadline is None else max(0.001, deadline - time.monotonic())
-        nbytes = final.get("result_nbytes") if isinstance(final, Event) else None
-        return (yield from self._fetch_flow(execution_id, release, left and min(left, self.timeout), into, shm,
-                                            nbytes))
+        return (yield from self._fetch_flow(execution_id, release, left and min(left, self.timeout), into, shm))
 
     def _fetch_flow(self, execution_id: str, release: bool, timeout: Optional[float], into: Any,
-                    shm: Optional[bool], nbytes: Any = None) -> Flow:
-        """The results from the server: into a directory, through shared memory (same host), or over the
-        socket: in parts when the 'done' event said they are large (``nbytes``), else in one reply."""
+                    shm: Optional[bool]) -> Flow:
+        """The results from the server: into a directory, through shared memory (same host), or over the socket."""
         if into is not None:
             return (yield FetchInto(execution_id, into, release))
         if shm if shm is not None else receive.same_host(self.info):
@@ -490,8 +478,6 @@ class ClientCore:
                 if release:
                     yield Request("results", receive.release_request(execution_id), (), timeout)
                 return results
-        if isinstance(nbytes, int) and nbytes >= receive.MEMORY_PARTS_FROM:
-            return (yield FetchParts(execution_id, release))
         msg = yield Request("results", {"execution_id": execution_id, "release": release}, (), timeout, raw=True)
         return decode_results(msg)
 
