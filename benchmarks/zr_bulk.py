@@ -16,6 +16,9 @@ Paths, each at 1 MiB, 16 MiB, 256 MiB and 2 GiB (--quick stops at 256 MiB,
 * ``disk``: ``get_results(id, into=DIR)``, streamed to files in parts;
 * ``push_socket`` / ``push_shm``: ``execute("x.nbytes", push={"x": arr})``
   until its ``done`` (so it includes a round of task dispatch, ~1 ms);
+  ``push_socket`` sends a buffer of 32 MiB or more as ``upload`` parts
+  (docs/protocol.md §7.2.3: the server verifies and stores each part while
+  the next is on the wire, the worker maps the result; two hops to raw's one);
   ``push_shm`` copies the array into a shared-memory file once;
   ``push_shared`` pushes a ``zmqruntime.shm.shared_array`` (allocated in
   shared memory, filled before the clock starts): nothing is copied.

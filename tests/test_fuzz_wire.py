@@ -91,9 +91,17 @@ class Wire:
         return self.recv()
 
     def assert_only_ping_answers(self) -> None:
-        """The next reply on this connection is our ping's: whatever was sent before got none."""
+        """The next reply on this connection is our ping's: whatever was sent before got none.
+
+        One exception: a signature frame whose marker became another ``<ZMQ?>``
+        (a flipped byte) names an unknown scheme, and that is answered, with
+        ``unknown_signature_scheme`` only (docs/protocol.md §6.2 step 1b).
+        """
         frames, msg_id = self.session.serialize_request("ping", {})
         reply = self.request(frames)
+        while reply.msg_type == "error_reply" and reply.content["error"]["code"] == "unknown_signature_scheme":
+            COUNTS["unknown scheme markers answered"] += 1
+            reply = self.recv()
         assert reply.parent_id == msg_id and reply.msg_type == "ping_reply", (reply.msg_type, reply.content)
 
     def close(self) -> None:

@@ -25,6 +25,21 @@ def test_control_request_example():
     assert compute_signature(KEY, b"", header, content, [buffer_digest(b"hello, buffer")]) == expected
 
 
+def test_blake3_scheme_example():
+    """§3.5: the §3.4 request signed under the blake3 scheme."""
+    from zmqruntime.protocol import BLAKE3, blake3_key
+
+    example = DOC.split("### 3.4 Worked example", 1)[1]
+    header = re.search(r"header  \(179 bytes\):\n(\{.*?\})\n", example).group(1).encode()
+    content = re.search(r"content \(107 bytes\):\n(\{.*?\})\n", example).group(1).encode()
+    section = DOC.split("### 3.5 The blake3 scheme", 1)[1].split("### 3.6", 1)[0]
+    digest = buffer_digest(b"hello, buffer", BLAKE3)
+    assert blake3_key(KEY).hex() in section and digest.hex() in section
+    assert buffer_digest(b"", BLAKE3).hex() in section
+    expected = re.search(r"blake3 signature = ([0-9a-f]{64})", section).group(1).encode()
+    assert compute_signature(KEY, b"", header, content, [digest], BLAKE3) == expected
+
+
 def test_data_channel_event_example():
     section = DOC.split("A data-channel event, topic `", 1)[1]
     topic = section.split("`", 1)[0].encode()

@@ -30,7 +30,7 @@ from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
 from .loop_reader import LoopReader, send_when_possible
 from .protocol import Message, ProtocolError, Session, send_frames
-from .transport import ConnectionInfo
+from .transport import ConnectionInfo, choose_scheme
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -77,7 +77,7 @@ class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
         self.timeout: float = positive_timeout(timeout)
-        self.session = Session(info.key)
+        self.session = Session(info.key, scheme=choose_scheme(info))
         self.needs_proof = needs_proof(info)
 
     def _configure(self, sock: zmq.Socket) -> None:
@@ -166,6 +166,50 @@ class ZMQClient(_BaseClient):
                 continue  # unsigned / foreign frames are dropped
             if msg.parent_id == msg_id:
                 return msg
+
+    def request_window(self, msg_type: str, items: Sequence[tuple[dict[str, Any], Sequence[Any]]], window: int,
+                       timeout: Optional[float] = None) -> list[Message]:
+        """Several requests of one type, at most ``window`` unanswered at a time: their replies, in order.
+
+        ``timeout`` bounds the wait for each next reply (a long upload takes
+        as long as it takes while replies keep coming). After an error reply
+        no further request is sent: the replies then stop at the ones in flight.
+        """
+        timeout = self.timeout if timeout is None else positive_timeout(timeout)
+        sock = self._socket()
+        if self.needs_proof and not self._local.proven:
+            self.request("ping", {}, timeout=timeout)
+            self._local.proven = True
+        replies: list[Optional[Message]] = [None] * len(items)
+        pending: dict[str, int] = {}
+        sent = 0
+        sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        deadline = time.monotonic() + timeout
+        failed = False
+        while (sent < len(items) and not failed) or pending:
+            while sent < len(items) and not failed and len(pending) < window:
+                frames, msg_id = self.session.serialize_request(msg_type, *items[sent])
+                try:
+                    send_frames(sock, frames)
+                except zmq.Again:
+                    self._discard_socket()
+                    raise self._unavailable(timeout, msg_type) from None
+                pending[msg_id] = sent
+                sent += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
+                self._discard_socket()
+                raise self._unavailable(timeout, msg_type)
+            try:
+                msg = self.session.deserialize(sock.recv_multipart(copy=True))
+            except ProtocolError:
+                continue
+            index = pending.pop(msg.parent_id or "", None)
+            if index is not None:
+                replies[index] = msg
+                failed = failed or not msg.content.get("ok")
+                deadline = time.monotonic() + timeout
+        return [r for r in replies if r is not None]
 
     def call(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return reply_content(self.request(msg_type, content, **kwargs))

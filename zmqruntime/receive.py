@@ -28,7 +28,6 @@ over the socket. Used automatically over IPC and loopback TCP.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from . import serialize, shm
-from .protocol import DIGEST_CHUNK
+from .protocol import DIGEST_CHUNK, HMAC_SHA256, IncrementalDigest
 from .transport import ConnectionInfo
 
 #: Bytes asked for per ``part`` request (two digest leaves).
@@ -79,9 +78,9 @@ def check_into(into: Any) -> Path:
 class _Buffer:
     """One buffer being received: a file (large) or memory, plus its leaf hashes."""
 
-    def __init__(self, index: int, nbytes: int, digest: bytes, directory: Path):
+    def __init__(self, index: int, nbytes: int, digest: bytes, directory: Path, scheme: str = HMAC_SHA256):
         self.index, self.nbytes, self.digest = index, nbytes, digest
-        self.leaves: list[bytes] = []
+        self.hasher = IncrementalDigest(scheme)
         self.received = 0
         self.path: Optional[Path] = None
         self.memory: Optional[bytearray] = None
@@ -96,8 +95,7 @@ class _Buffer:
     def write(self, offset: int, data: memoryview) -> None:
         if offset != self.received:
             raise ReceiveError(f"buffer {self.index}: part at {offset}, expected {self.received}")
-        for start in range(0, len(data), DIGEST_CHUNK):
-            self.leaves.append(hashlib.sha256(data[start:start + DIGEST_CHUNK]).digest())
+        self.hasher.update(data)
         if self.fd >= 0:
             done = 0
             while done < len(data):
@@ -110,8 +108,7 @@ class _Buffer:
     def verify(self) -> None:
         if self.received != self.nbytes:
             raise ReceiveError(f"buffer {self.index}: {self.received} of {self.nbytes} bytes arrived")
-        leaves = self.leaves or [hashlib.sha256(b"").digest()]
-        if hashlib.sha256(b"".join(leaves)).digest() != self.digest:
+        if self.hasher.digest() != self.digest:
             raise ReceiveError(f"buffer {self.index}: digest mismatch, the data is not the announced result")
         if self.fd >= 0:
             os.close(self.fd)
@@ -144,7 +141,8 @@ class DirectoryReceiver:
             content["release"] = True
         return content
 
-    def start(self, content: Mapping[str, Any]) -> None:
+    def start(self, content: Mapping[str, Any], scheme: str = HMAC_SHA256) -> None:
+        """The manifest reply's content; ``scheme``: the one it was signed with (its digests are under it)."""
         listed = content.get("buffers")
         if not isinstance(listed, list):
             raise ReceiveError("the manifest reply has no 'buffers' list (a server without streamed results?)")
@@ -153,7 +151,8 @@ class DirectoryReceiver:
             self._created_dir = True
         self.names = list(content.get("names") or [])
         for i, entry in enumerate(listed):
-            self.buffers.append(_Buffer(i, int(entry["nbytes"]), bytes.fromhex(entry["digest"]), self.directory))
+            self.buffers.append(_Buffer(i, int(entry["nbytes"]), bytes.fromhex(entry["digest"]), self.directory,
+                                        scheme))
 
     def part_requests(self) -> Iterator[dict[str, Any]]:
         for buf in self.buffers:
@@ -282,7 +281,8 @@ def fetch_into(request: Callable[[dict[str, Any]], Any], execution_id: str, into
     """Blocking driver: ``request(content)`` returns the verified reply Message (errors raised)."""
     rx = DirectoryReceiver(execution_id, into)
     try:
-        rx.start(request(rx.manifest_request()).content)
+        manifest = request(rx.manifest_request())
+        rx.start(manifest.content, manifest.scheme)
         for req in rx.part_requests():
             rx.accept(req, request(req))
         results = rx.finish()
@@ -299,7 +299,8 @@ async def fetch_into_async(request: Callable[[dict[str, Any]], Any], execution_i
     """The asyncio driver: ``await request(content)``."""
     rx = DirectoryReceiver(execution_id, into)
     try:
-        rx.start((await request(rx.manifest_request())).content)
+        manifest = await request(rx.manifest_request())
+        rx.start(manifest.content, manifest.scheme)
         for req in rx.part_requests():
             rx.accept(req, await request(req))
         results = rx.finish()

@@ -44,6 +44,7 @@ from .protocol import (
     ProtocolError,
     Session,
     SignatureError,
+    available_schemes,
     new_id,
     new_key,
     send_frames,
@@ -220,7 +221,8 @@ class ZMQServer(Configurable):
         self.add_socket(self.pub, self._read_subscriptions)
         self.info = ConnectionInfo(
             transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
-            data_url=data_url, control_url=control_url, key=self.key, pid=os.getpid(),
+            data_url=data_url, control_url=control_url, key=self.key, signature_schemes=list(available_schemes()),
+            pid=os.getpid(),
             start_time=self.start_time, name=self.name, curve_server_key=curve_public,
             curve_client_key=client_public, curve_client_secret=client_secret,
         )
@@ -472,17 +474,21 @@ class ZMQServer(Configurable):
         # be announced before the reply, since this loop handles the worker's answer later.
         self._run_soon()
         try:
-            self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests)
+            self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests, msg.scheme)
         except (TypeError, ValueError) as exc:  # a reply that is not strict JSON: answer, never die
             log.exception("could not encode the %s reply", msg_type)
-            self._reply(msg.prefix, reply_type, msg.msg_id, _error("internal", f"reply not encodable: {exc}"))
+            self._reply(msg.prefix, reply_type, msg.msg_id, _error("internal", f"reply not encodable: {exc}"),
+                        scheme=msg.scheme)
             return
         if msg_type == "shutdown" and content.get("ok"):
             self.stop()
 
     def _reply(self, ident: list[bytes], msg_type: str, parent_id: Optional[str], content: dict[str, Any],
-               buffers: list[Any] = (), digests: Optional[list[bytes]] = None) -> None:  # type: ignore[assignment]
-        frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests)
+               buffers: list[Any] = (), digests: Optional[list[bytes]] = None,  # type: ignore[assignment]
+               scheme: Optional[str] = None) -> None:
+        """Sign with the request's scheme (``scheme``), else HMAC-SHA256, which every peer reads."""
+        frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests,
+                                        scheme=scheme)
         send_frames(self.control, ident + frames)
 
     def publish(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
@@ -546,6 +552,7 @@ class ZMQServer(Configurable):
             "pid": os.getpid(),
             "version": __version__,
             "protocol_version": PROTOCOL_VERSION,
+            "signature_schemes": list(available_schemes()),
             "uptime": time.monotonic() - self._start_monotonic,
             "start_time": self.start_time,
             "transport": self.transport,

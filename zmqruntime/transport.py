@@ -20,12 +20,12 @@ import json
 import os
 import socket
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .private import ensure_private_dir, make_private_dirs, open_private
-from .protocol import SIGNATURE_SCHEME
+from .protocol import SIGNATURE_SCHEME, available_schemes
 
 DEFAULT_PORT = 7777
 DEFAULT_CONTROL_OFFSET = 1000
@@ -75,7 +75,9 @@ class ConnectionInfo:
     data_url: str
     control_url: str
     key: str
-    signature_scheme: str = SIGNATURE_SCHEME
+    signature_scheme: str = SIGNATURE_SCHEME  # what events are signed with: every peer reads it
+    #: every scheme the server verifies (and answers a request in); absent in older files (= the one above)
+    signature_schemes: list[str] = field(default_factory=list)
     pid: int = 0
     start_time: float = 0.0
     name: str = ""
@@ -179,3 +181,25 @@ def port_is_free(port: int, ip: str = DEFAULT_IP) -> bool:
         except OSError:
             return False
     return True
+
+
+def choose_scheme(info: ConnectionInfo, preferred: str | None = None) -> str:
+    """The signature scheme a client signs its requests with: the fastest both ends know.
+
+    ``preferred`` (or ``$ZMQRUNTIME_SIGNATURE_SCHEME``) asks for one; it must be
+    offered by the server and known here. ValueError, saying what each side
+    speaks, when there is no scheme in common.
+    """
+    offered = list(info.signature_schemes or [info.signature_scheme])
+    known = available_schemes()
+    wanted = preferred or os.environ.get("ZMQRUNTIME_SIGNATURE_SCHEME") or None
+    if wanted is not None:
+        if wanted in offered and wanted in known:
+            return wanted
+        raise ValueError(f"signature scheme {wanted!r} asked for, but the server offers {offered} "
+                         f"and this client knows {list(known)}")
+    for scheme in known:
+        if scheme in offered:
+            return scheme
+    raise ValueError(f"the server signs with {offered}, none of which this client knows ({list(known)}): "
+                     "upgrade zmqruntime (or install the blake3 package)")

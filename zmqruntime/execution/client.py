@@ -49,12 +49,14 @@ from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, Connec
 from .core import (
     EXECUTE_ATTEMPTS,
     MAX_KEPT_DONE_EVENTS,
+    UPLOAD_WINDOW,
     AwaitDone,
     ClientCore,
     FetchInto,
     Flow,
     Request,
     Submit,
+    Upload,
     check_id,
     parallel_map_request,
     results_in_done_event,
@@ -275,6 +277,8 @@ class ExecutionClient(ClientCore):
             return self._drive(self._submit_flow(step.content, step.buffers))
         if type(step) is FetchInto:
             return receive.fetch_into(self._results_request, step.execution_id, step.into, step.release)
+        if type(step) is Upload:
+            return [reply_content(m) for m in self._client.request_window("upload", step.parts, UPLOAD_WINDOW)]
         raise TypeError(f"unknown step {step!r}")
 
     def _results_request(self, content: dict[str, Any]) -> Any:
@@ -589,7 +593,26 @@ class AsyncExecutionClient(ClientCore):
             return await self._submit_batched(step.content)
         if type(step) is FetchInto:
             return await receive.fetch_into_async(self._results_request, step.execution_id, step.into, step.release)
+        if type(step) is Upload:
+            return await self._upload(step.parts)
         raise TypeError(f"unknown step {step!r}")
+
+    async def _upload(self, parts: list[tuple[dict[str, Any], list[Any]]]) -> list[dict[str, Any]]:
+        """The parts as requests, at most UPLOAD_WINDOW unanswered at a time; each reply checked."""
+        window = asyncio.Semaphore(UPLOAD_WINDOW)
+        failed: list[BaseException] = []
+
+        async def one(content: dict[str, Any], buffers: list[Any]) -> dict[str, Any]:
+            async with window:
+                if failed:  # one part was refused: send no more (e.g. a server without 'upload')
+                    raise failed[0]
+                try:
+                    return reply_content(await self._client.request("upload", content, buffers))
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+        return list(await asyncio.gather(*(one(c, b) for c, b in parts)))
 
     async def _results_request(self, content: dict[str, Any]) -> Any:
         """One verified ``results`` reply (raises its error): what receive.fetch_into_async asks with."""

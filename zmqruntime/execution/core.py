@@ -90,7 +90,21 @@ class AwaitDone:
     seconds: float
 
 
-Step = Union[Request, Submit, AwaitDone, FetchInto]
+@dataclass
+class Upload:
+    """Step: ``upload`` requests (content, [one buffer]), a few in flight; resumes with the reply contents."""
+
+    parts: list[tuple[dict[str, Any], list[Any]]]
+
+
+#: Pushed buffers at least this large go over the socket as ``upload`` parts (zmqruntime/uploads.py).
+UPLOAD_FROM = 32 << 20
+#: Bytes per ``upload`` part, and parts in flight at once: the server holds at most about their product.
+UPLOAD_PART_BYTES = 16 << 20
+UPLOAD_WINDOW = 4
+
+
+Step = Union[Request, Submit, AwaitDone, FetchInto, Upload]
 Flow = Generator[Step, Any, Any]
 
 
@@ -308,11 +322,11 @@ class ClientCore:
         self._watch_progress(proposed)
         try:
             try:
-                reply = yield Submit(content, buffers)
+                reply = yield Submit(*(yield from self._upload_flow(content, buffers)))
             except RemoteError as exc:
                 if exc.code != "shm_unavailable":
                     raise
-                reply = yield Submit(*self._push_over_socket(content, push))
+                reply = yield Submit(*(yield from self._upload_flow(*self._push_over_socket(content, push))))
             finally:
                 receive.discard_push(content.get("shm", []))  # those the server did not take
         except BaseException:  # refused or unanswered: nothing to wait for under this id
@@ -328,6 +342,33 @@ class ClientCore:
         elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
             channel.promise(exec_id)
         return exec_id
+
+    def _upload_flow(self, content: dict[str, Any], buffers: list[Any]) -> Flow:
+        """Large pushed buffers sent ahead as ``upload`` parts: the execute then names them (``uploads``).
+
+        The server verifies and stores each part while the next is on the
+        wire (zmqruntime/uploads.py). A server without ``upload`` answers
+        ``unknown_type``: the buffers then go in the execute itself.
+        """
+        large = [i for i, b in enumerate(buffers) if i and "shm" not in content
+                 and len(memoryview(b).cast("B")) >= UPLOAD_FROM]
+        if not large:
+            return content, buffers
+        parts: list[tuple[dict[str, Any], list[Any]]] = []
+        entries = []
+        for i in large:
+            upload_id, view = new_id(), memoryview(buffers[i]).cast("B")
+            for offset in range(0, len(view), UPLOAD_PART_BYTES):
+                parts.append(({"upload": upload_id, "nbytes": len(view), "part_bytes": UPLOAD_PART_BYTES,
+                               "offset": offset}, [view[offset:offset + UPLOAD_PART_BYTES]]))
+            entries.append({"index": i, "upload": upload_id})
+        try:
+            yield Upload(parts)
+        except RemoteError as exc:
+            if exc.code != "unknown_type":
+                raise
+            return content, buffers  # an older server: everything in one message
+        return {**content, "uploads": entries}, [b"" if i in large else b for i, b in enumerate(buffers)]
 
     def _submit_flow(self, content: dict[str, Any], buffers: Sequence[Any] = ()) -> Flow:
         """One ``execute``, retried with the same request_id (Lazy Pirate) within the client's timeout."""

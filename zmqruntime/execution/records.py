@@ -71,7 +71,8 @@ class ExecutionRecord:
     # results
     result_names: list[str] = field(default_factory=list)
     result_frames: list[Any] = field(default_factory=list)
-    result_digests: list[bytes] = field(default_factory=list)
+    result_digests: list[Any] = field(default_factory=list)  # HMAC-SHA256 scheme: bytes, Future or b"" (parts.py)
+    result_digests_by: dict[str, list[Any]] = field(default_factory=dict)  # other schemes (BLAKE3), the same way
     result_files: list[spill.BufferFile] = field(default_factory=list)  # buffers held in files (spill.py)
     result_nbytes: int = 0
     result_error: Optional[str] = None
@@ -96,6 +97,7 @@ class ExecutionRecord:
         self.result_files = []
         self.result_frames = []
         self.result_digests = []
+        self.result_digests_by = {}
         self.result_json = None
 
     def drop_push(self) -> None:

@@ -48,6 +48,7 @@ from ..protocol import (
     send_frames,
 )
 from ..server import Reply, RequestError, ZMQServer
+from ..uploads import UploadError, UploadStore
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
 from .kinds import load_kinds
@@ -126,6 +127,8 @@ class ExecutionServer(ZMQServer):
                                            "memory; 0 = never.").tag(config=True)
     spill_dir = Unicode("", help="Directory of spill files (default: the runtime directory).").tag(config=True)
     max_spill_bytes = Int(64 << 30, help="Results kept at most in spill files (total bytes on disk).").tag(config=True)
+    max_upload_bytes = Int(4 << 30, help="Pushed bytes staged at most by 'upload' parts not yet taken by an "
+                                         "execute (total, in shared-memory files).").tag(config=True)
     worker_server_class = Unicode("", help="module:Class the workers import (default: this class).").tag(config=True)
     task_kind_classes = Dict(Unicode(), help="Task kinds besides 'python': name -> 'module:Class' "
                                              "(a TaskKind, importable on the workers too).").tag(config=True)
@@ -159,6 +162,7 @@ class ExecutionServer(ZMQServer):
         self.files = spill.FileStore(spill.Settings(
             Path(self.shm_dir) if self.shm_dir else shm.default_dir(), max(0, self.shm_result_bytes),
             Path(self.spill_dir) if self.spill_dir else runtime_dir(), max(0, self.spill_result_bytes)))
+        self.uploads = UploadStore(self.files.settings.shm_dir, max(0, self.max_upload_bytes))
         self.sessions = SessionTable()
         # Made now, so bad backend settings fail before any socket is bound; started in on_start.
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
@@ -214,6 +218,7 @@ class ExecutionServer(ZMQServer):
         for rec in self.records:  # results do not outlive the server: nor do their files
             rec.drop_results()
             rec.drop_push()
+        self.uploads.close()
 
     def ping_info(self) -> dict[str, Any]:
         described = self.backend.describe()
@@ -296,9 +301,10 @@ class ExecutionServer(ZMQServer):
                 log.error("execution %s: result buffer file refused: %s", rec.execution_id, exc)
                 rec.drop_results()
                 rec.result_error = f"result buffer file refused: {exc}"
-            parts.start_digests(rec)  # for clients that fetch over the socket
+            parts.seed_digests(rec, result["files"])  # the worker hashed them as it wrote them
+            parts.start_digests(rec)  # any it did not: for clients that fetch over the socket
             if rec.result_nbytes <= self.inline_result_bytes:
-                parts.ensure_digests(rec)  # it rides in the 'done' event
+                parts.ensure_digests(rec)  # it rides in the 'done' event (HMAC-SHA256: every subscriber's)
         status = msg["status"]
         error = msg["error"]
         if status == "cancelled":
@@ -457,6 +463,7 @@ class ExecutionServer(ZMQServer):
     def _enforce_retention(self) -> None:
         self.records.enforce()
         self.files.sweep()
+        self.uploads.sweep()
 
     def _record(self, msg: Any) -> ExecutionRecord:
         """The record the request names; RequestError when it names none or an unknown one."""
@@ -521,7 +528,7 @@ class ExecutionServer(ZMQServer):
             exec_id = new_execution_id()
         elif exec_id in self.records:
             raise RequestError("duplicate_execution_id", f"execution id {exec_id} is already in use")
-        buffers, push_files = self._adopt_push(c.get("shm"), buffers)
+        buffers, push_files = self._adopt_push(c.get("shm"), c.get("uploads"), buffers)
         rec = ExecutionRecord(exec_id, task, name=name, session=session, timeout=timeout, push_frames=buffers,
                               push_files=push_files,
                               request_id=request_id, request_fingerprint=fingerprint)
@@ -534,8 +541,26 @@ class ExecutionServer(ZMQServer):
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
                 "session": session}
 
-    def _adopt_push(self, field: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
-        """Pushed buffers the client left in shared-memory files (``shm``), see spill.py."""
+    def handle_upload(self, msg: Any) -> Reply:
+        """One part of a pushed buffer (uploads.py): verified already, written to its staging file."""
+        try:
+            return self.uploads.accept_part(msg.content, list(msg.buffers)), [], None
+        except UploadError as exc:
+            raise RequestError(exc.code, str(exc)) from None
+        except OSError as exc:
+            raise RequestError("too_large", f"cannot write the upload part: {exc}") from None
+
+    def _adopt_push(self, field: Any, uploads: Any, buffers: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Pushed buffers the client left in shared-memory files (``shm``, see spill.py) or sent as
+        ``upload`` parts (``uploads``, see uploads.py)."""
+        if uploads is not None:
+            if field is not None:
+                raise RequestError("bad_request", "'shm' and 'uploads' cannot go together in one execute")
+            try:
+                files = self.uploads.take(uploads, buffers)
+            except UploadError as exc:
+                raise RequestError(exc.code, str(exc)) from None
+            return spill.hand_over(files, buffers), files
         try:
             return self.files.adopt_push(field, buffers)
         except FileNotFoundError as exc:
@@ -690,13 +715,13 @@ class ExecutionServer(ZMQServer):
             reply: Any = json_reply(rec, content), [], []
         else:
             try:
-                reply = (parts.manifest(rec, content) if form == "manifest" else parts.part(rec, msg.content["part"])
-                         if form == "part" else parts.shm_reply(rec, content) if form == "shm" else None)
+                reply = (parts.manifest(rec, content, msg.scheme) if form == "manifest"
+                         else parts.part(rec, msg.content["part"]) if form == "part"
+                         else parts.shm_reply(rec, content, msg.scheme) if form == "shm" else None)
             except parts.PartError as exc:
                 raise RequestError("bad_request", str(exc)) from None
-            if reply is None:
-                parts.ensure_digests(rec)
-                reply = content, rec.result_frames, rec.result_digests
+            if reply is None:  # digests under the request's scheme: its reply is signed with it
+                reply = content, parts.populated_frames(rec), parts.ensure_digests(rec, msg.scheme)
         rec.results_fetched = True
         if release:
             rec.drop_results()  # the reply keeps its own references to the frames
