@@ -67,6 +67,7 @@ def measure() -> dict:
             req.send(b"GET")
             frames = req.recv_multipart(copy=False)
             arr = pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+            common.touch_pages(arr)  # as zr_bigresult does: every page read
             elapsed = time.perf_counter() - t0
             assert arr.nbytes == NBYTES and arr[0] == FILL and arr[-1] == FILL
             return elapsed

@@ -6,9 +6,11 @@ into the other, against the best ZeroMQ can do at the same size.
 
 For each size (a float64 numpy array), in turn:
   * ``zr``: the task builds the array (untimed, ``wait`` first); the clock
-    runs around ``get_results`` until the array is in hand (as zr_bigresult.py);
+    runs around ``get_results`` until the array is in hand and one byte of
+    every page read (as zr_bigresult.py: a shared-memory result is mapped);
   * ``raw``: a sender process replies to a REQ with the array, pickle-5
-    out-of-band, ``copy=False`` both ways (as baseline_zerocopy.py).
+    out-of-band, ``copy=False`` both ways, its pages read the same way (as
+    baseline_zerocopy.py).
 The two alternate sample by sample.  1 GiB is measured only when the machine
 has room (``MemAvailable`` >= 10 GiB: sender, server relay and receiver may
 each hold a copy); otherwise its point says why it is missing.
@@ -77,6 +79,7 @@ def raw_once(sock, size: int) -> float:
     sock.send(str(size).encode())
     frames = sock.recv_multipart(copy=False)
     arr = pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
+    common.touch_pages(arr)
     elapsed = time.perf_counter() - t0
     if arr.nbytes != size:
         raise AssertionError(f"raw: got {arr.nbytes} bytes, expected {size}")
@@ -88,6 +91,7 @@ def zr_once(client, size: int) -> float:
     client.wait(eid, timeout=120)
     t0 = time.perf_counter()
     arr = zr_server.last_value(client.get_results(eid, release=True))
+    common.touch_pages(arr)  # a shared-memory result is only mapped until its pages are read
     elapsed = time.perf_counter() - t0
     if getattr(arr, "nbytes", None) != size:
         raise AssertionError(f"zmqruntime: got {getattr(arr, 'nbytes', '?')} bytes, expected {size}")

@@ -106,12 +106,6 @@ class PeakRSS:
         return out
 
 
-def touch(arr: np.ndarray) -> int:
-    """Read one byte of every page (forces a mapped file in)."""
-    flat = arr.reshape(-1).view(np.uint8)
-    return int(flat[::4096].sum())
-
-
 def summary(fetch: list[float], touched: list[float], size: int, rss: dict[str, float]) -> dict:
     f, t = min(fetch), min(touched)
     return {"fetch_ms": round(f * 1e3, 3), "touch_ms": round(t * 1e3, 3),
@@ -173,7 +167,7 @@ def measure_raw() -> dict:
                     frames = req.recv_multipart(copy=False)
                     arr = pickle.loads(frames[0].buffer, buffers=[f.buffer for f in frames[1:]])
                     t1 = time.perf_counter()
-                    touch(arr)
+                    common.touch_pages(arr)
                     fetch.append(t1 - t0)
                     touched.append(time.perf_counter() - t0)
                     del arr, frames
@@ -260,7 +254,7 @@ def result_path(client, size: int, path: str, scratch: Path) -> dict:
                 results = client.get_results(eid, shm=(path == "shm"))
             arr = results["_"]
             t1 = time.perf_counter()
-            touch(arr)
+            common.touch_pages(arr)
             t2 = time.perf_counter()
             assert arr.nbytes == size and arr[-1] == 1.5
             del arr, results

@@ -96,8 +96,7 @@ def measure_pipelined_vs_sessions(client) -> dict:
                 for c in clients:
                     c.close()
 
-        out[f"{k}_sessions"] = common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(),
-                                                 reps=3, warmup_tasks=max(20, k))
+        out[f"{k}_sessions"] = common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(), reps=3)
     return out
 
 
