@@ -60,7 +60,9 @@ def threads_point(port: int, n: int) -> dict:
     results: list = [None] * n
     try:
         for c in clients:
-            zr_server.run_to_result(c, NOOP)  # warm up each connection
+            # warm up each connection and its session's worker (it boots now: untimed, and on a
+            # loaded machine 64 boots take longer than the default 10 s wait)
+            zr_server.run_to_result(c, NOOP, timeout=READY_TIMEOUT)
         start_at = time.perf_counter() + 0.2
 
         def work(i: int) -> None:
@@ -125,8 +127,8 @@ def child(port: int, duration: float, go: Path) -> None:
     try:
         ExecutionClient, _ = zr_server.import_api()
         with ExecutionClient(port=port, auto_spawn=False) as client:
-            for _ in range(3):
-                zr_server.run_to_result(client, NOOP)
+            for _ in range(3):  # the first boots this session's worker: untimed, and it may queue behind 63 others
+                zr_server.run_to_result(client, NOOP, timeout=READY_TIMEOUT)
             print("READY", flush=True)
             deadline = time.monotonic() + READY_TIMEOUT
             while not go.exists():
