@@ -204,6 +204,37 @@ def server(start_server) -> ServerProcess:
     return start_server("--cancel-grace-period", "0.5")
 
 
+@pytest.fixture
+def raw_dealer(server) -> Iterator:
+    """A raw DEALER connected to the server's control port (CURVE when the server has it)."""
+    import zmq
+
+    from zmqruntime.curve import secure_client_socket
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    secure_client_socket(sock, server.client.info)
+    sock.connect(server.client.info.control_url)
+    yield sock
+    sock.close()
+    ctx.term()
+
+
+@pytest.fixture
+def private_shm_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private directory standing for /dev/shm (ZMQRUNTIME_SHM_DIR), removed afterwards;
+    request it before any server starts."""
+    import shutil
+    import tempfile
+
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    d = Path(tempfile.mkdtemp(prefix="zr-shm-", dir=base))
+    monkeypatch.setenv("ZMQRUNTIME_SHM_DIR", str(d))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(params=["tcp", "ipc"])
 def any_server(request, start_server) -> ServerProcess:
     """The same test over TCP and over IPC."""

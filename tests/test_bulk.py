@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -31,13 +29,9 @@ MIB = 1 << 20
 
 
 @pytest.fixture(autouse=True)
-def shm_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private directory standing for /dev/shm (autouse: set before any server starts)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    d = Path(tempfile.mkdtemp(prefix="zr-shm-", dir=base))
-    monkeypatch.setenv("ZMQRUNTIME_SHM_DIR", str(d))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def shm_dir(private_shm_dir: Path) -> Path:
+    """Every test here gets a private /dev/shm stand-in, set before any server starts."""
+    return private_shm_dir
 
 
 def buffer_files(directory: Path) -> list[Path]:

@@ -20,16 +20,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def raw(server):
+def raw(server, raw_dealer):
     """A raw DEALER connected to the server's control port, plus its session."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    secure_client_socket(sock, server.client.info)
-    sock.connect(server.client.info.control_url)
-    yield sock, Session(server.client.info.key)
-    sock.close()
-    ctx.term()
+    return raw_dealer, Session(server.client.info.key)
 
 
 def recv_reply(sock, session, timeout_ms=10000):

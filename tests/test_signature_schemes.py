@@ -11,18 +11,14 @@ import asyncio
 import json
 import os
 import pickle
-import shutil
-import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-import zmq
 
 from zmqruntime import AsyncExecutionClient, RemoteError
-from zmqruntime.curve import secure_client_socket
 from zmqruntime.execution.core import UPLOAD_FROM
 from zmqruntime.protocol import (
     BLAKE3,
@@ -42,26 +38,15 @@ SCHEMES = [HMAC_SHA256, BLAKE3]
 
 
 @pytest.fixture(autouse=True)
-def shm_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private directory standing for /dev/shm (set before any server starts)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    d = Path(tempfile.mkdtemp(prefix="zr-shm-", dir=base))
-    monkeypatch.setenv("ZMQRUNTIME_SHM_DIR", str(d))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def shm_dir(private_shm_dir: Path) -> Path:
+    """Every test here gets a private /dev/shm stand-in, set before any server starts."""
+    return private_shm_dir
 
 
 @pytest.fixture
-def raw(server):
+def raw(raw_dealer):
     """A raw DEALER on the server's control port."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    secure_client_socket(sock, server.client.info)
-    sock.connect(server.client.info.control_url)
-    yield sock
-    sock.close()
-    ctx.term()
+    return raw_dealer
 
 
 class Evil:
