@@ -249,3 +249,22 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def wait_until_subscribed(client, events: list, timeout: float = 10.0) -> None:
+    """Until a subscription that appends to ``events`` is live: it sees a probe's 'done' event.
+
+    A probe that finishes before the SUB socket has connected is simply missed (PUB/SUB
+    slow joiner), so probes are sent again until one is seen, within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = client.execute("None")
+        client.wait(probe, timeout=timeout)
+        end = min(deadline, time.monotonic() + 0.5)
+        while time.monotonic() < end:
+            if any(e.execution_id == probe and e.type == "done" for e in list(events)):
+                return
+            time.sleep(0.01)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"the subscription saw no probe's events within {timeout} s")

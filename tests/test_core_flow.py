@@ -42,11 +42,9 @@ def test_full_flow_with_events(any_server):
     client = any_server.client
     events, sub = collect_events(client)
     # Make sure the subscription is live before submitting (PUB/SUB slow joiner):
-    probe = client.execute("None")
-    client.wait(probe, timeout=10)
-    from helpers import wait_until
+    from helpers import wait_until, wait_until_subscribed
 
-    wait_until(lambda: any(e.execution_id == probe and e.type == "done" for e in events))
+    wait_until_subscribed(client, events)
 
     exec_id = client.execute(PROGRESS_TASK, name="sum")
     status = client.wait(exec_id, timeout=20)

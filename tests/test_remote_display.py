@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from helpers import wait_until
+from helpers import wait_until, wait_until_subscribed
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,8 +30,7 @@ def run(server, code: str, **kwargs):
 
     sub = client.subscribe(on_event)
     try:
-        probe = client.execute("None")  # the subscription is live once we see this one's events
-        wait_until(lambda: any(e.execution_id == probe and e.type == "done" for e in events))
+        wait_until_subscribed(client, events)
         exec_id = client.execute(code, **kwargs)
         status = client.wait(exec_id, timeout=60)
         wait_until(lambda: any(e.execution_id == exec_id and e.type == "done" for e in events))
