@@ -7,7 +7,8 @@ microseconds and nothing here needs coroutines; the loop never blocks on
 anything but the poll itself, so no command can wait on a task.
 
 Requests are dispatched to ``handle_<type>`` methods, which return the reply
-content (and optionally buffers). :class:`RequestError` becomes an error
+content (and optionally buffers), or raise :class:`ReplyLater` and
+``answer`` the request later. :class:`RequestError` becomes an error
 reply with its code; any other exception becomes an ``internal`` error reply
 and is logged — the server goes on serving either way. Messages that fail
 signature checks are dropped and logged, never answered. A correctly signed
@@ -26,8 +27,9 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import zmq
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
@@ -41,6 +43,7 @@ from .polling import EVENTS, POLLIN, spin_until_readable
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
+    Message,
     ProtocolError,
     Session,
     SignatureError,
@@ -87,6 +90,25 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.extra = extra
+
+
+class ReplyLater(Exception):
+    """Raised by a handler that answers later: it kept ``HeldRequest.of(msg)`` and will
+    ``answer`` it (an ``execute`` with ``hold``: the reply waits for the outcome)."""
+
+
+@dataclass(frozen=True)
+class HeldRequest:
+    """Who asked, and how to sign the answer: what a later reply needs of its request."""
+
+    prefix: list[bytes]
+    msg_id: str
+    msg_type: str
+    scheme: str
+
+    @classmethod
+    def of(cls, msg: Message) -> HeldRequest:
+        return cls(msg.prefix, msg.msg_id, msg.msg_type, msg.scheme)
 
 
 class ZMQServer(Configurable):
@@ -463,6 +485,9 @@ class ZMQServer(Configurable):
                 raise RequestError("unknown_type", f"unknown message type {msg_type!r}; expected one of {', '.join(REQUEST_TYPES)}")
             content, buffers, digests = getattr(self, f"handle_{msg_type}")(msg)
             content = {"ok": True, **content}
+        except ReplyLater:  # the handler answers later (``answer``); its deferred work starts now
+            self._run_soon()
+            return
         except RequestError as exc:
             content = _error(exc.code, exc.message, **exc.extra)
         except Exception as exc:  # a bug must not take the server down
@@ -482,6 +507,12 @@ class ZMQServer(Configurable):
             return
         if msg_type == "shutdown" and content.get("ok"):
             self.stop()
+
+    def answer(self, held: HeldRequest, content: dict[str, Any], buffers: Sequence[Any] = (),
+               digests: Optional[list[bytes]] = None) -> None:
+        """The ok reply to a request a handler held (``ReplyLater``)."""
+        self._reply(held.prefix, f"{held.msg_type}_reply", held.msg_id, {"ok": True, **content}, list(buffers),
+                    digests, held.scheme)
 
     def _reply(self, ident: list[bytes], msg_type: str, parent_id: Optional[str], content: dict[str, Any],
                buffers: list[Any] = (), digests: Optional[list[bytes]] = None,  # type: ignore[assignment]

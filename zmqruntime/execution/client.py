@@ -375,8 +375,11 @@ class ExecutionClient(ClientCore):
         return self._drive(self._result_flow(self._waiter(), execution_id, timeout))
 
     def run(self, task: Any, config: Any = None, *, timeout: Optional[float] = None, **kwargs: Any) -> dict[str, Any]:
-        """execute + result, for scripts (``timeout`` is the wait's; raises as get_results does)."""
-        return self.result(self.execute(task, config, **kwargs), timeout=timeout)
+        """execute + result, for scripts (``timeout`` is the wait's; raises as get_results does;
+        ``kwargs`` as ``execute`` takes them). A short task's outcome comes back in the execute
+        reply itself (see ``_run_flow``)."""
+        content, buffers = self._run_request(task, config, **kwargs)
+        return self._drive(self._run_flow(self._waiter, content, buffers, kwargs.get("push"), timeout))
 
     def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, timeout: Optional[float] = None,
                      name: Optional[str] = None) -> list[Any]:
@@ -723,8 +726,9 @@ class AsyncExecutionClient(ClientCore):
 
     async def run(self, task: Any, config: Any = None, *, timeout: Optional[float] = None,
                   **kwargs: Any) -> dict[str, Any]:
-        """execute + result (``timeout`` is the wait's)."""
-        return await self.result(await self.execute(task, config, **kwargs), timeout=timeout)
+        """execute + result (``timeout`` is the wait's; see ExecutionClient.run)."""
+        content, buffers = self._run_request(task, config, **kwargs)
+        return await self._drive(self._run_flow(self._done_channel, content, buffers, kwargs.get("push"), timeout))
 
     async def parallel_map(self, fn: Callable[[Any], Any], items: Sequence[Any], *,
                            timeout: Optional[float] = None, name: Optional[str] = None) -> list[Any]:

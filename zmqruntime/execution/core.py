@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Generator, Mapping, Optional, Protocol, Sequence, Union
 
 from .. import receive, serialize
-from ..client import check_timeout, ok_or_raise
+from ..client import check_timeout, ok_or_raise, reply_content
 from ..errors import ExecutionTimeout, RemoteError, ServerUnavailable
 from ..protocol import FINAL_STATES, Message, new_execution_id, new_id
 from ..transport import ConnectionInfo
@@ -52,6 +52,10 @@ PROMISED_POLL_QUIET_MAX = 10.0
 MAX_KEPT_DONE_EVENTS = 1024
 #: Tries of one ``execute`` request (same request_id) within the client's timeout.
 EXECUTE_ATTEMPTS = 3
+#: ``run()``: seconds the execute reply may wait on the server for the outcome (``hold``).
+#: A task that ends sooner costs one request and one reply, with no 'done' subscription;
+#: a longer one is then waited for on the data channel as ``result()`` does.
+RUN_HOLD = 0.5
 
 
 @dataclass
@@ -147,12 +151,18 @@ def check_config(config: Any) -> Any:
 
 
 def results_in_done_event(done: Any) -> Optional[dict[str, Any]]:
-    """The results a verified 'done' Event of a complete execution carries (its inline
-    results, or ``{}`` when it returned nothing), else None: then ask the server.
-    A dropped result still has names, so the server's ``results_expired`` explains it."""
-    if isinstance(done, Event) and done.get("status") == "complete":
+    """The results a verified 'done' Event of a complete execution carries, else None."""
+    return results_in_outcome(done.content, done.buffers) if isinstance(done, Event) else None
+
+
+def results_in_outcome(done: Mapping[str, Any], buffers: Sequence[Any]) -> Optional[dict[str, Any]]:
+    """The results a verified 'done' content (an event's, or a held execute reply's
+    ``outcome``) carries with ``buffers``: its inline results, or ``{}`` when it returned
+    nothing; else None: then ask the server. A dropped result still has names, so the
+    server's ``results_expired`` explains it."""
+    if done.get("status") == "complete":
         if done.get("inline_results"):
-            return serialize.loads(done.buffers)
+            return serialize.loads(buffers)
         if not done.get("result_names"):
             return {}
     return None
@@ -160,8 +170,6 @@ def results_in_done_event(done: Any) -> Optional[dict[str, Any]]:
 
 def decode_results(msg: Message) -> dict[str, Any]:
     """A verified ``results`` reply's values (its buffers unpickled)."""
-    from ..client import reply_content
-
     reply_content(msg)
     if not msg.buffers:
         return {}
@@ -265,6 +273,12 @@ class ClientCore:
                 content["shm"] = files
         return content, buffers
 
+    def _run_request(self, task: Any, config: Any = None, *, name: Optional[str] = None,
+                     results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
+                     request_id: Optional[str] = None, session: Optional[str] = None) -> tuple[dict[str, Any], list[Any]]:
+        """``run``'s execute request: ``execute``'s arguments but its ``timeout``, which bounds run's wait."""
+        return self._execute_request(task, config, name, None, results, push, request_id, session)
+
     @staticmethod
     def _push_over_socket(content: dict[str, Any], push: Any) -> tuple[dict[str, Any], list[Any]]:
         """The request again with every pushed byte in its buffers (the server found no shm file)."""
@@ -321,14 +335,7 @@ class ClientCore:
         channel.subscribe(proposed)
         self._watch_progress(proposed)
         try:
-            try:
-                reply = yield Submit(*(yield from self._upload_flow(content, buffers)))
-            except RemoteError as exc:
-                if exc.code != "shm_unavailable":
-                    raise
-                reply = yield Submit(*(yield from self._upload_flow(*self._push_over_socket(content, push))))
-            finally:
-                receive.discard_push(content.get("shm", []))  # those the server did not take
+            reply = yield from self._send_execute_flow(self._queue_flow, content, buffers, push)
         except BaseException:  # refused or unanswered: nothing to wait for under this id
             channel.unsubscribe(proposed)
             self._unwatch_progress(proposed)
@@ -342,6 +349,64 @@ class ClientCore:
         elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
             channel.promise(exec_id)
         return exec_id
+
+    def _run_flow(self, channel: Callable[[], DoneChannel], content: dict[str, Any], buffers: list[Any],
+                  push: Optional[Mapping[str, Any]], timeout: Optional[float]) -> Flow:
+        """``run``: an execute whose reply waits up to RUN_HOLD for the outcome (``hold``).
+
+        A task that ends in time comes back in that one reply (no 'done'
+        subscription, no second message: the round trip a no-op pays); a
+        longer one (or an older server's plain reply) is then waited for as
+        ``result`` waits, its 'done' event backed by ``status`` polls since
+        it may have gone by before the subscription.
+        """
+        timeout = check_timeout(timeout)
+        started = time.monotonic()
+        hold = RUN_HOLD if timeout is None else min(RUN_HOLD, timeout)
+        proposed = content["execution_id"]
+        self._watch_progress(proposed)
+        try:
+            reply, reply_buffers = yield from self._send_execute_flow(
+                self._held_execute_flow, {**content, "hold": hold}, buffers, push)
+        except BaseException:
+            self._unwatch_progress(proposed)
+            raise
+        exec_id = reply["execution_id"]
+        if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
+            self._watch_progress(exec_id)
+            self._unwatch_progress(proposed)
+        outcome = reply.get("outcome")
+        if not isinstance(outcome, dict):  # not over within the hold
+            left = None if timeout is None else max(0.001, timeout - (time.monotonic() - started))
+            return (yield from self._result_flow(channel(), exec_id, left))
+        results = results_in_outcome(outcome, reply_buffers)
+        if results is not None:
+            return results
+        return (yield from self._results_flow(None, exec_id, False, None))  # over: its results, or why not
+
+    def _send_execute_flow(self, submit: Callable[[dict[str, Any], list[Any]], Flow], content: dict[str, Any],
+                           buffers: list[Any], push: Optional[Mapping[str, Any]]) -> Flow:
+        """``submit`` the execute (large pushes uploaded first); again over the socket when the
+        server cannot open our shared-memory files (another host's /dev/shm)."""
+        try:
+            try:
+                return (yield from submit(*(yield from self._upload_flow(content, buffers))))
+            except RemoteError as exc:
+                if exc.code != "shm_unavailable":
+                    raise
+                return (yield from submit(*(yield from self._upload_flow(*self._push_over_socket(content, push)))))
+        finally:
+            receive.discard_push(content.get("shm", []))  # those the server did not take
+
+    @staticmethod
+    def _queue_flow(content: dict[str, Any], buffers: list[Any]) -> Flow:
+        """One execute as a Submit step (the asyncio client batches those of a loop turn): its reply content."""
+        return (yield Submit(content, buffers))
+
+    def _held_execute_flow(self, content: dict[str, Any], buffers: list[Any]) -> Flow:
+        """One execute with ``hold``, alone: its reply content and buffers (a held outcome's results)."""
+        msg = yield from self._submit_flow(content, buffers, raw=True)
+        return reply_content(msg), msg.buffers
 
     def _upload_flow(self, content: dict[str, Any], buffers: list[Any]) -> Flow:
         """Large pushed buffers sent ahead as ``upload`` parts: the execute then names them (``uploads``).
@@ -370,12 +435,14 @@ class ClientCore:
             return content, buffers  # an older server: everything in one message
         return {**content, "uploads": entries}, [b"" if i in large else b for i, b in enumerate(buffers)]
 
-    def _submit_flow(self, content: dict[str, Any], buffers: Sequence[Any] = ()) -> Flow:
-        """One ``execute``, retried with the same request_id (Lazy Pirate) within the client's timeout."""
+    def _submit_flow(self, content: dict[str, Any], buffers: Sequence[Any] = (), raw: bool = False) -> Flow:
+        """One ``execute``, retried with the same request_id (Lazy Pirate) within the client's timeout
+        (each attempt also waits out the reply's ``hold``)."""
         total = self.timeout
+        hold = content.get("hold") or 0.0
         for attempt_timeout in self._attempt_timeouts(total):
             try:
-                return (yield Request("execute", content, buffers, attempt_timeout))
+                return (yield Request("execute", content, buffers, attempt_timeout + hold, raw))
             except ServerUnavailable:
                 if self.closed:
                     raise

@@ -47,7 +47,7 @@ from ..protocol import (
     new_execution_id,
     send_frames,
 )
-from ..server import Reply, RequestError, ZMQServer
+from ..server import HeldRequest, Reply, ReplyLater, RequestError, ZMQServer
 from ..uploads import UploadError, UploadStore
 from .backend import ExecutionBackend, Job, Loss, resolve_backend
 from .json_results import RESULT_FORMATS
@@ -60,6 +60,8 @@ log = logging.getLogger("zmqruntime.execution")
 
 #: ``request_id``: what a client may use as an idempotency key (printable ASCII, no spaces).
 REQUEST_ID_MAX_LENGTH = 128
+#: Longest an ``execute`` may ask its reply to wait for the outcome (``hold``, seconds).
+MAX_HOLD = 60.0
 
 
 def check_request_id(value: Any) -> Optional[str]:
@@ -72,6 +74,16 @@ def check_request_id(value: Any) -> Optional[str]:
         raise RequestError("bad_request", f"'request_id' must be 1 to {REQUEST_ID_MAX_LENGTH} printable ASCII "
                                           f"characters without spaces, got {value[:40]!r}{'...' if len(value) > 40 else ''}")
     return value
+
+
+def check_hold(value: Any) -> float:
+    """An ``execute``'s ``hold``: seconds its reply may wait for the outcome (0: reply at once)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_HOLD:
+        raise RequestError("bad_request", f"'hold' must be a number of seconds from 0 to {MAX_HOLD:g}, got {value!r}")
+    return float(value)
 
 
 def request_fingerprint(task: dict[str, Any], name: str, timeout: Any, buffers: list[Any],
@@ -168,6 +180,8 @@ class ExecutionServer(ZMQServer):
         self.backend: ExecutionBackend = self.backend_type(parent=self, **self._backend_settings())
         self._backend_started = False
         self._backend_error: Optional[str] = None
+        #: executions whose ``execute`` reply waits for their outcome (``hold``): request, reply so far
+        self._held: dict[str, tuple[HeldRequest, dict[str, Any]]] = {}
 
     # -- worker side --------------------------------------------------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -422,10 +436,12 @@ class ExecutionServer(ZMQServer):
             rec.absorb_events()
             rec.seq += 1
             seq = rec.seq
-        self.publish(event_topic(rec.execution_id, "status"), "status", {
-            "execution_id": rec.execution_id, "seq": seq, "time": time.time(), "status": rec.status,
-            "reason": rec.reason, "namespace_reset": rec.namespace_reset,
-        })
+        topic = event_topic(rec.execution_id, "status")
+        if self.wants(topic):  # most executions have no status subscriber: skip building the event
+            self.publish(topic, "status", {
+                "execution_id": rec.execution_id, "seq": seq, "time": time.time(), "status": rec.status,
+                "reason": rec.reason, "namespace_reset": rec.namespace_reset,
+            })
 
     def _finish(self, rec: ExecutionRecord, status: str, *, reason: Optional[str] = None,
                 error: Optional[dict[str, Any]] = None, schedule_first: bool = False) -> None:
@@ -449,16 +465,24 @@ class ExecutionServer(ZMQServer):
             self.records.enforce()  # before 'done' announces them: a result over the limits is dropped now
         if schedule_first:
             self._schedule()
+        held = self._held.pop(rec.execution_id, None)
         self._emit_status(rec)
         rec.seq += 1
         # Small results ride along, so a waiting client needs no extra round trip.
         inline = rec.has_results and rec.result_nbytes <= self.inline_result_bytes
-        self.publish(event_topic(rec.execution_id, "done"), "done", {
+        done = {
             "execution_id": rec.execution_id, "seq": rec.seq, "time": time.time(), "status": status,
             "reason": reason, "error": error, "has_results": rec.has_results, "result_names": rec.result_names,
             "result_nbytes": rec.result_nbytes, "result_error": rec.result_error,
             "namespace_reset": rec.namespace_reset, "inline_results": inline,
-        }, rec.result_frames if inline else [], rec.result_digests if inline else None)
+        }
+        frames = rec.result_frames if inline else []
+        if held is not None:  # the client waits on its execute reply: the outcome goes there
+            request, reply = held
+            self.answer(request, {**reply, "status": status, "outcome": done}, frames,
+                        rec.result_digests if inline and request.scheme == self.session.scheme else None)
+        self.publish(event_topic(rec.execution_id, "done"), "done", done, frames,
+                     rec.result_digests if inline else None)
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
@@ -477,7 +501,26 @@ class ExecutionServer(ZMQServer):
 
     # -- handlers -----------------------------------------------------------
     def handle_execute(self, msg: Any) -> Reply:
-        return self._accept_execute(msg.content, list(msg.buffers)), [], None
+        hold = check_hold(msg.content.get("hold"))
+        reply = self._accept_execute(msg.content, list(msg.buffers))
+        if not hold or reply["duplicate"]:
+            return reply, [], None
+        # The reply waits (up to ``hold`` s) for the outcome: a short task's client then needs
+        # neither a 'done' subscription nor a second message (see _finish and _hold_expired).
+        exec_id = reply["execution_id"]
+        self._held[exec_id] = (HeldRequest.of(msg), reply)
+        self.call_later(hold, lambda: self._hold_expired(exec_id))
+        raise ReplyLater
+
+    def _hold_expired(self, exec_id: str) -> None:
+        """The held execute reply of a still-unfinished execution goes out as a plain reply."""
+        held = self._held.pop(exec_id, None)
+        if held is None:  # finished (answered with its outcome) in time
+            return
+        request, reply = held
+        rec = self.records.get(exec_id)
+        self.answer(request, {**reply, "status": rec.status if rec is not None else reply["status"],
+                              "done_subscribed": self.wants(event_topic(exec_id, "done"))})
 
     def handle_execute_many(self, msg: Any) -> Reply:
         """Several ``execute`` contents in one request, each accepted or refused on its own."""
@@ -494,6 +537,8 @@ class ExecutionServer(ZMQServer):
             try:
                 if not isinstance(item, dict):
                     raise RequestError("bad_request", f"executions[{i}] must be an object, got {type(item).__name__}")
+                if item.get("hold") is not None:
+                    raise RequestError("bad_request", f"executions[{i}]: 'hold' applies to execute, not execute_many")
                 answers.append({"ok": True, **self._accept_execute(item, [])})
             except RequestError as exc:
                 answers.append({"ok": False, "error": {"code": exc.code, "message": exc.message, **exc.extra}})
