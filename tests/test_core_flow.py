@@ -99,6 +99,20 @@ def test_exception_returns_remote_traceback(server):
     assert client.run("1 + 1", timeout=10) == {"_": 2}
 
 
+@pytest.mark.parametrize("code", ["x = 0\n1 / x", "[1 / i for i in range(1)]"])  # kept compiled, and not
+def test_the_same_source_again_names_its_own_execution_and_lines(server, code):
+    """A re-run source (the worker keeps short ones compiled) still reports where it failed."""
+    client = server.client
+    tracebacks = {}
+    for _ in range(2):
+        exec_id = client.execute(code)
+        status = client.wait(exec_id, timeout=10)
+        assert status["status"] == "failed" and status["error"]["ename"] == "ZeroDivisionError"
+        tracebacks[exec_id] = "".join(status["error"]["traceback"])
+    for exec_id, tb in tracebacks.items():
+        assert f"<zmqexec-{exec_id}>" in tb and "1 / " in tb, tb  # its own file name, its line shown
+
+
 def test_stderr_and_missing_result_name(server):
     client = server.client
     exec_id = client.execute("import sys\nprint('oops', file=sys.stderr)\nx = 1", results=["x", "y"])

@@ -169,6 +169,7 @@ class ZMQServer(Configurable):
         # How many tracked prefixes have each length: wants() tries only those lengths (usually one or two).
         self._prefix_lengths: collections.Counter[int] = collections.Counter()
         self._subscriptions_overflow = False  # too many prefixes to track: publish everything
+        self._subscriptions_current = False  # read this loop turn (see wants)
         self.dropped = RateLimitedLog(log)
         self.zap: Optional[ZapHandler] = None
         self.fd_reserve: Optional[FdReserve] = None
@@ -337,7 +338,9 @@ class ZMQServer(Configurable):
                 if self._soon or (served and spin_until_readable(self._sockets, self.busy_poll)):
                     timeout = 0.0
                 served = False
-                for sock, _ in self.poller.poll(int(timeout)):
+                ready = self.poller.poll(int(timeout))
+                self._subscriptions_current = False
+                for sock, _ in ready:
                     try:
                         self._handlers[sock]()
                     except Exception:  # a bad message must never take the server down
@@ -561,11 +564,14 @@ class ZMQServer(Configurable):
     def wants(self, topic: bytes) -> bool:
         """Would any subscriber receive ``topic``?  (PUB/SUB matching is by prefix.)
 
-        Subscriptions that libzmq has applied but we have not read yet are
-        read first, so nothing a subscriber would get from a plain PUB is
-        held back.
+        Subscriptions that arrived since the loop turn began are read first
+        (once per turn: asking the XPUB socket costs a system call, and an
+        execution's events are decided several times a turn), so a subscriber
+        loses at most what a late-joining one may (docs/protocol.md §9.4).
         """
-        self._read_subscriptions()
+        if not self._subscriptions_current:
+            self._subscriptions_current = True
+            self._read_subscriptions()
         subs = self._subscriptions
         if self._subscriptions_overflow:
             return True

@@ -26,6 +26,7 @@ import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
+from types import CodeType
 from typing import Any, Callable, ContextManager, Optional, Protocol
 
 from .. import reporting, serialize, spill
@@ -195,18 +196,13 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     code: str = task["code"]
     filename = f"<zmqexec-{ctx.execution_id}>"
     _remember_source(filename, code)
-    tree = ast.parse(code, filename=filename, mode="exec")
-    last_expr = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = tree.body.pop()
-        assert isinstance(last, ast.Expr)
-        last_expr = ast.Expression(last.value)
+    body, last_expr = compile_task(code, filename)
     ns = ctx.namespace
     _apply_config(task.get("config"), ns, ctx.execution_id)
-    exec(compile(tree, filename, "exec"), ns)
+    exec(body, ns)
     results: dict[str, Any] = {}
     if last_expr is not None:
-        value = eval(compile(last_expr, filename, "eval"), ns)
+        value = eval(last_expr, ns)
         if value is not None:
             results["_"] = value
     missing = [n for n in task.get("results", []) if n not in ns]
@@ -215,6 +211,39 @@ def run_python_source(task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     for name in task.get("results", []):
         results[name] = ns[name]
     return results
+
+
+#: Compiled forms of recent short sources, by source (a notebook re-runs its cells, a pipeline
+#: the same expression): compiling was a third of a no-op's time in the worker. Only code with
+#: no nested code objects (functions, classes, comprehensions, lambdas) is kept, so giving it
+#: each execution's file name (``co_filename``, what tracebacks show) is exact.
+_compiled: dict[str, tuple[CodeType, Optional[CodeType]]] = {}
+COMPILED_KEEP, COMPILED_MAX_CHARS = 256, 4096
+
+
+def compile_task(code: str, filename: str) -> tuple[CodeType, Optional[CodeType]]:
+    """``code`` compiled under ``filename``: its statements, and its last one apart when it is
+    an expression (its value is the result ``_``)."""
+    cached = _compiled.get(code)
+    if cached is not None:
+        body, last = cached
+        return body.replace(co_filename=filename), last.replace(co_filename=filename) if last else None
+    tree = ast.parse(code, filename=filename, mode="exec")
+    last_expr = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last_stmt = tree.body.pop()
+        assert isinstance(last_stmt, ast.Expr)
+        last_expr = compile(ast.Expression(last_stmt.value), filename, "eval")
+    body = compile(tree, filename, "exec")
+    if len(code) <= COMPILED_MAX_CHARS and not _nests_code(body) and not (last_expr and _nests_code(last_expr)):
+        _compiled[code] = (body, last_expr)
+        if len(_compiled) > COMPILED_KEEP:
+            del _compiled[next(iter(_compiled))]
+    return body, last_expr
+
+
+def _nests_code(code: CodeType) -> bool:
+    return any(isinstance(c, CodeType) for c in code.co_consts)
 
 
 class ConfigError(Exception):
