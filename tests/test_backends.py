@@ -272,3 +272,21 @@ def test_display_outputs_figures_and_tqdm_rows_on_every_backend(backend):
     assert status["outputs"][-1]["data"]["text/plain"] == "42" and status["outputs"][-1]["result"]
     assert [(b["desc"], b["n"], b["closed"]) for b in status["bars"]] == [("bar", 5, True)]
     assert "\r" not in status["stderr"]
+
+
+def test_finished_executions_leave_no_results_on_the_cluster(dask_cluster, start_server):
+    """The server keeps an execution's outcome itself: the dask future is released (with
+    the next submit, or within about a second) so no result stays in a worker's memory."""
+    from distributed import Client
+
+    server = start_server("--backend", "dask", "--scheduler", dask_cluster.address)
+    client: ExecutionClient = server.client
+    ids = [client.execute(f"bytes({n} << 20)") for n in (1, 2, 3)]
+    for eid in ids:
+        assert len(client.result(eid, timeout=60)["_"]) >> 20 in (1, 2, 3)
+    with Client(dask_cluster.address, timeout=30) as observer:
+        def held() -> list[str]:
+            who_has = observer.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks))
+            return [k for k in who_has if str(k).startswith("zmqr-")]
+        wait_until(lambda: not held(), timeout=20, interval=0.2)
+        assert not held()
