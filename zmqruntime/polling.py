@@ -21,10 +21,6 @@ from typing import Sequence, Sized
 
 import zmq
 
-#: The interpreter's thread switch interval in a spinning server (CPython's default is 5 ms):
-#: a thread waiting for the GIL (a dask client's event loop) waited out whole 2 ms spins.
-SPIN_SWITCH_INTERVAL = 0.0001
-
 POLLIN = int(zmq.POLLIN)
 EVENTS = int(zmq.EVENTS)  # a plain int: the enum costs ~1 us per getsockopt
 
@@ -33,10 +29,11 @@ def spin_until_readable(socks: Sequence[zmq.Socket], spin: float, from_threads: 
     """True as soon as one of ``socks`` has a message or ``from_threads`` (callbacks queued
     by other threads) is not empty, False after ``spin`` seconds.
 
-    The spin holds the GIL: other threads of the process (a dask client's event loop)
-    get it at the interpreter's switch interval, which the server shortens while it
-    spins (``SPIN_SWITCH_INTERVAL``). Dropping the GIL every turn (``time.sleep(0)``)
-    cost a no-op 0.56 -> 0.82 ms: each such sleep is a system call that yields the CPU.
+    The spin holds the GIL, so a server whose backend runs threads of its own in the
+    process (a dask client's event loop) does not spin (``ExecutionBackend.runs_threads``):
+    those threads waited out whole spins for it. Dropping the GIL every turn instead
+    (``time.sleep(0)``) cost a local no-op 0.56 -> 0.82 ms: each such sleep is a system
+    call that yields the CPU.
     """
     if spin <= 0:
         return False

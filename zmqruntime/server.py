@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from . import __version__
 from . import curve as _curve
 from .errors import ServerStartError
 from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
-from .polling import EVENTS, POLLIN, SPIN_SWITCH_INTERVAL, spin_until_readable
+from .polling import EVENTS, POLLIN, spin_until_readable
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -325,8 +324,6 @@ class ZMQServer(Configurable):
             self.call_every(0.5, self._watch_parent)
         self.call_every(self.dropped.interval, self.dropped.flush)  # "N more not logged" without waiting for more
         self._install_signal_handlers()
-        if self.busy_poll > 0:  # threads of ours (a backend's) get the GIL while we spin (polling.py)
-            sys.setswitchinterval(min(sys.getswitchinterval(), SPIN_SWITCH_INTERVAL))
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)

@@ -100,6 +100,9 @@ class ExecutionBackend(LoggingConfigurable):
 
     #: Shown by ``ping`` and ``%zmq status``.
     name: ClassVar[str] = "backend"
+    #: Threads of this backend run Python in the server's process (a dask client's event
+    #: loop): the server then does not busy-poll (polling.py), which would hold the GIL.
+    runs_threads: ClassVar[bool] = False
 
     def start(self, host: BackendHost) -> None:
         """Connect or start whatever runs code; raise a clear error if that is impossible."""

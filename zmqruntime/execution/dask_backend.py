@@ -56,6 +56,7 @@ RELEASE_AFTER = 1.0
 
 class DaskBackend(ExecutionBackend):
     name = "dask"
+    runs_threads = True  # the dask client's event loop: a server spinning for 2 ms delayed its callbacks
 
     scheduler_address = Unicode("", help="An existing cluster's scheduler (tcp://host:8786); empty: start a "
                                          "LocalCluster, or use `cluster`.").tag(config=True)

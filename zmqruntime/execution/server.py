@@ -205,6 +205,8 @@ class ExecutionServer(ZMQServer):
         return self.kinds[kind].validate(task)
 
     def on_start(self) -> None:
+        if self.backend.runs_threads and not self._configured(type(self), "busy_poll"):
+            self.busy_poll = 0.0  # its threads need the GIL the spin would hold
         self.files.start()  # before the workers: they inherit its settings
         self.backend.start(self)  # type: ignore[arg-type]  # bound by now: context is set
         self._backend_started = True
