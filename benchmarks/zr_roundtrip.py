@@ -48,21 +48,25 @@ def measure_pipelined(client) -> dict:
 
     from zmqruntime import AsyncExecutionClient
 
-    async def batch_async(n: int) -> None:
-        # One session across the batches, as a script or notebook keeps its own: its worker is
-        # warm (a new session per batch would time a worker boot as well).
-        aclient = AsyncExecutionClient(client.info, session="bench-pipelined")
-        try:
-            ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(n)))
-            await asyncio.gather(*(aclient.result(eid, timeout=60) for eid in ids))
-        finally:
-            aclient.close()
+    # One client and one session across the batches, as a script or notebook keeps its own
+    # (and as the peers keep theirs): its worker is warm and its data-channel connection up.
+    # A new client per batch timed that connection's race with the first execute_many as
+    # well: waits whose subscription the server had not seen yet poll `status` (one request
+    # per execution), which put some batches at ~2,000/s and others at ~3,500/s.
+    aclient = AsyncExecutionClient(client.info, session="bench-pipelined")
 
-    # The session's first execution takes the server's spare worker, which the server then
-    # replaces: let that boot (~0.5 s of CPU) finish before timing, or it shares the 2 cores.
-    asyncio.run(batch_async(10))
-    time.sleep(SPARE_BOOT_PAUSE)
-    return common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(), reps=3)
+    async def batch_async(n: int) -> None:
+        ids = await asyncio.gather(*(aclient.execute(NOOP) for _ in range(n)))
+        await asyncio.gather(*(aclient.result(eid, timeout=60) for eid in ids))
+
+    try:
+        # The session's first execution takes the server's spare worker, which the server then
+        # replaces: let that boot (~0.5 s of CPU) finish before timing, or it shares the 2 cores.
+        asyncio.run(batch_async(10))
+        time.sleep(SPARE_BOOT_PAUSE)
+        return common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(), reps=3)
+    finally:
+        aclient.close()
 
 
 def measure_sequential_batch(client) -> dict:

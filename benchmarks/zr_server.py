@@ -180,6 +180,18 @@ def running_server(server_args: tuple[str, ...] = ()):
             log.close()
 
 
+def wait_workers_ready(client, timeout: float = 60.0) -> None:
+    """Until every worker process the server has (sessions' and spares) says it is ready:
+    boots started by new sessions then no longer share the CPU with what is timed next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = client.ping().get("workers") or []
+        if workers and all(w.get("ready") for w in workers):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the server's workers were not all ready within {timeout:g} s")
+
+
 # ------------------------------------------------------------ readers
 
 

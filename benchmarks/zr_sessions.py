@@ -85,18 +85,23 @@ def measure_pipelined_vs_sessions(client) -> dict:
 
     out = {}
     for k in SESSIONS:
-        async def batch_async(n: int, k: int = k) -> None:
-            clients = [AsyncExecutionClient(client.info, session=f"bench-pipe-{k}-{i}") for i in range(k)]
-            try:
-                share = max(1, n // k)
-                ids = await asyncio.gather(*(c.execute(NOOP) for c in clients for _ in range(share)))
-                owners = [c for c in clients for _ in range(share)]
-                await asyncio.gather(*(c.result(eid, timeout=120) for c, eid in zip(owners, ids)))
-            finally:
-                for c in clients:
-                    c.close()
+        # k clients, one session each, kept across the batches (as zr_roundtrip's pipelined row)
+        clients = [AsyncExecutionClient(client.info, session=f"bench-pipe-{k}-{i}") for i in range(k)]
 
-        out[f"{k}_sessions"] = common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(), reps=3)
+        async def batch_async(n: int, clients: list = clients) -> None:
+            share = max(1, n // len(clients))
+            ids = await asyncio.gather(*(c.execute(NOOP) for c in clients for _ in range(share)))
+            owners = [c for c in clients for _ in range(share)]
+            await asyncio.gather(*(c.result(eid, timeout=120) for c, eid in zip(owners, ids)))
+
+        try:
+            asyncio.run(batch_async(len(clients)))  # each session takes a worker: the server boots spares
+            zr_server.wait_workers_ready(client)
+            out[f"{k}_sessions"] = common.throughput(lambda n: asyncio.run(batch_async(n)), common.batch_size(),
+                                                     reps=3)
+        finally:
+            for c in clients:
+                c.close()
     return out
 
 
