@@ -342,10 +342,7 @@ class ClientCore:
             raise
         exec_id = reply["execution_id"]
         if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
-            channel.subscribe(exec_id)
-            channel.unsubscribe(proposed)
-            self._watch_progress(exec_id)
-            self._unwatch_progress(proposed)
+            self._follow_instead(proposed, exec_id, channel)
         elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll
             channel.promise(exec_id)
         return exec_id
@@ -373,8 +370,7 @@ class ClientCore:
             raise
         exec_id = reply["execution_id"]
         if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
-            self._watch_progress(exec_id)
-            self._unwatch_progress(proposed)
+            self._follow_instead(proposed, exec_id)
         outcome = reply.get("outcome")
         if not isinstance(outcome, dict):  # not over within the hold
             left = None if timeout is None else max(0.001, timeout - (time.monotonic() - started))
@@ -383,6 +379,14 @@ class ClientCore:
         if results is not None:
             return results
         return (yield from self._results_flow(None, exec_id, False, None))  # over: its results, or why not
+
+    def _follow_instead(self, proposed: str, exec_id: str, channel: Optional[DoneChannel] = None) -> None:
+        """A repeated request_id named an earlier execution: its events are followed, not the proposed id's."""
+        if channel is not None:
+            channel.subscribe(exec_id)
+            channel.unsubscribe(proposed)
+        self._watch_progress(exec_id)
+        self._unwatch_progress(proposed)
 
     def _send_execute_flow(self, submit: Callable[[dict[str, Any], list[Any]], Flow], content: dict[str, Any],
                            buffers: list[Any], push: Optional[Mapping[str, Any]]) -> Flow:
