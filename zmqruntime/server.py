@@ -529,8 +529,12 @@ class ZMQServer(Configurable):
                 digests: Optional[list[bytes]] = None) -> None:
         """Sign and send an event, unless no subscriber's prefix matches ``topic``."""
         if self.wants(topic):
-            send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic,
-                                                         buffers=buffers, digests=digests))
+            self.send_event(topic, msg_type, content, buffers, digests)
+
+    def send_event(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
+                   digests: Optional[list[bytes]] = None) -> None:
+        """Sign and send an event whose topic ``wants`` already said yes to (its content built only then)."""
+        send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic, buffers=buffers, digests=digests))
 
     # -- data channel subscriptions -------------------------------------------
     def _read_subscriptions(self) -> None:

@@ -113,7 +113,7 @@ class DaskBackend(ExecutionBackend):
         self.client.subscribe_topic(self.topic, self._on_task_event)
         self.client.subscribe_topic("all", self._on_cluster_event)
         self._refresh()
-        host.call_later(RELEASE_AFTER, self._release_done)
+        host.call_every(RELEASE_AFTER, self._release_done)
         log.info("dask backend: scheduler %s, %d workers", self.client.scheduler.address, len(self.workers))
 
     def _cluster_or_address(self) -> Any:
@@ -179,9 +179,8 @@ class DaskBackend(ExecutionBackend):
 
     def _release_done(self) -> None:
         """Release finished futures no submit has taken along (their results leave the workers)."""
-        self.done_futures.clear()
-        if self.host is not None and not self.stopping:
-            self.host.call_later(RELEASE_AFTER, self._release_done)
+        if not self.stopping:
+            self.done_futures.clear()
 
     def _report(self, message: Optional[str]) -> None:
         if message != self.error:

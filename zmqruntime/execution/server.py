@@ -440,7 +440,7 @@ class ExecutionServer(ZMQServer):
             seq = rec.seq
         topic = event_topic(rec.execution_id, "status")
         if self.wants(topic):  # most executions have no status subscriber: skip building the event
-            self.publish(topic, "status", {
+            self.send_event(topic, "status", {
                 "execution_id": rec.execution_id, "seq": seq, "time": time.time(), "status": rec.status,
                 "reason": rec.reason, "namespace_reset": rec.namespace_reset,
             })
