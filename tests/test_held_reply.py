@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 import zmq
@@ -56,12 +55,11 @@ def test_a_short_tasks_outcome_rides_in_the_held_reply(raw):
 def test_a_long_tasks_reply_goes_out_plain_when_the_hold_runs_out(server, raw):
     sock, session = raw
     exec_id = new_execution_id()
-    started = time.monotonic()
     send_execute(sock, session, "import time; time.sleep(2); 'late'", hold=0.3, execution_id=exec_id)
     reply = recv_reply(sock, session).content
-    waited = time.monotonic() - started
+    # sent while the task still ran (its status says so), not held until it ended
     assert reply["ok"] and reply["execution_id"] == exec_id and "outcome" not in reply
-    assert reply["status"] in ("queued", "running") and waited < 1.8, (reply, waited)
+    assert reply["status"] in ("queued", "running"), reply
     assert server.client.result(exec_id, timeout=30) == {"_": "late"}
     assert not sock.poll(300), "the hold's reply was the only one"
 
