@@ -9,13 +9,13 @@ inside the server process.
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from typing import Any, Optional
 
 from zmqruntime.execution.backend import BackendHost, ExecutionBackend, Job, Loss
 from zmqruntime.execution.runner import StreamCapture, run_task
+from zmqruntime.execution.thread_interrupt import ThreadInterrupts
 
 
 class _Sink:
@@ -40,7 +40,7 @@ class ThreadBackend(ExecutionBackend):
     def start(self, host: BackendHost) -> None:
         self.host = host
         self.namespaces: dict[str, dict[str, Any]] = {}
-        self.threads: dict[str, int] = {}  # execution id -> thread ident
+        self.threads = ThreadInterrupts()
 
     def stop(self) -> None:
         pass
@@ -55,22 +55,20 @@ class ThreadBackend(ExecutionBackend):
     def _run(self, job: Job) -> None:
         from zmqruntime.execution.server import ExecutionServer
 
-        self.threads[job.execution_id] = threading.get_ident()
-        ns = self.namespaces.setdefault(job.session, {"__name__": "__main__"})
-        sink = _Sink(self, job)
-        streams = (StreamCapture(sink.emit, "stdout"), StreamCapture(sink.emit, "stderr"))
-        outcome = run_task(ExecutionServer(_worker_side=True), job.execution_id, job.task, job.buffers, ns, sink,
-                           streams=streams)
-        self.threads.pop(job.execution_id, None)
+        self.threads.started(job.execution_id)
+        try:
+            ns = self.namespaces.setdefault(job.session, {"__name__": "__main__"})
+            sink = _Sink(self, job)
+            streams = (StreamCapture(sink.emit, "stdout"), StreamCapture(sink.emit, "stderr"))
+            outcome = run_task(ExecutionServer(_worker_side=True), job.execution_id, job.task, job.buffers, ns, sink,
+                               streams=streams, interruptible=self.threads.armed(job.execution_id))
+        finally:
+            self.threads.finished(job.execution_id)
         self.report(lambda: self.host.backend_finished(job.execution_id, outcome.message(job.execution_id, sink.seq),
                                                        outcome.frames))
 
     def cancel(self, execution_id: str) -> bool:
-        ident = self.threads.get(execution_id)
-        if ident is None:
-            return False
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
-        return True
+        return self.threads.interrupt(execution_id)
 
     def release_session(self, session: str) -> None:
         self.namespaces.pop(session, None)

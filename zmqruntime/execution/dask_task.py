@@ -17,13 +17,13 @@ the event rate dask carries stays small whatever the task does.
 Dask runs tasks in threads, several per worker process, so stdout/stderr
 and the progress sink are routed per thread (``ThreadRouter``) instead of
 being swapped globally. Cancel raises KeyboardInterrupt in the task's thread
-(``interrupt``), which stops pure-Python code between bytecodes; code
-blocked in C is the server's to escalate (it restarts the worker).
+(``interrupt``, through ``thread_interrupt.py``: only while user code runs),
+which stops pure-Python code between bytecodes; code blocked in C is the
+server's to escalate (it restarts the worker).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
@@ -34,11 +34,12 @@ from typing import Any, Optional, TextIO, cast
 from .. import reporting
 from ..protocol import PROGRESS_FIELDS
 from .runner import StreamCapture, finite, run_task
+from .thread_interrupt import ThreadInterrupts
 
 #: Session name -> namespace, in this worker process.
 NAMESPACES: dict[str, dict[str, Any]] = {}
-#: Execution id -> ident of the thread running it.
-RUNNING: dict[str, int] = {}
+#: The threads running executions here, for ``interrupt``.
+RUNNING = ThreadInterrupts()
 #: Changes when the worker process does: a namespace made by another incarnation is gone.
 INCARNATION = uuid.uuid4().hex
 BATCH_WINDOW = 0.02
@@ -150,27 +151,29 @@ def router() -> ThreadRouter:
 def run_execution(topic: str, execution_id: str, session: str, task: dict[str, Any], buffers: list[Any],
                   seq: int, app_class: str, task_kinds: dict[str, str]) -> dict[str, Any]:
     """The dask task of one execution: outcome message, result frames, where it ran."""
-    from distributed import get_worker
-
-    from .. import serialize  # noqa: F401  (imported here so a worker fails early if zmqruntime is broken)
-    from ..options import load_class
-
-    worker = get_worker()
-    routes = router()
-    fresh = session not in NAMESPACES
-    namespace = NAMESPACES.setdefault(session, {"__name__": "__main__", "__builtins__": __builtins__})
-    sink = DaskSink(worker, topic, execution_id, seq)
-    streams = (StreamCapture(sink.emit, "stdout"), StreamCapture(sink.emit, "stderr"))
-    ident = threading.get_ident()
-    routes.by_thread[ident] = (streams[0], streams[1], sink)
-    RUNNING[execution_id] = ident
+    RUNNING.started(execution_id)  # first: a cancel from now on is this task's (see thread_interrupt.py)
     try:
-        app = load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
-        outcome = run_task(app, execution_id, task, buffers, namespace, sink,
-                           install_progress=False)
+        from distributed import get_worker
+
+        from .. import serialize  # noqa: F401  (imported here so a worker fails early if zmqruntime is broken)
+        from ..options import load_class
+
+        worker = get_worker()
+        routes = router()
+        fresh = session not in NAMESPACES
+        namespace = NAMESPACES.setdefault(session, {"__name__": "__main__", "__builtins__": __builtins__})
+        sink = DaskSink(worker, topic, execution_id, seq)
+        streams = (StreamCapture(sink.emit, "stdout"), StreamCapture(sink.emit, "stderr"))
+        ident = threading.get_ident()
+        routes.by_thread[ident] = (streams[0], streams[1], sink)
+        try:
+            app = load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
+            outcome = run_task(app, execution_id, task, buffers, namespace, sink,
+                               interruptible=RUNNING.armed(execution_id), install_progress=False)
+        finally:
+            routes.by_thread.pop(ident, None)
     finally:
-        RUNNING.pop(execution_id, None)
-        routes.by_thread.pop(ident, None)
+        RUNNING.finished(execution_id)
     streams[0].flush()
     streams[1].flush()
     sink.flush()
@@ -179,12 +182,9 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
 
 
 def interrupt(execution_id: str) -> bool:
-    """KeyboardInterrupt in the thread running ``execution_id`` (run on the worker by ``Client.run``)."""
-    ident = RUNNING.get(execution_id)
-    if ident is None:
-        return False
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
-    return True
+    """KeyboardInterrupt in the user code of ``execution_id`` (run on the worker by ``Client.run``);
+    False when it has not started here (dask may then simply drop it)."""
+    return RUNNING.interrupt(execution_id)
 
 
 def drop_namespace(session: str) -> bool:
