@@ -160,6 +160,17 @@ def pipelined_row(r: dict) -> Row:
     return _throughput_row(r, "pipelined", "no-op pipelined (async client)", judged=True)
 
 
+def engine_row(r: dict) -> Row:
+    """The same no-op batch as one execute_many, the client idle: the server and worker's own rate."""
+    engine, client = get(r, "zr_roundtrip", "pipelined_engine", "tasks_per_s"), get(r, "zr_roundtrip", "pipelined", "tasks_per_s")
+    share = client / engine if client and engine else None
+    return Row("no-op pipelined, engine only (execute_many)",
+               fmt(engine, ".0f", " tasks/s") + span(r, ".0f", "zr_roundtrip", "pipelined_engine", "tasks_per_s"),
+               f"async client {fmt(client, '.0f', ' tasks/s')}", f"client reaches {fmt(share and share * 100, '.0f', '%')}",
+               "(for reference)", "n/a", error_of(r, "zr_roundtrip", "pipelined_engine"),
+               {"engine_tasks_per_s": engine, "client_tasks_per_s": client, "client_share": share})
+
+
 def sync_batch_row(r: dict) -> Row:
     return _throughput_row(r, "sync_batch", "no-op batch, blocking client", judged=False)
 
@@ -271,7 +282,7 @@ def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
     from benchmarks.rows_kernel_flood import flood_rows
 
-    return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), sync_batch_row(results),
+    return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),

@@ -9,6 +9,12 @@ measured in the same run:
   * pipelined       submit a batch of ``execute("None")``, then wait all and fetch all
                     results (as dask ``gather`` / ipyparallel ``get`` do)
                     vs ipyparallel / dask / Ray      (target >= 5x / >= 3x throughput)
+  * engine only     the same batch as one ``execute_many`` on the wire, then ``status``
+                    of its last execution until it is final (one session runs in order):
+                    what the server and its worker do when the client does nothing per
+                    execution. The async client's figure against it is the share the
+                    per-execution client side (done subscription and event, futures,
+                    results) leaves; for reference, not judged.
 
 All share one server started in a child process (see zr_server.py) with two
 worker processes, as the ipyparallel and dask baselines have two engines/workers.
@@ -69,6 +75,34 @@ def measure_pipelined(client) -> dict:
         aclient.close()
 
 
+def measure_pipelined_engine(client) -> dict:
+    """execute_many of the batch, then poll the last execution's status (every 1 ms) until final."""
+    from zmqruntime.client import ZMQClient
+    from zmqruntime.protocol import new_id
+
+    wire = ZMQClient(client.info, timeout=60)
+    session = "bench-engine"
+
+    def batch(n: int) -> None:
+        executions = [{"task": {"kind": "python", "code": NOOP}, "session": session, "request_id": new_id()}
+                      for _ in range(n)]
+        answers = wire.call("execute_many", {"executions": executions})["executions"]
+        last = answers[-1]["execution_id"]
+        deadline = time.monotonic() + 60
+        while wire.call("status", {"execution_id": last})["execution"]["status"] not in ("complete", "failed",
+                                                                                         "cancelled"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the last of {n} no-ops did not end within 60 s")
+            time.sleep(0.001)
+
+    try:
+        batch(10)  # the session takes the spare worker; the server boots a replacement
+        time.sleep(SPARE_BOOT_PAUSE)
+        return common.throughput(batch, common.batch_size(), reps=3)
+    finally:
+        wire.close()
+
+
 def measure_sequential_batch(client) -> dict:
     """The blocking client: submit a batch one request at a time, then the result of each."""
     def batch(n: int) -> None:
@@ -84,6 +118,7 @@ def measure() -> dict:
         "ping": measure_ping,
         "noop_latency": measure_noop_latency,
         "pipelined": measure_pipelined,
+        "pipelined_engine": measure_pipelined_engine,
         "sync_batch": measure_sequential_batch,
     }, server_args=(f"--ExecutionServer.concurrency={WORKERS}",))
 
