@@ -33,6 +33,10 @@ WORKERS = 2
 CLIENTS = (1, 2) if common.SMOKE else (1, 4, 16, 64)
 DURATION = common.sized(1.5 if common.QUICK else 3.0, 0.3)
 READY_TIMEOUT = 120.0
+#: Each request's reply timeout in the clients: at 64 client processes (and their 64 session
+#: workers) on 2 cores a reply took over the default 10 s once (run F of 2026-11-30), which
+#: lost the whole point; a slow reply belongs in the latency figures instead.
+REQUEST_TIMEOUT = 60.0
 
 
 def summarize_point(latencies: list[float], done: int, seconds: float) -> dict:
@@ -56,7 +60,7 @@ def run_for(client, duration: float, start_at: float) -> list[float]:
 
 def threads_point(port: int, n: int) -> dict:
     ExecutionClient, _ = zr_server.import_api()
-    clients = [ExecutionClient(port=port, auto_spawn=False) for _ in range(n)]
+    clients = [ExecutionClient(port=port, auto_spawn=False, timeout=REQUEST_TIMEOUT) for _ in range(n)]
     results: list = [None] * n
     try:
         for c in clients:
@@ -126,7 +130,7 @@ def child(port: int, duration: float, go: Path) -> None:
     """One client process: warm up, say READY, wait for the go-file, run, print RESULT."""
     try:
         ExecutionClient, _ = zr_server.import_api()
-        with ExecutionClient(port=port, auto_spawn=False) as client:
+        with ExecutionClient(port=port, auto_spawn=False, timeout=REQUEST_TIMEOUT) as client:
             for _ in range(3):  # the first boots this session's worker: untimed, and it may queue behind 63 others
                 zr_server.run_to_result(client, NOOP, timeout=READY_TIMEOUT)
             print("READY", flush=True)
