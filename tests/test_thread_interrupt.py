@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, Optional
 
+import pytest
+
 from zmqruntime.execution.runner import Outcome, run_task
 from zmqruntime.execution.server import ExecutionServer
 from zmqruntime.execution.thread_interrupt import ThreadInterrupts
@@ -79,13 +81,17 @@ def finished(thread: TaskThread) -> TaskThread:
     return thread
 
 
-def test_interrupt_during_user_code_cancels_it():
+@pytest.mark.parametrize("times", [1, 2])
+def test_interrupt_during_user_code_cancels_it(times: int):
+    """One interrupt per armed section: a second call finds it disarmed and raises nothing more."""
     interrupts = ThreadInterrupts()
     started = threading.Event()
     thread = TaskThread(interrupts, "started.set()\nwhile True:\n    pass", {"started": started})
     thread.start()
     assert started.wait(WAIT)
     assert interrupts.interrupt("e1") is True
+    for _ in range(times - 1):
+        interrupts.interrupt("e1")
     outcome = finished(thread).outcome
     assert outcome is not None and outcome.status == "cancelled"
     assert outcome.error is not None and outcome.error["ename"] == "KeyboardInterrupt"
@@ -124,16 +130,3 @@ def test_interrupt_of_an_execution_no_thread_runs_is_refused():
     thread.start()
     finished(thread)
     assert interrupts.interrupt("e1") is False  # over and forgotten
-
-
-def test_a_second_interrupt_raises_nothing_more():
-    """One interrupt per armed section: the second call finds it disarmed, the task ends cancelled once."""
-    interrupts = ThreadInterrupts()
-    started = threading.Event()
-    thread = TaskThread(interrupts, "started.set()\nwhile True:\n    pass", {"started": started})
-    thread.start()
-    assert started.wait(WAIT)
-    assert interrupts.interrupt("e1") is True
-    interrupts.interrupt("e1")
-    outcome = finished(thread).outcome
-    assert outcome is not None and outcome.status == "cancelled"
