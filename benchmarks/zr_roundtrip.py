@@ -78,7 +78,7 @@ def measure_pipelined(client) -> dict:
 def measure_pipelined_engine(client) -> dict:
     """execute_many of the batch, then poll the last execution's status (every 1 ms) until final."""
     from zmqruntime.client import ZMQClient
-    from zmqruntime.protocol import new_id
+    from zmqruntime.protocol import FINAL_STATES, new_id
 
     wire = ZMQClient(client.info, timeout=60)
     session = "bench-engine"
@@ -89,8 +89,7 @@ def measure_pipelined_engine(client) -> dict:
         answers = wire.call("execute_many", {"executions": executions})["executions"]
         last = answers[-1]["execution_id"]
         deadline = time.monotonic() + 60
-        while wire.call("status", {"execution_id": last})["execution"]["status"] not in ("complete", "failed",
-                                                                                         "cancelled"):
+        while wire.call("status", {"execution_id": last})["execution"]["status"] not in FINAL_STATES:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the last of {n} no-ops did not end within 60 s")
             time.sleep(0.001)

@@ -40,7 +40,7 @@ class ThreadBackend(ExecutionBackend):
     def start(self, host: BackendHost) -> None:
         self.host = host
         self.namespaces: dict[str, dict[str, Any]] = {}
-        self.threads = ThreadInterrupts()
+        self.interrupts = ThreadInterrupts()
 
     def stop(self) -> None:
         pass
@@ -55,20 +55,20 @@ class ThreadBackend(ExecutionBackend):
     def _run(self, job: Job) -> None:
         from zmqruntime.execution.server import ExecutionServer
 
-        self.threads.started(job.execution_id)
+        self.interrupts.started(job.execution_id)
         try:
             ns = self.namespaces.setdefault(job.session, {"__name__": "__main__"})
             sink = _Sink(self, job)
             streams = (StreamCapture(sink.emit, "stdout"), StreamCapture(sink.emit, "stderr"))
             outcome = run_task(ExecutionServer(_worker_side=True), job.execution_id, job.task, job.buffers, ns, sink,
-                               streams=streams, interruptible=self.threads.armed(job.execution_id))
+                               streams=streams, interruptible=self.interrupts.armed(job.execution_id))
         finally:
-            self.threads.finished(job.execution_id)
+            self.interrupts.finished(job.execution_id)
         self.report(lambda: self.host.backend_finished(job.execution_id, outcome.message(job.execution_id, sink.seq),
                                                        outcome.frames))
 
     def cancel(self, execution_id: str) -> bool:
-        return self.threads.interrupt(execution_id)
+        return self.interrupts.interrupt(execution_id)
 
     def release_session(self, session: str) -> None:
         self.namespaces.pop(session, None)

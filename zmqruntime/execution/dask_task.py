@@ -39,7 +39,7 @@ from .thread_interrupt import ThreadInterrupts
 #: Session name -> namespace, in this worker process.
 NAMESPACES: dict[str, dict[str, Any]] = {}
 #: The threads running executions here, for ``interrupt``.
-RUNNING = ThreadInterrupts()
+INTERRUPTS = ThreadInterrupts()
 #: Changes when the worker process does: a namespace made by another incarnation is gone.
 INCARNATION = uuid.uuid4().hex
 BATCH_WINDOW = 0.02
@@ -151,7 +151,7 @@ def router() -> ThreadRouter:
 def run_execution(topic: str, execution_id: str, session: str, task: dict[str, Any], buffers: list[Any],
                   seq: int, app_class: str, task_kinds: dict[str, str]) -> dict[str, Any]:
     """The dask task of one execution: outcome message, result frames, where it ran."""
-    RUNNING.started(execution_id)  # first: a cancel from now on is this task's (see thread_interrupt.py)
+    INTERRUPTS.started(execution_id)  # first: a cancel from now on is this task's (see thread_interrupt.py)
     try:
         from distributed import get_worker
 
@@ -169,11 +169,11 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
         try:
             app = load_class(app_class)(_worker_side=True, task_kind_classes=task_kinds)
             outcome = run_task(app, execution_id, task, buffers, namespace, sink,
-                               interruptible=RUNNING.armed(execution_id), install_progress=False)
+                               interruptible=INTERRUPTS.armed(execution_id), install_progress=False)
         finally:
             routes.by_thread.pop(ident, None)
     finally:
-        RUNNING.finished(execution_id)
+        INTERRUPTS.finished(execution_id)
     streams[0].flush()
     streams[1].flush()
     sink.flush()
@@ -184,7 +184,7 @@ def run_execution(topic: str, execution_id: str, session: str, task: dict[str, A
 def interrupt(execution_id: str) -> bool:
     """KeyboardInterrupt in the user code of ``execution_id`` (run on the worker by ``Client.run``);
     False when it has not started here (dask may then simply drop it)."""
-    return RUNNING.interrupt(execution_id)
+    return INTERRUPTS.interrupt(execution_id)
 
 
 def drop_namespace(session: str) -> bool:
