@@ -14,7 +14,15 @@ import zmq
 
 from zmqruntime import RemoteError
 from zmqruntime.curve import secure_client_socket
-from zmqruntime.protocol import MARKER, ProtocolError, Session, SignatureError, compute_signature, make_header
+from zmqruntime.protocol import (
+    MARKER,
+    ProtocolError,
+    Session,
+    SignatureError,
+    compute_signature,
+    encode_header,
+    make_header,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -190,6 +198,29 @@ def test_signature_covers_topic_header_content_and_buffers():
         session.deserialize(frames[:-1], topic_frames=1)
     with pytest.raises(ProtocolError):
         session.deserialize([b"no delimiter"])
+
+
+@pytest.mark.parametrize("text", ["ping", 'quote " and \\ back', "\u00fc \u2028 \U0001f600", "\x00\x1f"])
+def test_header_written_in_place_is_the_json_encoders(text):
+    """Headers are written field by field (fast path): byte for byte what the JSON encoder writes."""
+    header = make_header(text, text, parent_id=text, msg_id=text)
+    for parent in (text, None):
+        header["parent_id"] = parent
+        fast = encode_header(header["msg_id"], header["msg_type"], header["session"], header["date"],
+                             header["version"], parent)
+        assert fast == json.dumps(header, separators=(",", ":")).encode()
+        assert json.loads(fast) == header
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "latin-1"])
+def test_signed_header_not_in_utf8_is_a_bad_message(encoding):
+    """UTF-8 is the wire's only encoding: a correctly signed frame in another is refused, not guessed."""
+    session = Session("k" * 64)
+    header = json.dumps(make_header("ping", session.session_id, msg_id="caf\u00e9"), ensure_ascii=False).encode(encoding)
+    signature = compute_signature(session.key, b"", header, b"{}", [])
+    with pytest.raises(ProtocolError) as info:
+        session.deserialize([MARKER + signature, header, b"{}"])
+    assert info.value.code == "bad_message" and not isinstance(info.value, SignatureError)
 
 
 def test_session_requires_a_key():

@@ -28,8 +28,9 @@ import zmq
 
 from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
+from .frames import recv_frames, send_frames
 from .loop_reader import LoopReader, send_when_possible
-from .protocol import Message, ProtocolError, Session, send_frames
+from .protocol import Message, ProtocolError, Session
 from .transport import ConnectionInfo, choose_scheme
 
 DEFAULT_TIMEOUT = 10.0
@@ -123,11 +124,19 @@ class ZMQClient(_BaseClient):
             self._configure(sock)
             sock.connect(self.info.control_url)
             self._local.proven = False
+            self._local.sndtimeo = None
             self._local.sock = sock
             self._local.poller = zmq.Poller()
             self._local.poller.register(sock, zmq.POLLIN)
             self.adopt(sock)
         return sock
+
+    def _send_timeout(self, sock: zmq.Socket, timeout: float) -> None:
+        """SNDTIMEO for this request: set only when it changes (most requests share the default)."""
+        millis = max(1, int(timeout * 1000))
+        if self._local.sndtimeo != millis:
+            sock.setsockopt(zmq.SNDTIMEO, millis)
+            self._local.sndtimeo = millis
 
     def _discard_socket(self) -> None:
         sock = getattr(self._local, "sock", None)
@@ -148,7 +157,7 @@ class ZMQClient(_BaseClient):
             self._local.proven = True
             timeout = max(0.001, deadline - time.monotonic())
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
-        sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        self._send_timeout(sock, timeout)
         try:
             send_frames(sock, frames)
         except zmq.Again:
@@ -159,7 +168,9 @@ class ZMQClient(_BaseClient):
             if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
-            reply = sock.recv_multipart(copy=copy)  # type: ignore[call-overload]  # bool: frames or bytes
+            reply = recv_frames(sock)
+            if copy:
+                reply = [f.bytes for f in reply]  # type: ignore[misc]  # bytes, as recv_multipart(copy=True)
             try:
                 msg = self.session.deserialize(reply)
             except ProtocolError:
@@ -183,7 +194,7 @@ class ZMQClient(_BaseClient):
         replies: list[Optional[Message]] = [None] * len(items)
         pending: dict[str, int] = {}
         sent = 0
-        sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout * 1000)))
+        self._send_timeout(sock, timeout)
         deadline = time.monotonic() + timeout
         failed = False
         while (sent < len(items) and not failed) or pending:
@@ -201,7 +212,7 @@ class ZMQClient(_BaseClient):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
             try:
-                msg = self.session.deserialize(sock.recv_multipart(copy=True))
+                msg = self.session.deserialize([f.bytes for f in recv_frames(sock)])
             except ProtocolError:
                 continue
             index = pending.pop(msg.parent_id or "", None)

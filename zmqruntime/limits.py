@@ -20,14 +20,16 @@ from typing import Any, Callable, TypeVar
 
 import zmq
 
+from .frames import recv_frame
+
 #: The soft RLIMIT_NOFILE is raised to the hard limit, but not beyond this.
 FD_LIMIT_CAP = 1 << 16
 
 T = TypeVar("T")
 
 
-def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[list[Any], bool]:
-    """One multipart message (zero-copy frames) and whether it is complete.
+def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[list[Any], int, bool]:
+    """One multipart message (zero-copy frames), its bytes so far, and whether it is complete.
 
     A message with more than ``max_frames`` frames or ``max_bytes`` bytes is
     cut short: the frames before the limit are returned (False), the rest are
@@ -36,15 +38,15 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[lis
     frames: list[Any] = []
     size = 0
     while True:
-        frame = sock.recv(copy=False)
+        frame = recv_frame(sock)
         size += len(frame)
         if len(frames) >= max_frames or size > max_bytes:
             while frame.more:  # drain what is left of this message, keeping nothing
-                frame = sock.recv(copy=False)
-            return frames, False
+                frame = recv_frame(sock)
+            return frames, size, False
         frames.append(frame)
         if not frame.more:
-            return frames, True
+            return frames, size, True
 
 
 class RateLimitedLog:

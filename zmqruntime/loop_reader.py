@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import zmq
 
-from .polling import EVENTS, POLLIN
+from .frames import recv_frames
+from .polling import readable
 
 log = logging.getLogger("zmqruntime.client")
 
@@ -54,9 +55,11 @@ class LoopReader:
     def drain(self) -> None:
         sock = self.sock
         for _ in range(MESSAGES_PER_TURN):
-            if sock.closed or not int(sock.getsockopt(EVENTS)) & POLLIN:
+            if sock.closed or not readable(sock):
                 return
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=self.copy)
+            frames: list[Any] = recv_frames(sock, zmq.NOBLOCK)
+            if self.copy:
+                frames = [f.bytes for f in frames]
             try:
                 self.on_message(frames)
             except Exception:  # one bad message must not stop the reading

@@ -17,17 +17,27 @@ takes the CPU from the one that has the work. So only the server spins.
 from __future__ import annotations
 
 import time
-from typing import Sequence, Sized
+from typing import Optional, Sequence, Sized
 
 import zmq
 
 POLLIN = int(zmq.POLLIN)
-EVENTS = int(zmq.EVENTS)  # a plain int: the enum costs ~1 us per getsockopt
+EVENTS = int(zmq.EVENTS)
+_poll = zmq.zmq_poll
 
 
-def spin_until_readable(socks: Sequence[zmq.Socket], spin: float, from_threads: Sized = ()) -> bool:
-    """True as soon as one of ``socks`` has a message or ``from_threads`` (callbacks queued
-    by other threads) is not empty, False after ``spin`` seconds.
+def readable(sock: zmq.Socket) -> bool:
+    """Whether ``sock`` has a message now. ``zmq_poll`` with no wait: 0.66 µs against 0.93 for
+    ``getsockopt(EVENTS)``, which turns the option number into an enum on every call."""
+    return bool(_poll([(sock, POLLIN)], 0))
+
+
+def spin_until_readable(socks: Sequence[zmq.Socket], spin: float, from_threads: Sized = ()
+                        ) -> Optional[list[tuple[zmq.Socket, int]]]:
+    """As soon as some of ``socks`` have a message, those (``(socket, POLLIN)`` pairs, as
+    ``Poller.poll`` gives them, so the caller reads them without polling again); ``[]`` as
+    soon as ``from_threads`` (callbacks queued by other threads) is not empty; None after
+    ``spin`` seconds.
 
     The spin holds the GIL, so a server whose backend runs threads of its own in the
     process (a dask client's event loop) does not spin (``ExecutionBackend.runs_threads``):
@@ -36,15 +46,14 @@ def spin_until_readable(socks: Sequence[zmq.Socket], spin: float, from_threads: 
     call that yields the CPU.
     """
     if spin <= 0:
-        return False
+        return None
     end = time.perf_counter() + spin
-    getters = [s.getsockopt for s in socks]
-    events = EVENTS
+    items = [(s, POLLIN) for s in socks]  # one zmq_poll for all: 1.3 µs for three, 2.8 asked one by one
     while True:
-        for get in getters:
-            if int(get(events)) & POLLIN:
-                return True
-        if from_threads:
-            return True
+        if from_threads:  # first: under a steady stream of messages they would wait
+            return []
+        ready = _poll(items, 0)
+        if ready:
+            return ready
         if time.perf_counter() >= end:
-            return False
+            return None

@@ -38,8 +38,9 @@ from traitlets.config import Configurable
 from . import __version__
 from . import curve as _curve
 from .errors import ServerStartError
+from .frames import send_frames
 from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
-from .polling import EVENTS, POLLIN, spin_until_readable
+from .polling import readable, spin_until_readable
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -50,7 +51,6 @@ from .protocol import (
     available_schemes,
     new_id,
     new_key,
-    send_frames,
 )
 from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .transport import (
@@ -185,6 +185,7 @@ class ZMQServer(Configurable):
         self._running = False
         self.connection_path: Optional[Path] = None
         self.info: Optional[ConnectionInfo] = None
+        self._ping_identity: Optional[dict[str, Any]] = None
 
     # -- lifecycle ----------------------------------------------------------
     @property
@@ -335,10 +336,16 @@ class ZMQServer(Configurable):
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
-                if self._soon or (served and spin_until_readable(self._sockets, self.busy_poll, self._from_threads)):
+                ready = None
+                if self._soon:
                     timeout = 0.0
+                elif served:
+                    ready = spin_until_readable(self._sockets, self.busy_poll, self._from_threads)
+                    if ready is not None:
+                        timeout = 0.0
                 served = False
-                ready = self.poller.poll(int(timeout))
+                if not ready:  # else the spin found sockets ready: read those without polling again
+                    ready = self.poller.poll(int(timeout))
                 self._subscriptions_current = False
                 for sock, _ in ready:
                     try:
@@ -431,11 +438,11 @@ class ZMQServer(Configurable):
         # frames: routing identity, signature, header, content, buffers; bytes: + framing slack
         max_frames, max_bytes = self.max_message_frames + 4, self.max_message_bytes + 4096
         for _ in range(256):  # drain, but let other sockets and timers have a turn
-            if not int(sock.getsockopt(EVENTS)) & POLLIN:  # cheaper than catching zmq.Again
+            if not readable(sock):  # cheaper than catching zmq.Again
                 return
-            frames, complete = recv_bounded(sock, max_frames, max_bytes)
+            frames, size, complete = recv_bounded(sock, max_frames, max_bytes)
             if complete:
-                self._handle_request(frames)
+                self._handle_request(frames, size)
             else:
                 self._refuse_oversized(frames)
 
@@ -458,7 +465,8 @@ class ZMQServer(Configurable):
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
         self._reply(ident, reply_type, msg_id, _error("too_large", f"request with {what}"))
 
-    def _handle_request(self, frames: list[Any]) -> None:
+    def _handle_request(self, frames: list[Any], size: int) -> None:
+        """Verify, check for replay, dispatch and answer one request of ``size`` bytes."""
         try:
             msg = self.session.deserialize(frames)
         except SignatureError:
@@ -478,7 +486,6 @@ class ZMQServer(Configurable):
             return
         msg_type = msg.msg_type
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
-        size = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in frames)
         buffers: list[Any] = []
         digests: Optional[list[bytes]] = None
         try:
@@ -523,6 +530,7 @@ class ZMQServer(Configurable):
         """Sign with the request's scheme (``scheme``), else HMAC-SHA256, which every peer reads."""
         frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests,
                                         scheme=scheme)
+        assert self.control is not None  # bound: requests come from it
         send_frames(self.control, ident + frames)
 
     def publish(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: list[Any] = (),  # type: ignore[assignment]
@@ -534,6 +542,7 @@ class ZMQServer(Configurable):
     def send_event(self, topic: bytes, msg_type: str, content: dict[str, Any], buffers: Sequence[Any] = (),
                    digests: Optional[list[bytes]] = None) -> None:
         """Sign and send an event whose topic ``wants`` already said yes to (its content built only then)."""
+        assert self.pub is not None  # bound: wants() read its subscriptions
         send_frames(self.pub, self.session.serialize(msg_type, content, topic=topic, buffers=buffers, digests=digests))
 
     # -- data channel subscriptions -------------------------------------------
@@ -544,7 +553,7 @@ class ZMQServer(Configurable):
         assert sock is not None
         subs = self._subscriptions
         for _ in range(SUBSCRIPTIONS_PER_TURN):  # bounded: a flood cannot hold the loop
-            if not int(sock.getsockopt(EVENTS)) & POLLIN:
+            if not readable(sock):
                 return
             msg = sock.recv()
             prefix = msg[1:]
@@ -588,20 +597,20 @@ class ZMQServer(Configurable):
         return {}
 
     def handle_ping(self, msg: Any) -> Reply:
-        return {
-            "server_id": self.server_id,
-            "pid": os.getpid(),
-            "version": __version__,
-            "protocol_version": PROTOCOL_VERSION,
-            "signature_schemes": list(available_schemes()),
-            "uptime": time.monotonic() - self._start_monotonic,
-            "start_time": self.start_time,
-            "transport": self.transport,
-            "data_url": self.info.data_url if self.info else None,
-            "control_url": self.info.control_url if self.info else None,
-            "persistent": not self.parent_pid,
-            **self.ping_info(),
-        }, [], None
+        if self._ping_identity is None:  # what never changes while serving, gathered once
+            self._ping_identity = {
+                "server_id": self.server_id,
+                "pid": os.getpid(),
+                "version": __version__,
+                "protocol_version": PROTOCOL_VERSION,
+                "signature_schemes": list(available_schemes()),
+                "start_time": self.start_time,
+                "transport": self.transport,
+                "data_url": self.info.data_url if self.info else None,
+                "control_url": self.info.control_url if self.info else None,
+                "persistent": not self.parent_pid,
+            }
+        return {**self._ping_identity, "uptime": time.monotonic() - self._start_monotonic, **self.ping_info()}, [], None
 
     def handle_shutdown(self, msg: Any) -> Reply:
         return {"server_id": self.server_id}, [], None

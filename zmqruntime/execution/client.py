@@ -41,8 +41,9 @@ from .. import receive
 from ..client import AsyncZMQClient, ZMQClient, check_timeout, ok_or_raise, positive_timeout, reply_content
 from ..curve import subscriber_socket
 from ..errors import RemoteError, ServerUnavailable
+from ..frames import recv_frames
 from ..loop_reader import LoopReader
-from ..polling import EVENTS, POLLIN
+from ..polling import readable
 from ..protocol import Session, event_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
@@ -203,8 +204,8 @@ class DoneWaiter:
             remaining = end - time.monotonic()
             if remaining <= 0 or not self.poller.poll(remaining * 1000):  # type: ignore[arg-type]
                 return None
-            while int(self.sock.getsockopt(EVENTS)) & POLLIN:
-                frames = self.sock.recv_multipart(copy=False)
+            while readable(self.sock):
+                frames = recv_frames(self.sock)
                 event = parse_event(self.session, frames)
                 if event is not None and event.type == "done":
                     self.last_done = time.monotonic()

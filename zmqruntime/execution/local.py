@@ -38,8 +38,9 @@ from typing import Any, Optional
 import zmq
 from traitlets import Dict, Float, Int, Unicode
 
-from ..polling import EVENTS, POLLIN
-from ..protocol import EVENT_FRAMES, new_id, send_frames, unpack_frames
+from ..frames import send_frames
+from ..polling import readable
+from ..protocol import EVENT_FRAMES, new_id, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
 from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
@@ -327,7 +328,7 @@ class LocalBackend(ExecutionBackend):
         sock, host = self.sock, self.host
         assert sock is not None and host is not None
         for _ in range(1024):  # drain, but let the control channel have a turn
-            if not int(sock.getsockopt(EVENTS)) & POLLIN:
+            if not readable(sock):
                 return
             message = read_worker_message(sock)  # checked shape (link.py): a bad one is dropped
             if message is None:

@@ -39,13 +39,13 @@ from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Int, Unicode
 
 from .. import parts, shm, spill
+from ..frames import send_frames
 from ..protocol import (
     EXECUTION_ID_LENGTH,
     PROGRESS_BATCH_TOPIC,
     event_topic,
     is_execution_id,
     new_execution_id,
-    send_frames,
 )
 from ..server import HeldRequest, Reply, ReplyLater, RequestError, ZMQServer
 from ..uploads import UploadError, UploadStore
@@ -282,6 +282,7 @@ class ExecutionServer(ZMQServer):
         topic, _signature, header, content = frames  # protocol.EVENT_FRAMES, checked by the backend
         rec.queue_event(header, content)
         if self.wants(frames[0]):
+            assert self.pub is not None  # bound: wants() read its subscriptions
             send_frames(self.pub, frames)
 
     def backend_event(self, execution_id: str, event_type: str, content: dict[str, Any]) -> None:

@@ -33,8 +33,9 @@ from typing import Any, Iterator, Optional
 
 import zmq
 
+from ..frames import send_frames
 from ..options import load_class
-from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames, send_frames
+from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
 from .link import KIND_CONTROL, KIND_EVENT
 from .runner import StreamCapture, finite, run_task
 
