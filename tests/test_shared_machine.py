@@ -555,6 +555,34 @@ def test_a_non_ascii_routing_id_on_the_link_is_dropped(tmp_path):
         ctx.destroy(0)
 
 
+@pytest.mark.parametrize("frames", [
+    [b"E"],                       # an event kind and nothing else
+    [b"E", b"packed", b"extra"],  # an event with a frame too many
+    [b"?", b"x", b"y"],           # a kind the link does not know
+    [b"M"],                       # a control message without its JSON
+], ids=["event-no-payload", "event-extra-frames", "unknown-kind", "control-no-json"])
+def test_malformed_link_messages_are_dropped_whole(tmp_path, frames):
+    """Each malformed shape is dropped with all its frames: the next message reads intact."""
+    from zmqruntime.execution.link import read_worker_message
+
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(f"ipc://{tmp_path}/link")
+        worker = ctx.socket(zmq.DEALER)
+        worker.setsockopt(zmq.IDENTITY, b"w-1")
+        worker.connect(f"ipc://{tmp_path}/link")
+        worker.send_multipart(frames)
+        worker.send_multipart([b"M", b'{"type": "ready"}', b"buffer"])
+        assert router.poll(5000)
+        assert read_worker_message(router) is None
+        assert router.poll(5000)
+        worker_id, kind, rest = read_worker_message(router)
+        assert (worker_id, kind, [bytes(f.buffer) for f in rest]) == ("w-1", b"M", [b'{"type": "ready"}', b"buffer"])
+    finally:
+        ctx.destroy(0)
+
+
 # -- bad input to the new options ------------------------------------------------------------
 
 @pytest.mark.parametrize("args,message", [

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import zmq
 
+from ..frames import recv_frame, recv_frames
 from ..limits import RateLimitedLog
 
 log = logging.getLogger("zmqruntime.execution")
@@ -63,9 +64,10 @@ def forget_endpoint(sock: zmq.Socket, url: str) -> None:
         pass
 
 
-def _drain(sock: zmq.Socket) -> None:
-    while sock.getsockopt(zmq.RCVMORE):
-        sock.recv(copy=False)
+def _drain(sock: zmq.Socket, frame: zmq.Frame) -> None:
+    """Receive and drop what is left of the message ``frame`` belongs to."""
+    while frame.more:
+        frame = recv_frame(sock)
 
 
 def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None:
@@ -74,29 +76,30 @@ def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None
     An event's ``rest`` is ``[packed bytes]``; a control message's is its
     zero-copy frames (JSON, then result buffers).
     """
-    ident = sock.recv()
-    if not sock.getsockopt(zmq.RCVMORE):
+    ident = recv_frame(sock)
+    if not ident.more:
         _dropped.warning("dropped a worker-link message of one frame")
         return None
-    kind = sock.recv()
+    kind_frame = recv_frame(sock)
+    kind = kind_frame.bytes
     try:
-        worker_id = ident.decode("ascii")
+        worker_id = ident.bytes.decode("ascii")
     except UnicodeDecodeError:
-        _drain(sock)
+        _drain(sock, kind_frame)
         _dropped.warning("dropped a worker-link message whose routing id is not ASCII")
         return None
     if kind == KIND_EVENT:
-        if not sock.getsockopt(zmq.RCVMORE):
+        if not kind_frame.more:
             _dropped.warning("dropped an event from %s without its payload", worker_id[:40])
             return None
-        payload = sock.recv()
-        if sock.getsockopt(zmq.RCVMORE):
-            _drain(sock)
+        payload = recv_frame(sock)
+        if payload.more:
+            _drain(sock, payload)
             _dropped.warning("dropped an event from %s with extra frames", worker_id[:40])
             return None
-        return worker_id, kind, [payload]
-    if kind == KIND_CONTROL and sock.getsockopt(zmq.RCVMORE):
-        return worker_id, kind, sock.recv_multipart(copy=False)
-    _drain(sock)
+        return worker_id, kind, [payload.bytes]
+    if kind == KIND_CONTROL and kind_frame.more:
+        return worker_id, kind, recv_frames(sock)
+    _drain(sock, kind_frame)
     _dropped.warning("dropped a worker-link message of unknown kind %r from %s", kind[:8], worker_id[:40])
     return None

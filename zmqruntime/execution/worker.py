@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional
 
 import zmq
 
-from ..frames import send_frames
+from ..frames import recv_frames, send_frames
 from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
 from .link import KIND_CONTROL, KIND_EVENT
@@ -207,7 +207,7 @@ class Worker:
         while True:
             with self.lock:
                 ready = poller.poll(50)
-                frames = self.sock.recv_multipart(copy=False) if ready else None
+                frames = recv_frames(self.sock) if ready else None
             if frames is None:
                 continue
             msg = json.loads(frames[1].bytes)
