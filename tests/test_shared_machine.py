@@ -528,31 +528,38 @@ def test_malformed_worker_frames_never_crash_the_server(start_server):
     wait_until(lambda: log_lines(server, "dropped") >= 1 or log_lines(server, "unreadable") >= 1, 10)
 
 
-def test_a_non_ascii_routing_id_on_the_link_is_dropped(tmp_path):
+@pytest.fixture
+def link(tmp_path):
+    """A worker-link ROUTER (the server's end), and ``connect(routing_id)`` for a worker's DEALER."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(f"ipc://{tmp_path}/link")
+
+    def connect(routing_id: bytes) -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, routing_id)
+        sock.connect(f"ipc://{tmp_path}/link")
+        return sock
+
+    yield router, connect
+    ctx.destroy(0)
+
+
+def test_a_non_ascii_routing_id_on_the_link_is_dropped(link):
     from zmqruntime.execution.link import read_worker_message
 
-    ctx = zmq.Context()
-    try:
-        router = ctx.socket(zmq.ROUTER)
-        router.bind(f"ipc://{tmp_path}/link")
-        bad = ctx.socket(zmq.DEALER)
-        bad.setsockopt(zmq.IDENTITY, b"\xff\xfe-not-ascii")
-        bad.connect(f"ipc://{tmp_path}/link")
-        bad.send_multipart([b"M", b"{}"])
-        good = ctx.socket(zmq.DEALER)
-        good.setsockopt(zmq.IDENTITY, b"w-good")
-        good.connect(f"ipc://{tmp_path}/link")
-        time.sleep(0.2)
-        good.send_multipart([b"M", b'{"type": "ready"}'])
-        seen = []
-        for _ in range(2):
-            assert router.poll(5000)
-            seen.append(read_worker_message(router))
-        assert seen[0] is None or seen[1] is None
-        ok = [m for m in seen if m is not None]
-        assert len(ok) == 1 and ok[0][0] == "w-good" and ok[0][1] == b"M"
-    finally:
-        ctx.destroy(0)
+    router, connect = link
+    connect(b"\xff\xfe-not-ascii").send_multipart([b"M", b"{}"])
+    good = connect(b"w-good")
+    time.sleep(0.2)
+    good.send_multipart([b"M", b'{"type": "ready"}'])
+    seen = []
+    for _ in range(2):
+        assert router.poll(5000)
+        seen.append(read_worker_message(router))
+    assert seen[0] is None or seen[1] is None
+    ok = [m for m in seen if m is not None]
+    assert len(ok) == 1 and ok[0][0] == "w-good" and ok[0][1] == b"M"
 
 
 @pytest.mark.parametrize("frames", [
@@ -561,26 +568,19 @@ def test_a_non_ascii_routing_id_on_the_link_is_dropped(tmp_path):
     [b"?", b"x", b"y"],           # a kind the link does not know
     [b"M"],                       # a control message without its JSON
 ], ids=["event-no-payload", "event-extra-frames", "unknown-kind", "control-no-json"])
-def test_malformed_link_messages_are_dropped_whole(tmp_path, frames):
+def test_malformed_link_messages_are_dropped_whole(link, frames):
     """Each malformed shape is dropped with all its frames: the next message reads intact."""
     from zmqruntime.execution.link import read_worker_message
 
-    ctx = zmq.Context()
-    try:
-        router = ctx.socket(zmq.ROUTER)
-        router.bind(f"ipc://{tmp_path}/link")
-        worker = ctx.socket(zmq.DEALER)
-        worker.setsockopt(zmq.IDENTITY, b"w-1")
-        worker.connect(f"ipc://{tmp_path}/link")
-        worker.send_multipart(frames)
-        worker.send_multipart([b"M", b'{"type": "ready"}', b"buffer"])
-        assert router.poll(5000)
-        assert read_worker_message(router) is None
-        assert router.poll(5000)
-        worker_id, kind, rest = read_worker_message(router)
-        assert (worker_id, kind, [bytes(f.buffer) for f in rest]) == ("w-1", b"M", [b'{"type": "ready"}', b"buffer"])
-    finally:
-        ctx.destroy(0)
+    router, connect = link
+    worker = connect(b"w-1")
+    worker.send_multipart(frames)
+    worker.send_multipart([b"M", b'{"type": "ready"}', b"buffer"])
+    assert router.poll(5000)
+    assert read_worker_message(router) is None
+    assert router.poll(5000)
+    worker_id, kind, rest = read_worker_message(router)
+    assert (worker_id, kind, [bytes(f.buffer) for f in rest]) == ("w-1", b"M", [b'{"type": "ready"}', b"buffer"])
 
 
 # -- bad input to the new options ------------------------------------------------------------
