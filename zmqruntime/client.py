@@ -168,9 +168,7 @@ class ZMQClient(_BaseClient):
             if remaining <= 0 or not self._local.poller.poll(remaining * 1000):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
-            reply = recv_frames(sock)
-            if copy:
-                reply = [f.bytes for f in reply]  # type: ignore[misc]  # bytes, as recv_multipart(copy=True)
+            reply = recv_frames(sock, copy=copy)
             try:
                 msg = self.session.deserialize(reply)
             except ProtocolError:
@@ -212,7 +210,7 @@ class ZMQClient(_BaseClient):
                 self._discard_socket()
                 raise self._unavailable(timeout, msg_type)
             try:
-                msg = self.session.deserialize([f.bytes for f in recv_frames(sock)])
+                msg = self.session.deserialize(recv_frames(sock, copy=True))
             except ProtocolError:
                 continue
             index = pending.pop(msg.parent_id or "", None)

@@ -33,16 +33,22 @@ def send_frames(sock: zmq.Socket, frames: Sequence[Any], flags: int = 0) -> None
         _send(sock, frame, flags | (SNDMORE if i < last else 0), not big)
 
 
-def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
-    """recv_multipart(copy=False): the message's frames (``frame.bytes`` reads a small one)."""
+def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = False) -> list[Any]:
+    """recv_multipart: the message's frames, or with ``copy`` their bytes."""
     frame = _recv(sock, flags, False)
     frames = [frame]
     while frame.more:
         frame = _recv(sock, flags, False)
         frames.append(frame)
-    return frames
+    return [f.bytes for f in frames] if copy else frames
 
 
 def recv_frame(sock: zmq.Socket, flags: int = 0) -> zmq.Frame:
     """One frame, not copied (``frame.more``: whether the message goes on)."""
     return _recv(sock, flags, False)
+
+
+def drop_rest(sock: zmq.Socket, frame: zmq.Frame) -> None:
+    """Receive and drop what is left of the message ``frame`` belongs to (keeping it in step)."""
+    while frame.more:
+        frame = _recv(sock, 0, False)

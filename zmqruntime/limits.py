@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import zmq
 
-from .frames import recv_frame
+from .frames import drop_rest, recv_frame
 
 #: The soft RLIMIT_NOFILE is raised to the hard limit, but not beyond this.
 FD_LIMIT_CAP = 1 << 16
@@ -41,8 +41,7 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[lis
         frame = recv_frame(sock)
         size += len(frame)
         if len(frames) >= max_frames or size > max_bytes:
-            while frame.more:  # drain what is left of this message, keeping nothing
-                frame = recv_frame(sock)
+            drop_rest(sock, frame)
             return frames, size, False
         frames.append(frame)
         if not frame.more:

@@ -57,9 +57,7 @@ class LoopReader:
         for _ in range(MESSAGES_PER_TURN):
             if sock.closed or not readable(sock):
                 return
-            frames: list[Any] = recv_frames(sock, zmq.NOBLOCK)
-            if self.copy:
-                frames = [f.bytes for f in frames]
+            frames = recv_frames(sock, zmq.NOBLOCK, copy=self.copy)
             try:
                 self.on_message(frames)
             except Exception:  # one bad message must not stop the reading

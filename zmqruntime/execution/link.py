@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import zmq
 
-from ..frames import recv_frame, recv_frames
+from ..frames import drop_rest, recv_frame, recv_frames
 from ..limits import RateLimitedLog
 
 log = logging.getLogger("zmqruntime.execution")
@@ -64,12 +64,6 @@ def forget_endpoint(sock: zmq.Socket, url: str) -> None:
         pass
 
 
-def _drain(sock: zmq.Socket, frame: zmq.Frame) -> None:
-    """Receive and drop what is left of the message ``frame`` belongs to."""
-    while frame.more:
-        frame = recv_frame(sock)
-
-
 def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None:
     """``(worker_id, kind, rest)`` of one message, or None if it was malformed (dropped).
 
@@ -85,7 +79,7 @@ def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None
     try:
         worker_id = ident.bytes.decode("ascii")
     except UnicodeDecodeError:
-        _drain(sock, kind_frame)
+        drop_rest(sock, kind_frame)
         _dropped.warning("dropped a worker-link message whose routing id is not ASCII")
         return None
     if kind == KIND_EVENT:
@@ -94,12 +88,12 @@ def read_worker_message(sock: zmq.Socket) -> tuple[str, bytes, list[Any]] | None
             return None
         payload = recv_frame(sock)
         if payload.more:
-            _drain(sock, payload)
+            drop_rest(sock, payload)
             _dropped.warning("dropped an event from %s with extra frames", worker_id[:40])
             return None
         return worker_id, kind, [payload.bytes]
     if kind == KIND_CONTROL and kind_frame.more:
         return worker_id, kind, recv_frames(sock)
-    _drain(sock, kind_frame)
+    drop_rest(sock, kind_frame)
     _dropped.warning("dropped a worker-link message of unknown kind %r from %s", kind[:8], worker_id[:40])
     return None
