@@ -101,7 +101,7 @@ def ping_row(r: dict) -> Row:
     raw, rd = get(r, "raw_reqrep", "median_us"), get(r, "raw_reqrep", "router_dealer", "median_us")
     rd_ipc = get(r, "raw_reqrep", "router_dealer_ipc", "median_us")
     ratio = zr / rd_ipc if zr and rd_ipc else None
-    return Row("ping round trip (median)",
+    return Row("ping round trip, brief (median)",
                fmt(zr, ".0f", " us") + span(r, ".0f", "zr_roundtrip", "ping", "median_us"),
                f"DEALER/ROUTER ipc {fmt(rd_ipc, '.0f', ' us')}{span(r, '.0f', 'raw_reqrep', 'router_dealer_ipc', 'median_us')}; "
                f"tcp: DEALER/ROUTER {fmt(rd, '.0f', ' us')}, REQ/REP {fmt(raw, '.0f', ' us')}",
@@ -110,6 +110,19 @@ def ping_row(r: dict) -> Row:
                error_of(r, "zr_roundtrip", "ping") or error_of(r, "raw_reqrep"),
                {"zr_us": zr, "raw_us": raw, "raw_router_dealer_us": rd, "raw_router_dealer_ipc_us": rd_ipc,
                 "ratio": ratio})
+
+
+def ping_full_row(r: dict) -> Row:
+    """The full ping reply (identity and load, ~0.9 KB of JSON signed and read), for reference:
+    what the brief ping leaves out costs this much more per round trip."""
+    zr = get(r, "zr_roundtrip", "ping_full", "median_us")
+    rd_ipc = get(r, "raw_reqrep", "router_dealer_ipc", "median_us")
+    ratio = zr / rd_ipc if zr and rd_ipc else None
+    return Row("ping, full reply (median)",
+               fmt(zr, ".0f", " us") + span(r, ".0f", "zr_roundtrip", "ping_full", "median_us"),
+               f"DEALER/ROUTER ipc {fmt(rd_ipc, '.0f', ' us')}", fmt(ratio, ".2f", "x DEALER/ROUTER"),
+               "(for reference)", "n/a", error_of(r, "zr_roundtrip", "ping_full") or error_of(r, "raw_reqrep"),
+               {"zr_us": zr, "raw_router_dealer_ipc_us": rd_ipc, "ratio": ratio})
 
 
 def noop_latency_row(r: dict) -> Row:
@@ -282,7 +295,7 @@ def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
     from benchmarks.rows_kernel_flood import flood_rows
 
-    return [ping_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
+    return [ping_row(results), ping_full_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),

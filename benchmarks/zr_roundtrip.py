@@ -3,7 +3,9 @@
 Why: these are the numbers a user feels on every call, and each has a baseline
 measured in the same run:
 
-  * ``ping``        vs raw pyzmq DEALER/ROUTER       (target <= 1.5x)
+  * ``ping``        a brief ping (the identity only: a liveness check)
+                    vs raw pyzmq DEALER/ROUTER       (target <= 1.5x)
+  * ``ping_full``   the full reply (identity and load, ~0.9 KB): for reference
   * no-op latency   ``run("None")`` (execute -> result), one at a time
                     vs ipyparallel / dask / Ray      (target <= 0.5 ms, >= 5x / >= 3x faster)
   * pipelined       submit a batch of ``execute("None")``, then wait all and fetch all
@@ -32,8 +34,12 @@ SPARE_BOOT_PAUSE = 1.5  # s: a replacement spare worker boots in ~0.3-0.6 s on t
 
 
 def measure_ping(client) -> dict:
-    return common.summarize(common.time_each(client.ping, n=common.scaled(5000), warmup=500),
+    return common.summarize(common.time_each(lambda: client.ping(brief=True), n=common.scaled(5000), warmup=500),
                             "us", 1e6)
+
+
+def measure_ping_full(client) -> dict:
+    return common.summarize(common.time_each(client.ping, n=common.scaled(2000), warmup=200), "us", 1e6)
 
 
 def measure_noop_latency(client) -> dict:
@@ -115,6 +121,7 @@ def measure_sequential_batch(client) -> dict:
 def measure() -> dict:
     return zr_server.measure_all({
         "ping": measure_ping,
+        "ping_full": measure_ping_full,
         "noop_latency": measure_noop_latency,
         "pipelined": measure_pipelined,
         "pipelined_engine": measure_pipelined_engine,

@@ -226,6 +226,9 @@ def test_both_clients_behave_alike_on_bad_input_and_timeouts(server):
                 await client.cancel(done, reason=3)
             with pytest.raises(ValueError, match="timeout"):
                 await client.ping(timeout=-1)
+            assert set(await client.ping(timeout=5, brief=True)) >= {"server_id", "start_time"}
+            with pytest.raises(TypeError, match="brief must be True or False"):
+                await client.ping(brief=1)
             with pytest.raises(TypeError, match="wait must be True or False"):
                 await client.get_results(done, wait="yes")
             with pytest.raises(TypeError, match="release must be"):

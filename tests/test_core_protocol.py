@@ -128,6 +128,9 @@ def test_unsupported_protocol_version(server, raw):
     ("cancel", {"execution_id": ["x"]}, "bad_request"),
     ("results", {"execution_id": "nope"}, "unknown_execution"),
     ("list", {"status": 3}, "bad_request"),
+    ("ping", {"brief": "yes"}, "bad_request"),
+    ("ping", {"brief": 1}, "bad_request"),
+    ("ping", {"brief": []}, "bad_request"),
 ])
 def test_wrong_field_types_get_error_replies(server, raw, msg_type, content, code):
     sock, session = raw
@@ -139,6 +142,22 @@ def test_wrong_field_types_get_error_replies(server, raw, msg_type, content, cod
     assert reply.content["error"]["code"] == code, reply.content
     assert reply.content["error"]["message"]
     assert_still_serving(server)
+
+
+def test_brief_ping_answers_the_identity_only(server, raw):
+    """``brief`` leaves out the load fields; what it keeps equals the full reply's."""
+    full = server.client.ping()
+    brief = server.client.ping(brief=True)
+    assert set(brief) == {"ok", "server_id", "pid", "version", "protocol_version", "start_time", "uptime"}
+    assert all(brief[k] == full[k] for k in brief if k != "uptime")
+    assert brief["uptime"] >= full["uptime"]
+    sock, session = raw
+    for content in ({"brief": False}, {"brief": None}, {"other": 1}):  # the full reply
+        frames, _ = session.serialize_request("ping", content)
+        sock.send_multipart(frames)
+        assert "workers" in recv_reply(sock, session).content, content
+    with pytest.raises(TypeError, match="brief must be True or False"):
+        server.client.ping(brief="yes")
 
 
 @pytest.mark.parametrize("raw_timeout", [b"1e400", b"NaN", b"-Infinity"])

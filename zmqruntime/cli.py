@@ -296,7 +296,7 @@ def _follow(client: Any, exec_id: Optional[str], show_result: bool = False) -> i
         if exec_id is None:
             while True:
                 time.sleep(0.5)
-                client.ping()  # notice a dead server
+                client.ping(brief=True)  # notice a dead server
         status = client.wait(exec_id)
         finished.wait(1.0)  # let the last events print
     finally:

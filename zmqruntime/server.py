@@ -597,6 +597,13 @@ class ZMQServer(Configurable):
         return {}
 
     def handle_ping(self, msg: Any) -> Reply:
+        brief = msg.content.get("brief")
+        if brief is not None and not isinstance(brief, bool):
+            raise RequestError("bad_request", "'brief' must be true, false or null")
+        uptime = time.monotonic() - self._start_monotonic
+        if brief:  # a liveness check: who answers, nothing else (a small reply costs less to sign and read)
+            return {"server_id": self.server_id, "pid": os.getpid(), "version": __version__,
+                    "protocol_version": PROTOCOL_VERSION, "start_time": self.start_time, "uptime": uptime}, [], None
         if self._ping_identity is None:  # what never changes while serving, gathered once
             self._ping_identity = {
                 "server_id": self.server_id,
@@ -610,7 +617,7 @@ class ZMQServer(Configurable):
                 "control_url": self.info.control_url if self.info else None,
                 "persistent": not self.parent_pid,
             }
-        return {**self._ping_identity, "uptime": time.monotonic() - self._start_monotonic, **self.ping_info()}, [], None
+        return {**self._ping_identity, "uptime": uptime, **self.ping_info()}, [], None
 
     def handle_shutdown(self, msg: Any) -> Reply:
         return {"server_id": self.server_id}, [], None

@@ -60,10 +60,10 @@ def connection_path(port: int, transport: Optional[str] = None, name: Optional[s
 
 
 def ping_info(info: ConnectionInfo, timeout: float) -> Optional[dict]:
-    """The server's ping reply, or None if it does not answer in time."""
+    """The server's brief ping reply (its identity), or None if it does not answer in time."""
     client = ZMQClient(info, timeout=timeout)
     try:
-        return client.call("ping", {})
+        return client.call("ping", {"brief": True})
     except (ServerUnavailable, RemoteError):
         return None
     finally:

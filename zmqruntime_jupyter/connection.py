@@ -96,7 +96,7 @@ class Connection:
         if pid_alive(info.pid):
             return True
         try:
-            return self.client.ping(timeout=STALE_CHECK_TIMEOUT).get("start_time") == info.start_time
+            return self.client.ping(timeout=STALE_CHECK_TIMEOUT, brief=True).get("start_time") == info.start_time
         except ZMQRuntimeError:
             return False
 
@@ -232,7 +232,7 @@ class ExtensionState:
                     raise ServerUnavailable(f"connection file {path} does not exist")
                 client = ExecutionClient(connection_file=path, timeout=REQUEST_TIMEOUT, session=self.session)
                 try:
-                    client.ping(timeout=2.0)
+                    client.ping(timeout=2.0, brief=True)
                 except ServerUnavailable:
                     client.close()
                     raise

@@ -297,9 +297,13 @@ class ExecutionClient(ClientCore):
         return waiter
 
     # -- the API (the same in AsyncExecutionClient) -------------------------------
-    def ping(self, timeout: Optional[float] = None) -> dict[str, Any]:
-        """The server's identity and load; ServerUnavailable when it does not answer in time."""
-        return self._client.call("ping", {}, timeout=timeout)
+    def ping(self, timeout: Optional[float] = None, *, brief: bool = False) -> dict[str, Any]:
+        """The server's identity and load; ServerUnavailable when it does not answer in time.
+
+        ``brief=True`` asks for the identity only (server_id, pid, versions, start_time,
+        uptime): the cheapest signed round trip, for liveness checks.
+        """
+        return self._client.call("ping", _ping_content(brief), timeout=timeout)
 
     def execute(self, task: Any, config: Any = None, *, name: Optional[str] = None, timeout: Optional[float] = None,
                 results: Optional[Sequence[str]] = None, push: Optional[Mapping[str, Any]] = None,
@@ -428,6 +432,12 @@ def _open_subscription(owner: Any, callback: Callable[[Event], Any], execution_i
     sub = Subscription(owner.info, owner.session, callback, execution_id, zmq.Context.instance())
     owner._subs.append(sub)
     return sub
+
+
+def _ping_content(brief: Any) -> dict[str, Any]:
+    if not isinstance(brief, bool):
+        raise TypeError(f"brief must be True or False, got {brief!r}")
+    return {"brief": True} if brief else {}
 
 
 def _check_wait(wait: Any) -> None:
@@ -671,9 +681,9 @@ class AsyncExecutionClient(ClientCore):
                 fut.set_exception(exc)
 
     # -- the API (the same as ExecutionClient's, as coroutines) ---------------------
-    async def ping(self, timeout: Optional[float] = None) -> dict[str, Any]:
-        """The server's identity and load; ServerUnavailable when it does not answer in time."""
-        return await self._client.call("ping", {}, timeout=timeout)
+    async def ping(self, timeout: Optional[float] = None, *, brief: bool = False) -> dict[str, Any]:
+        """The server's identity and load (``brief``: identity only); see ExecutionClient.ping."""
+        return await self._client.call("ping", _ping_content(brief), timeout=timeout)
 
     async def execute(self, task: Any, config: Any = None, *, name: Optional[str] = None,
                       timeout: Optional[float] = None, results: Optional[Sequence[str]] = None,
