@@ -183,6 +183,9 @@ def is_execution_id(value: Any) -> bool:
 #: ``json.dumps`` with arguments builds a new one per call (~1 us each time).
 _encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _quote = encode_basestring_ascii  # a JSON string, as _encode_json writes it (ensure_ascii)
+#: The decoder ``json.loads`` uses, called directly (a str in, so nothing to detect).
+_decode_json = json.JSONDecoder().decode
+_MAJOR = PROTOCOL_VERSION.split(".")[0]
 
 
 def utcnow_iso() -> str:
@@ -512,13 +515,13 @@ class Session:
         # UTF-8 decoded here (the protocol's only encoding), so json.loads need not detect one.
         # A UnicodeDecodeError is a ValueError: "not JSON", as any other unreadable frame.
         try:
-            header = json.loads(header_b.decode())
+            header = _decode_json(header_b.decode())
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
             raise ProtocolError("bad_message", f"header is not JSON: {exc}") from None
         msg_id = header.get("msg_id") if isinstance(header, dict) else None
         msg_id = msg_id if isinstance(msg_id, str) else None  # lets the error reply name its request
         try:
-            content = json.loads(content_b.decode())
+            content = _decode_json(content_b.decode())
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("bad_message", f"content is not JSON: {exc}", msg_id) from None
         if not isinstance(header, dict) or not isinstance(content, dict):
@@ -527,7 +530,7 @@ class Session:
             if not isinstance(header.get(name), str):
                 raise ProtocolError("bad_message", f"header field {name!r} must be a string", msg_id)
         version = header.get("version")
-        if not isinstance(version, str) or version.split(".")[0] != PROTOCOL_VERSION.split(".")[0]:
+        if version != PROTOCOL_VERSION and (not isinstance(version, str) or version.split(".")[0] != _MAJOR):
             raise ProtocolError(
                 "unsupported_version",
                 f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})", msg_id,
