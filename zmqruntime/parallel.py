@@ -19,7 +19,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from typing import Any, Callable, Iterable, Optional
 
 from .reporting import Reporter
@@ -27,7 +26,7 @@ from .reporting import Reporter
 #: The local pool, started on first use and kept (a restart costs a process start per core).
 _pool: Any = None
 _pool_lock = threading.Lock()
-#: How often the dask path looks at its futures (a cancel is noticed between looks).
+#: The longest the dask path waits for its next item without looking up (a cancel lands between waits).
 DASK_POLL = 0.05
 
 
@@ -117,19 +116,28 @@ def _dask_map(worker_client: Any, fn: Callable[[Any], Any], items: list[Any], de
     if not items:
         return []
     reporter = Reporter(total=len(items), desc=desc)
+    from distributed import TimeoutError as DaskTimeout
+    from distributed import wait
+
     with worker_client() as client:  # secedes: this task's thread slot goes to the items
         futures = client.map(_call, [payload] * len(items), items, pure=False)
         try:
-            done = 0
-            while done < len(futures):
-                time.sleep(DASK_POLL)  # Python-level wait: a cancel's KeyboardInterrupt lands here
-                failed = next((f for f in futures if f.status == "error"), None)
+            pending = futures
+            while pending:
+                # Wakes as soon as an item ends (a fixed sleep cost each map half a
+                # period at its end), and at least every DASK_POLL: a cancel's
+                # KeyboardInterrupt lands between waits.
+                try:
+                    wait(pending, timeout=DASK_POLL, return_when="FIRST_COMPLETED")
+                except DaskTimeout:
+                    pass
+                failed = next((f for f in pending if f.status == "error"), None)
                 if failed is not None:
                     failed.result()  # raises the item's exception with its traceback
-                now = sum(1 for f in futures if f.done())
-                if now != done:
-                    reporter.update(now - done)
-                    done = now
+                still = [f for f in pending if not f.done()]
+                if len(still) != len(pending):
+                    reporter.update(len(pending) - len(still))
+                pending = still
             return client.gather(futures)
         except BaseException:
             client.cancel(futures)
