@@ -244,3 +244,23 @@ def test_thousands_of_pipelined_waits_get_their_done_events_without_polling(serv
     assert [r["_"] for r in results] == [2 * i for i in range(n)]
     assert sent.get("status", 0) == 0 and sent.get("results", 0) == 0, dict(sent)
     assert sent["execute_many"] >= 1 and sum(sent.values()) <= n // 100, dict(sent)
+
+
+# -- the server's spin: full while messages come back to back, none while they come apart
+
+
+def test_spin_budget_follows_the_gaps_between_messages():
+    from zmqruntime.polling import SpinBudget
+
+    spin = SpinBudget(0.002)
+    assert spin.seconds == 0.002
+    spin.observe(0.0001)  # a client's next request, back to back
+    assert spin.seconds == 0.002
+    seen = []
+    for _ in range(6):  # a busy task's progress, every 5 ms
+        spin.observe(0.005)
+        seen.append(spin.seconds)
+    assert seen == [0.001, 0.0005, 0.00025, 0.000125, 0.0, 0.0]
+    spin.observe(0.0004)  # back to back again: the whole spin at once
+    assert spin.seconds == 0.002
+    assert SpinBudget(0).seconds == 0 and SpinBudget(-1).seconds == 0

@@ -13,6 +13,13 @@ Measured on the 2-core reference machine (medians, same runs): no-op
 as well made things *worse* (1.3-4.6 ms): on two cores a spinning process
 takes the CPU from the one that has the work. So only the server spins.
 
+A spin pays only when the next message comes soon: a client waiting on its
+reply sends the next request within a fraction of a millisecond, but a
+worker's progress and output arrive every 5-50 ms while its task holds a
+core, and a 2 ms spin after each of those takes CPU from that task.
+:class:`SpinBudget` spins the full ``busy_poll`` while messages come back to
+back and halves the spin after each longer gap, down to none.
+
 Readiness is asked with ``zmq_poll`` and no wait (:func:`readable`, and one
 call over all the sockets in the spin), never ``getsockopt(zmq.EVENTS)``.
 """
@@ -59,3 +66,22 @@ def spin_until_readable(socks: Sequence[zmq.Socket], spin: float, from_threads: 
             return ready
         if time.perf_counter() >= end:
             return None
+
+
+class SpinBudget:
+    """How long the next spin may last: ``limit`` while messages come back to back, halved
+    after each message that came later than ``limit / 4`` after the last (caught by the spin
+    or not), and none once below ``limit / 16``; the next back-to-back message restores it."""
+
+    def __init__(self, limit: float):
+        self.limit = max(0.0, limit)
+        self.seconds = self.limit
+        self._soon = self.limit / 4
+
+    def observe(self, gap: float) -> None:
+        """A message came ``gap`` seconds after the server had last served one."""
+        if gap <= self._soon:
+            self.seconds = self.limit
+        elif self.seconds:
+            half = self.seconds / 2
+            self.seconds = half if half >= self.limit / 16 else 0.0

@@ -40,7 +40,7 @@ from . import curve as _curve
 from .errors import ServerStartError
 from .frames import send_frames
 from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
-from .polling import readable, spin_until_readable
+from .polling import SpinBudget, readable, spin_until_readable
 from .protocol import (
     PROTOCOL_VERSION,
     REQUEST_TYPES,
@@ -138,7 +138,8 @@ class ZMQServer(Configurable):
                            "server's clock are refused (replay protection; 0 = no date check).").tag(config=True)
     replay_history = Int(DEFAULT_MAX_ENTRIES, help="Signatures of seen requests remembered at most "
                          "(replay protection).").tag(config=True)
-    busy_poll = Float(0.002, help="Seconds to busy-poll after serving before sleeping (latency vs CPU; 0 = off).").tag(config=True)
+    busy_poll = Float(0.002, help="Longest busy-poll after serving before sleeping (latency vs CPU; 0 = off); "
+                                  "shorter, down to none, while messages come further apart.").tag(config=True)
 
     @validate("max_message_frames", "handshake_timeout")
     def _check_positive(self, proposal: Any) -> Any:
@@ -331,21 +332,28 @@ class ZMQServer(Configurable):
         self.add_socket(self._wake_r, self._on_wake)  # type: ignore[arg-type]  # zmq polls plain fds too
         self.on_start()
         served = False
+        spin = SpinBudget(self.busy_poll)
+        idle_since: Optional[float] = None  # when the loop last finished serving a message
         try:
             while self._running:
                 timeout = 100.0
                 if self._timers:
                     timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
                 ready = None
+                if served:
+                    idle_since = time.perf_counter()
                 if self._soon:
                     timeout = 0.0
                 elif served:
-                    ready = spin_until_readable(self._sockets, self.busy_poll, self._from_threads)
+                    ready = spin_until_readable(self._sockets, spin.seconds, self._from_threads)
                     if ready is not None:
                         timeout = 0.0
                 served = False
                 if not ready:  # else the spin found sockets ready: read those without polling again
                     ready = self.poller.poll(int(timeout))
+                if ready and idle_since is not None:
+                    spin.observe(time.perf_counter() - idle_since)
+                    idle_since = None
                 self._subscriptions_current = False
                 for sock, _ in ready:
                     try:
