@@ -216,6 +216,15 @@ def progress_overhead_row(r: dict) -> Row:
                error_of(r, "zr_progress", "overhead"), {"overhead_s": ov, "bare_loop_s": bare})
 
 
+def server_cpu_row(r: dict) -> Row:
+    """What serving a busy task's output costs the cores the task wants (the server's spin included)."""
+    printing = get(r, "zr_progress", "server_cpu", "printing_pct")
+    silent = get(r, "zr_progress", "server_cpu", "silent_pct")
+    return Row("server CPU while a busy task prints", fmt(printing, ".1f", "% of a core"),
+               f"same task silent {fmt(silent, '.1f', '%')}", "-", "(for reference)", "n/a",
+               error_of(r, "zr_progress", "server_cpu"), {"printing_pct": printing, "silent_pct": silent})
+
+
 def big_result_rows(r: dict) -> list[Row]:
     zr_bw, raw_bw = get(r, "zr_bigresult", "big_result", "gb_per_s"), get(r, "raw_zerocopy", "gb_per_s")
     frac = zr_bw / raw_bw if zr_bw and raw_bw else None
@@ -296,7 +305,7 @@ def comparisons(results: dict) -> list[Row]:
     from benchmarks.rows_kernel_flood import flood_rows
 
     return [ping_row(results), ping_full_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
-            progress_rate_row(results), progress_overhead_row(results),
+            progress_rate_row(results), progress_overhead_row(results), server_cpu_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),
             *report_ray.rows(results), *report_curves.rows(results), *_scaleout_rows(results)]

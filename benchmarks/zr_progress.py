@@ -13,6 +13,11 @@ slow the task.  Two measurements (targets in benchmarks/README.md):
     same loop wrapped in the default (throttled) ``progress()``; the difference
     is the cost of progress reporting.  Target <= 1 s.
 
+  * the server's CPU while a CPU-bound task prints a line per iteration for
+    ``BUSY_SECONDS`` (its output reaches the server every few milliseconds),
+    beside the same task silent: what serving the output costs the machine
+    whose cores the task wants. For reference.
+
 There is no external baseline; the targets are absolute.
 """
 
@@ -140,10 +145,33 @@ def measure_progress_overhead(client) -> dict:
     }
 
 
+BUSY_SECONDS = 3.0
+BUSY_CODE = """
+import time
+_end = time.perf_counter() + {seconds}
+while time.perf_counter() < _end:
+    {body}
+"""
+
+
+def measure_server_cpu(client) -> dict:
+    """Server CPU (% of a core, /proc) while a task prints a line per iteration, and while it is silent."""
+    from benchmarks.curve_watchers import cpu_seconds
+
+    pid = client.ping(brief=True)["pid"]
+    out: dict = {"seconds": BUSY_SECONDS}
+    for name, body in (("printing", "print('x' * 40)"), ("silent", "pass")):
+        used, started = cpu_seconds(pid), time.perf_counter()
+        zr_server.run_to_result(client, BUSY_CODE.format(seconds=BUSY_SECONDS, body=body), timeout=60)
+        out[f"{name}_pct"] = round(100 * (cpu_seconds(pid) - used) / (time.perf_counter() - started), 1)
+    return out
+
+
 def measure() -> dict:
     return zr_server.measure_all({
         "event_rate": measure_event_rate,
         "overhead": measure_progress_overhead,
+        "server_cpu": measure_server_cpu,
     })
 
 
