@@ -112,13 +112,13 @@ def _dask_client() -> Any:
 
 
 def _dask_map(worker_client: Any, fn: Callable[[Any], Any], items: list[Any], desc: str) -> list[Any]:
+    from distributed import TimeoutError as DaskTimeout
+    from distributed import wait
+
     payload = pickle_function(fn)
     if not items:
         return []
     reporter = Reporter(total=len(items), desc=desc)
-    from distributed import TimeoutError as DaskTimeout
-    from distributed import wait
-
     with worker_client() as client:  # secedes: this task's thread slot goes to the items
         futures = client.map(_call, [payload] * len(items), items, pure=False)
         try:

@@ -18,7 +18,10 @@ reply sends the next request within a fraction of a millisecond, but a
 worker's progress and output arrive every 5-50 ms while its task holds a
 core, and a 2 ms spin after each of those takes CPU from that task.
 :class:`SpinBudget` spins the full ``busy_poll`` while messages come back to
-back and halves the spin after each longer gap, down to none.
+back and halves the spin after each longer gap, down to none. Measured: a
+task printing a line per iteration cost the server 59.5 % of a core with a
+fixed 2 ms spin, 15.2 % with this one; ping, no-op ``run()`` and pipelined
+no-ops did not move.
 
 Readiness is asked with ``zmq_poll`` and no wait (:func:`readable`, and one
 call over all the sockets in the spin), never ``getsockopt(zmq.EVENTS)``.
