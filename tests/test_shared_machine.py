@@ -1,7 +1,7 @@
 """Another local user, without the connection file, against a real server.
 
-The attacker runs as uid/gid 65534 (``nobody``): the test process forks, the
-child drops its privileges with setgroups/setgid/setuid and then only uses
+The attacker runs as uid/gid 65534 (``nobody``): a fresh interpreter imports
+this file as root, drops its privileges with setgroups/setgid/setuid and then only uses
 what such a user could (addresses and ports, which are no secret; never the
 key). Everything it could be stopped by is enforced by the kernel on that
 uid: file modes of the runtime directory and socket files, SO_PEERCRED, and
@@ -31,7 +31,6 @@ import encodings.idna  # noqa: F401 - imported before the fork: the attacker can
 import json
 import os
 import resource
-import select
 import signal
 import socket
 import stat
@@ -60,46 +59,38 @@ pytestmark = [
 SECRET = "SECRET-CODE-9d2a71"
 
 
+#: The attacker's interpreter: imports as root (uid 65534 cannot read this Python's stdlib), then
+#: drops its privileges and runs one module-level function of this file.
+ATTACKER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+fn = getattr(__import__(sys.argv[2]), sys.argv[3])
+args = json.loads(sys.argv[4])
+os.setgroups([])
+os.setgid(int(sys.argv[5]))
+os.setuid(int(sys.argv[5]))
+try:
+    out = {"ok": fn(*args)}
+except BaseException as exc:
+    out = {"error": f"{type(exc).__name__}: {exc}"}
+sys.stdout.write("\\n" + json.dumps(out))
+"""
+
+
 def as_other_user(fn: Callable[..., Any], *args: Any, timeout: float = 30.0) -> Any:
-    """Run ``fn(*args)`` in a forked child as uid/gid 65534; its JSON result, or its error re-raised."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the attacker
-        code = 0
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            out = {"ok": fn(*args)}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            out = {"error": f"{type(exc).__name__}: {exc}"}
-            code = 1
-        try:
-            os.write(w, json.dumps(out).encode())
-        finally:
-            os._exit(code)
-    os.close(w)
-    chunks, deadline = [], time.monotonic() + timeout
+    """Run ``fn(*args)`` as uid/gid 65534 in a fresh interpreter; its JSON result, or its error re-raised.
+
+    A fresh process, not a fork of this one: a fork copies the locks other threads of the
+    test process hold at that moment, and a child that needs one of them never finishes.
+    """
+    cmd = [sys.executable, "-c", ATTACKER, os.path.dirname(os.path.abspath(__file__)), fn.__module__,
+           fn.__name__, json.dumps(args), str(NOBODY)]
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"the attacker did not finish within {timeout} s")
-            ready, _, _ = select.select([r], [], [], remaining)
-            if ready:
-                data = os.read(r, 1 << 20)
-                if not data:
-                    break
-                chunks.append(data)
-    finally:
-        os.close(r)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks) or b'{"error": "no result"}')
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the attacker did not finish within {timeout} s") from None
+    lines = done.stdout.strip().splitlines()
+    out = json.loads(lines[-1]) if lines else {"error": f"no result (exit {done.returncode}): {done.stderr[-500:]}"}
     if "error" in out:
         raise AssertionError(f"attacker failed: {out['error']}")
     return out["ok"]
