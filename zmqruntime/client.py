@@ -30,7 +30,7 @@ from .curve import secure_client_socket
 from .errors import RemoteError, ServerUnavailable, error_for_code
 from .frames import recv_frames, send_frames
 from .loop_reader import LoopReader, send_when_possible
-from .protocol import Message, ProtocolError, Session
+from .protocol import BRIEF_PING, Message, ProtocolError, Session
 from .transport import ConnectionInfo, choose_scheme
 
 DEFAULT_TIMEOUT = 10.0
@@ -153,7 +153,7 @@ class ZMQClient(_BaseClient):
         deadline = time.monotonic() + timeout
         sock = self._socket()
         if self.needs_proof and not self._local.proven and msg_type != "ping":
-            self.request("ping", {"brief": True}, timeout=timeout)  # a signed reply: the peer holds the key
+            self.request("ping", BRIEF_PING, timeout=timeout)  # a signed reply: the peer holds the key
             self._local.proven = True
             timeout = max(0.001, deadline - time.monotonic())
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)
@@ -187,7 +187,7 @@ class ZMQClient(_BaseClient):
         timeout = self.timeout if timeout is None else positive_timeout(timeout)
         sock = self._socket()
         if self.needs_proof and not self._local.proven:
-            self.request("ping", {"brief": True}, timeout=timeout)
+            self.request("ping", BRIEF_PING, timeout=timeout)
             self._local.proven = True
         replies: list[Optional[Message]] = [None] * len(items)
         pending: dict[str, int] = {}
@@ -286,7 +286,7 @@ class AsyncZMQClient(_BaseClient):
         if self.needs_proof and msg_type != "ping" and self._proven is not self._socket():
             sock = self._socket()
             started = time.monotonic()
-            await self.request("ping", {"brief": True}, timeout=timeout)  # a signed reply: the peer holds the key
+            await self.request("ping", BRIEF_PING, timeout=timeout)  # a signed reply: the peer holds the key
             self._proven = sock
             timeout = max(0.001, timeout - (time.monotonic() - started))
         frames, msg_id = self.session.serialize_request(msg_type, content, buffers)

@@ -80,6 +80,17 @@ class SpinBudget:
         self.limit = max(0.0, limit)
         self.seconds = self.limit
         self._soon = self.limit / 4
+        self._idle_since: Optional[float] = None  # when the server last finished serving
+
+    def idle(self) -> None:
+        """The server has served what it had and is about to spin or sleep."""
+        self._idle_since = time.perf_counter()
+
+    def woke(self) -> None:
+        """A message is ready: judge the gap since :meth:`idle` (once per idle period)."""
+        if self._idle_since is not None:
+            self.observe(time.perf_counter() - self._idle_since)
+            self._idle_since = None
 
     def observe(self, gap: float) -> None:
         """A message came ``gap`` seconds after the server had last served one."""

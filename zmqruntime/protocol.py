@@ -55,6 +55,10 @@ SIGNATURE_FRAME_LEN = len(MARKER) + 64
 SIGNATURE_SCHEME = HMAC_SHA256  # the scheme every peer understands (connection file ``signature_scheme``)
 
 #: Control requests a server understands; replies are ``<type>_reply``.
+#: A brief ``ping``'s request content: the server's identity only (docs/protocol.md §7.1).
+BRIEF_PING: dict[str, Any] = {"brief": True}
+#: The fields of a brief ``ping`` reply (besides ``ok`` and ``uptime``).
+BRIEF_PING_FIELDS = ("server_id", "pid", "version", "protocol_version", "start_time")
 REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
                  "shutdown", "upload")
 #: Data-channel message types. The topic is always ``<execution_id>.<msg_type>``;

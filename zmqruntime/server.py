@@ -42,6 +42,7 @@ from .frames import send_frames
 from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
 from .polling import SpinBudget, readable, spin_until_readable
 from .protocol import (
+    BRIEF_PING_FIELDS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Message,
@@ -187,6 +188,7 @@ class ZMQServer(Configurable):
         self.connection_path: Optional[Path] = None
         self.info: Optional[ConnectionInfo] = None
         self._ping_identity: Optional[dict[str, Any]] = None
+        self._brief_identity: dict[str, Any] = {}
 
     # -- lifecycle ----------------------------------------------------------
     @property
@@ -333,7 +335,6 @@ class ZMQServer(Configurable):
         self.on_start()
         served = False
         spin = SpinBudget(self.busy_poll)
-        idle_since: Optional[float] = None  # when the loop last finished serving a message
         try:
             while self._running:
                 timeout = 100.0
@@ -341,7 +342,7 @@ class ZMQServer(Configurable):
                     timeout = max(0.0, min(timeout, (self._timers[0][0] - time.monotonic()) * 1000))
                 ready = None
                 if served:
-                    idle_since = time.perf_counter()
+                    spin.idle()
                 if self._soon:
                     timeout = 0.0
                 elif served:
@@ -351,9 +352,8 @@ class ZMQServer(Configurable):
                 served = False
                 if not ready:  # else the spin found sockets ready: read those without polling again
                     ready = self.poller.poll(int(timeout))
-                if ready and idle_since is not None:
-                    spin.observe(time.perf_counter() - idle_since)
-                    idle_since = None
+                if ready:
+                    spin.woke()
                 self._subscriptions_current = False
                 for sock, _ in ready:
                     try:
@@ -608,10 +608,6 @@ class ZMQServer(Configurable):
         brief = msg.content.get("brief")
         if brief is not None and not isinstance(brief, bool):
             raise RequestError("bad_request", "'brief' must be true, false or null")
-        uptime = time.monotonic() - self._start_monotonic
-        if brief:  # a liveness check: who answers, nothing else (a small reply costs less to sign and read)
-            return {"server_id": self.server_id, "pid": os.getpid(), "version": __version__,
-                    "protocol_version": PROTOCOL_VERSION, "start_time": self.start_time, "uptime": uptime}, [], None
         if self._ping_identity is None:  # what never changes while serving, gathered once
             self._ping_identity = {
                 "server_id": self.server_id,
@@ -625,6 +621,10 @@ class ZMQServer(Configurable):
                 "control_url": self.info.control_url if self.info else None,
                 "persistent": not self.parent_pid,
             }
+            self._brief_identity = {k: self._ping_identity[k] for k in BRIEF_PING_FIELDS}
+        uptime = time.monotonic() - self._start_monotonic
+        if brief:  # a liveness check: who answers, nothing else (a small reply costs less to sign and read)
+            return {**self._brief_identity, "uptime": uptime}, [], None
         return {**self._ping_identity, "uptime": uptime, **self.ping_info()}, [], None
 
     def handle_shutdown(self, msg: Any) -> Reply:

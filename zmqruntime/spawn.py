@@ -31,6 +31,7 @@ from typing import Iterator, Optional
 from .client import ZMQClient
 from .errors import RemoteError, ServerStartError, ServerUnavailable
 from .private import open_private
+from .protocol import BRIEF_PING
 from .transport import (
     DEFAULT_CONTROL_OFFSET,
     DEFAULT_IP,
@@ -63,7 +64,7 @@ def ping_info(info: ConnectionInfo, timeout: float) -> Optional[dict]:
     """The server's brief ping reply (its identity), or None if it does not answer in time."""
     client = ZMQClient(info, timeout=timeout)
     try:
-        return client.call("ping", {"brief": True})
+        return client.call("ping", BRIEF_PING)
     except (ServerUnavailable, RemoteError):
         return None
     finally:

@@ -44,7 +44,7 @@ from ..errors import RemoteError, ServerUnavailable
 from ..frames import recv_frames
 from ..loop_reader import LoopReader
 from ..polling import readable
-from ..protocol import Session, event_topic
+from ..protocol import BRIEF_PING, Session, event_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 from .core import (
@@ -437,7 +437,7 @@ def _open_subscription(owner: Any, callback: Callable[[Event], Any], execution_i
 def _ping_content(brief: Any) -> dict[str, Any]:
     if not isinstance(brief, bool):
         raise TypeError(f"brief must be True or False, got {brief!r}")
-    return {"brief": True} if brief else {}
+    return BRIEF_PING if brief else {}
 
 
 def _check_wait(wait: Any) -> None:
