@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -129,6 +130,12 @@ def main(argv=None) -> int:
         except ValueError as exc:
             print(f"--plots: {exc}", file=sys.stderr)
             return 2
+    # A background job of a non-interactive shell starts with SIGINT ignored, and an ignored
+    # signal stays ignored across exec: every benchmark process, and the peers' workers, would
+    # inherit it. Ray's ray.cancel(force=False) interrupts its worker with SIGINT, so it then
+    # never stops a task. Handled here, a child starts
+    # with the default action instead (a caught signal is reset by exec).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["BENCHMARKS_ROUNDS"] = str(args.rounds)  # inherited by every benchmark process
     if args.quick:
         os.environ["BENCHMARKS_QUICK"] = "1"
