@@ -6,6 +6,7 @@ server keeps answering ping while and after it happens.
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -66,6 +67,25 @@ def test_cancel_running_interrupts_only_target(server):
     # the queued one runs next, in the same namespace
     assert client.wait(queued, timeout=20)["status"] == "complete"
     assert client.get_results(queued) == {"_": "still here"}
+
+
+def test_cancel_interrupts_when_the_server_was_started_with_sigint_ignored(start_server):
+    """A background job of a non-interactive shell starts with SIGINT ignored, and an ignored
+    signal stays ignored across exec. Ray's workers then cannot be cancelled; ours install
+    their own handler, so a cancel still interrupts (not the terminate step of the ladder)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the server process inherits
+    try:
+        server = start_server("--cancel-grace-period", "10")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    client = server.client
+    running = client.execute(BUSY_LOOP)
+    wait_running(client, running)
+    client.cancel(running)
+    status = client.wait(running, timeout=8)  # before the 10 s grace period could terminate it
+    assert status["status"] == "cancelled"
+    assert status["error"]["ename"] == "KeyboardInterrupt"
+    assert not status["namespace_reset"]
 
 
 def test_cancel_escalates_when_task_ignores_interrupt(start_server):
