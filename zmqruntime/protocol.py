@@ -61,9 +61,10 @@ BRIEF_PING: dict[str, Any] = {"brief": True}
 BRIEF_PING_FIELDS = ("server_id", "pid", "version", "protocol_version", "start_time")
 REQUEST_TYPES = ("ping", "execute", "execute_many", "status", "cancel", "results", "list", "sessions", "reset_session",
                  "shutdown", "upload")
-#: Data-channel message types. The topic is always ``<execution_id>.<msg_type>``;
-#: a client dispatches on the signed header's ``msg_type``.
-EVENT_TYPES = ("status", "progress", "progress_batch", "stream", "done")
+#: Data-channel message types. The topic is ``<execution_id>.<msg_type>``, except a
+#: ``done_batch``'s (:func:`session_done_topic`); a client dispatches on the signed
+#: header's ``msg_type``.
+EVENT_TYPES = ("status", "progress", "progress_batch", "stream", "done", "done_batch")
 #: A progress event's state, as ``status`` replies and records keep it.
 PROGRESS_STATE_FIELDS = ("done", "total", "desc", "rate", "elapsed")
 #: A ``progress_batch`` message carries several progress events (one row each,
@@ -142,6 +143,42 @@ def progress_batch_events(content: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValueError(f"seq must be an integer, got {seq!r}")
         events.append(event)
     return events
+
+
+def session_done_topic(session: str) -> bytes:
+    """Data-channel topic of one session's ``done_batch`` events: ``@<session>`` and a NUL.
+
+    A client subscribes to it once instead of to ``<id>.done`` per execution,
+    and the server sends the 'done' contents of the session's executions that
+    ended in one loop turn as one signed message. Execution ids never start
+    with ``@``, and no session name holds a NUL, so this topic is no prefix of
+    another session's or of any execution's.
+    """
+    return b"@" + session.encode() + b"\x00"
+
+
+def done_batch_outcomes(content: dict[str, Any], buffers: Sequence[Any]) -> list[tuple[dict[str, Any], list[Any]]]:
+    """The ``done`` event contents of a ``done_batch``, each with its share of the buffers, in order.
+
+    ``outcomes`` lists the contents; each one's ``nbuffers`` counts its inline
+    result buffers, taken in turn from the message's. ValueError when the
+    shape is wrong (a missing id, counts that do not add up to the buffers).
+    """
+    outcomes = content.get("outcomes")
+    if not isinstance(outcomes, list):
+        raise ValueError("'outcomes' must be a list")
+    split, start = [], 0
+    for outcome in outcomes:
+        if not isinstance(outcome, dict) or not isinstance(outcome.get("execution_id"), str):
+            raise ValueError("each outcome must be an object with a string 'execution_id'")
+        n = outcome.get("nbuffers", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0 or start + n > len(buffers):
+            raise ValueError(f"outcome of {outcome['execution_id'][:40]!r}: bad 'nbuffers' {n!r}")
+        split.append((outcome, list(buffers[start:start + n])))
+        start += n
+    if start != len(buffers):
+        raise ValueError(f"the outcomes name {start} buffers, the message has {len(buffers)}")
+    return split
 
 
 def progress_state(content: dict[str, Any]) -> dict[str, Any]:

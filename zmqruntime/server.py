@@ -346,7 +346,9 @@ class ZMQServer(Configurable):
                 if self._soon:
                     timeout = 0.0
                 elif served:
-                    ready = spin_until_readable(self._sockets, spin.seconds, self._from_threads)
+                    # a timer due sooner (e.g. a done_batch) ends the spin (timeout is its ms)
+                    ready = spin_until_readable(self._sockets, min(spin.seconds, timeout / 1000),
+                                                self._from_threads)
                     if ready is not None:
                         timeout = 0.0
                 served = False
@@ -599,6 +601,15 @@ class ZMQServer(Configurable):
         if not subs:
             return False
         return any(topic[:n] in subs for n in self._prefix_lengths if n <= len(topic))
+
+    def wanted_exactly(self, topic: bytes) -> bool:
+        """Has a subscriber asked for ``topic`` itself, not merely for a prefix of it (such as
+        everything)?  For messages that repeat what other events already say (a ``done_batch``):
+        only those who asked for that form get it."""
+        if not self._subscriptions_current:
+            self._subscriptions_current = True
+            self._read_subscriptions()
+        return self._subscriptions_overflow or topic in self._subscriptions
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from ..errors import RemoteError, ServerUnavailable
 from ..frames import recv_frames
 from ..loop_reader import LoopReader
 from ..polling import readable
-from ..protocol import BRIEF_PING, Session, event_topic
+from ..protocol import BRIEF_PING, Session, event_topic, session_done_topic
 from ..spawn import ensure_server
 from ..transport import DEFAULT_CONTROL_OFFSET, DEFAULT_IP, DEFAULT_PORT, ConnectionInfo, read_connection_file
 from .core import (
@@ -62,7 +62,7 @@ from .core import (
     parallel_map_request,
     results_in_done_event,
 )
-from .events import Event, SequenceTracker, expand_progress_batch, parse_event, parse_events
+from .events import Event, SequenceTracker, done_events, expand_progress_batch, parse_event, parse_events
 from .progress_watch import ProgressWatch
 
 log = logging.getLogger("zmqruntime.client")
@@ -149,13 +149,20 @@ class DoneWaiter:
     small event per execution, whatever its progress rate) and ``wait``
     unsubscribes when it returns; ids never waited for are dropped after
     ``MAX_TOPICS`` newer ones (polling ``status`` still covers them).
+    Executions of the client's own session (``batch_session``) end in the
+    session's ``done_batch`` events instead, subscribed to once.
     """
 
     MAX_TOPICS = 4096
 
-    def __init__(self, context: zmq.Context, info: ConnectionInfo, session: Session):
+    def __init__(self, context: zmq.Context, info: ConnectionInfo, session: Session,
+                 batch_session: Optional[str] = None):
         self.session = session
         self.sock = subscriber_socket(context, info, rcvhwm=10_000)  # 'done' events only; overflow costs a status poll
+        self.batch_session = batch_session
+        if batch_session is not None:
+            self.sock.setsockopt(zmq.SUBSCRIBE, session_done_topic(batch_session))
+        self.batched: set[str] = set()  # ids whose end comes in the session's done_batch
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
         self.topics: dict[str, int] = {}
@@ -166,16 +173,20 @@ class DoneWaiter:
     def heard_within(self, seconds: float) -> bool:
         return time.monotonic() - self.last_done <= seconds
 
-    def subscribe(self, execution_id: str) -> None:
+    def subscribe(self, execution_id: str, session: Optional[str] = None) -> None:
         if execution_id not in self.topics:
-            self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
+            if session is not None and session == self.batch_session:
+                self.batched.add(execution_id)
+            else:
+                self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         self.topics[execution_id] = self.topics.get(execution_id, 0) + 1
         while len(self.topics) > self.MAX_TOPICS:
-            oldest = next(iter(self.topics))
-            self.topics.pop(oldest)
-            self.done.pop(oldest, None)
-            self.promised.discard(oldest)
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(oldest, "done"))
+            self.forget(next(iter(self.topics)))
+
+    def unbatch(self, execution_id: str) -> None:
+        if execution_id in self.batched:
+            self.batched.discard(execution_id)
+            self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
 
     def unsubscribe(self, execution_id: str) -> None:
         count = self.topics.get(execution_id, 0) - 1
@@ -187,7 +198,10 @@ class DoneWaiter:
     def forget(self, execution_id: str) -> None:
         """Drop the subscription whoever asked for it: the execution is over."""
         if self.topics.pop(execution_id, None) is not None:
-            self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
+            if execution_id in self.batched:
+                self.batched.discard(execution_id)  # the session's topic stays
+            else:
+                self.sock.setsockopt(zmq.UNSUBSCRIBE, event_topic(execution_id, "done"))
         self.done.pop(execution_id, None)
         self.promised.discard(execution_id)
 
@@ -205,9 +219,7 @@ class DoneWaiter:
             if remaining <= 0 or not self.poller.poll(remaining * 1000):  # type: ignore[arg-type]
                 return None
             while readable(self.sock):
-                frames = recv_frames(self.sock)
-                event = parse_event(self.session, frames)
-                if event is not None and event.type == "done":
+                for event in done_events(parse_event(self.session, recv_frames(self.sock))):
                     self.last_done = time.monotonic()
                     if event.execution_id in self.topics:
                         self.done[event.execution_id] = event
@@ -291,7 +303,7 @@ class ExecutionClient(ClientCore):
     def _waiter(self) -> DoneWaiter:
         waiter = getattr(self._local, "waiter", None)
         if waiter is None:
-            waiter = DoneWaiter(self._client.context, self.info, self.session)
+            waiter = DoneWaiter(self._client.context, self.info, self.session, self.session_name)
             self._local.waiter = waiter
             self._client.adopt(waiter.sock)
         return waiter
@@ -453,15 +465,23 @@ def _check_callback(callback: Any) -> None:
 class AsyncDoneChannel:
     """The asyncio client's 'done' subscriptions: one SUB socket, a future per execution.
 
+    The executions of the client's own session (``batch_session``) end in the
+    session's ``done_batch`` events, subscribed to once: a pipelining client
+    then makes no subscription per execution and reads one signed message for
+    all that ended in a server loop turn. Others are followed by ``<id>.done``.
     Unsubscribes are flushed at the end of the loop turn, together: each
     (un)subscribe may wake libzmq's I/O thread, and one wake-up serves a run.
     """
 
     MAX_TOPICS = DoneWaiter.MAX_TOPICS
 
-    def __init__(self, info: ConnectionInfo, session: Session):
+    def __init__(self, info: ConnectionInfo, session: Session, batch_session: Optional[str] = None):
         self.session = session
         self.sock = subscriber_socket(zmq.Context.instance(), info, rcvhwm=10_000)
+        self.batch_session = batch_session
+        if batch_session is not None:
+            self.sock.setsockopt(zmq.SUBSCRIBE, session_done_topic(batch_session))
+        self.batched: set[str] = set()  # ids whose end comes in the session's done_batch
         self.topics: dict[str, int] = {}
         self.futures: dict[str, asyncio.Future[Event]] = {}
         self.promised: set[str] = set()
@@ -469,16 +489,23 @@ class AsyncDoneChannel:
         self.last_done = -math.inf
         self._reader = LoopReader(self.sock, self._on_event, copy=True)
 
-    def subscribe(self, execution_id: str) -> None:
+    def subscribe(self, execution_id: str, session: Optional[str] = None) -> None:
         if execution_id not in self.topics:
             self.futures[execution_id] = asyncio.get_running_loop().create_future()
-            if execution_id in self._to_unsubscribe:  # still subscribed: keep it that way
+            if session is not None and session == self.batch_session:
+                self.batched.add(execution_id)
+            elif execution_id in self._to_unsubscribe:  # still subscribed: keep it that way
                 self._to_unsubscribe.discard(execution_id)
             else:
                 self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
         self.topics[execution_id] = self.topics.get(execution_id, 0) + 1
         while len(self.topics) > self.MAX_TOPICS:
             self.forget(next(iter(self.topics)))
+
+    def unbatch(self, execution_id: str) -> None:
+        if execution_id in self.batched:
+            self.batched.discard(execution_id)
+            self.sock.setsockopt(zmq.SUBSCRIBE, event_topic(execution_id, "done"))
 
     def unsubscribe(self, execution_id: str) -> None:
         count = self.topics.get(execution_id, 0) - 1
@@ -489,9 +516,12 @@ class AsyncDoneChannel:
 
     def forget(self, execution_id: str) -> None:
         if self.topics.pop(execution_id, None) is not None:
-            if not self._to_unsubscribe:
-                asyncio.get_running_loop().call_soon(self._flush_unsubscribes)
-            self._to_unsubscribe.add(execution_id)
+            if execution_id in self.batched:
+                self.batched.discard(execution_id)  # the session's topic stays
+            else:
+                if not self._to_unsubscribe:
+                    asyncio.get_running_loop().call_soon(self._flush_unsubscribes)
+                self._to_unsubscribe.add(execution_id)
         self.futures.pop(execution_id, None)
         self.promised.discard(execution_id)
 
@@ -519,8 +549,7 @@ class AsyncDoneChannel:
         return time.monotonic() - self.last_done <= seconds
 
     def _on_event(self, frames: list[Any]) -> None:
-        event = parse_event(self.session, frames)
-        if event is not None and event.type == "done":
+        for event in done_events(parse_event(self.session, frames)):
             self.last_done = time.monotonic()
             fut = self.futures.get(event.execution_id)
             if fut is not None and not fut.done():
@@ -641,7 +670,7 @@ class AsyncExecutionClient(ClientCore):
         if self._channel is None:
             if self.closed:
                 raise ServerUnavailable("this client is closed")
-            self._channel = AsyncDoneChannel(self.info, self.session)
+            self._channel = AsyncDoneChannel(self.info, self.session, self.session_name)
         return self._channel
 
     def _submit_batched(self, content: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:

@@ -115,12 +115,17 @@ Flow = Generator[Step, Any, Any]
 class DoneChannel(Protocol):
     """Subscriptions to ``<id>.done`` events, counted: ``execute`` takes one, ``wait`` another.
 
+    An execution of the channel's own session (``subscribe``'s ``session``)
+    needs no topic of its own: its end comes in the session's ``done_batch``
+    (``unbatch`` subscribes to its ``<id>.done`` after all: an older server).
+
     ``promise`` records that the server said it saw our subscription
     (``done_subscribed`` in the execute reply): the event will reach us,
     so a wait need not poll ``status`` fast.
     """
 
-    def subscribe(self, execution_id: str) -> None: ...
+    def subscribe(self, execution_id: str, session: Optional[str] = None) -> None: ...
+    def unbatch(self, execution_id: str) -> None: ...
     def unsubscribe(self, execution_id: str) -> None: ...
     def forget(self, execution_id: str) -> None: ...
     def promise(self, execution_id: str) -> None: ...
@@ -332,7 +337,7 @@ class ClientCore:
                       push: Optional[Mapping[str, Any]] = None) -> Flow:
         """Subscribe to the 'done' event, then submit: a fast task's event is not missed by wait()."""
         proposed = content["execution_id"]
-        channel.subscribe(proposed)
+        channel.subscribe(proposed, content.get("session"))
         self._watch_progress(proposed)
         try:
             reply = yield from self._send_execute_flow(self._queue_flow, content, buffers, push)
@@ -341,6 +346,8 @@ class ClientCore:
             self._unwatch_progress(proposed)
             raise
         exec_id = reply["execution_id"]
+        if "done_batch" not in reply:  # an older server: it sends no done_batch, follow '<id>.done'
+            channel.unbatch(exec_id)
         if exec_id != proposed:  # a repeated request_id: the execution accepted earlier
             self._follow_instead(proposed, exec_id, channel)
         elif reply.get("done_subscribed"):  # the server will publish 'done' to us: wait need not poll

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from ..protocol import ProtocolError, Session, progress_batch_events
+from ..protocol import ProtocolError, Session, done_batch_outcomes, progress_batch_events
 
 log = logging.getLogger("zmqruntime.client")
 
@@ -51,9 +51,10 @@ def parse_event(session: Session, frames: Sequence[Any]) -> Optional[Event]:
 
 def parse_events(session: Session, frames: Sequence[Any]) -> list[Event]:
     """The events of one verified data-channel message: a ``progress_batch``
-    becomes its progress events, in order; anything else is one event."""
+    becomes its progress events, in order; a ``done_batch`` none (whoever
+    receives it also receives each execution's ``done``); anything else is one event."""
     event = parse_event(session, frames)
-    if event is None:
+    if event is None or event.type == "done_batch":  # repeats 'done' events, for the waiters of one session
         return []
     if event.type != "progress_batch":
         return [event]
@@ -62,6 +63,22 @@ def parse_events(session: Session, frames: Sequence[Any]) -> list[Event]:
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("dropped a malformed progress_batch of %s: %s", event.execution_id, exc)
         return []
+
+
+def done_events(event: Optional[Event]) -> list[Event]:
+    """The 'done' events a verified message stands for: itself, or a ``done_batch``'s, in order."""
+    if event is None:
+        return []
+    if event.type == "done":
+        return [event]
+    if event.type != "done_batch":
+        return []
+    try:
+        outcomes = done_batch_outcomes(event.content, event.buffers)
+    except ValueError as exc:
+        log.warning("dropped a malformed done_batch: %s", exc)
+        return []
+    return [Event("done", c["execution_id"], int(c.get("seq", 0)), c, buffers=b) for c, b in outcomes]
 
 
 def expand_progress_batch(batch: Event) -> list[Event]:

@@ -46,6 +46,7 @@ from ..protocol import (
     event_topic,
     is_execution_id,
     new_execution_id,
+    session_done_topic,
 )
 from ..server import HeldRequest, Reply, ReplyLater, RequestError, ZMQServer
 from ..uploads import UploadError, UploadStore
@@ -62,6 +63,11 @@ log = logging.getLogger("zmqruntime.execution")
 REQUEST_ID_MAX_LENGTH = 128
 #: Longest an ``execute`` may ask its reply to wait for the outcome (``hold``, seconds).
 MAX_HOLD = 60.0
+#: Seconds between ``done_batch`` events while a session's executions end back to back. An
+#: end after a quiet spell, or one that leaves its session with nothing queued or running,
+#: goes out at the end of the loop turn; during a stream of ends, those of the next
+#: DONE_BATCH_GAP go as one message (at 4,000 ends/s, ~4 of them).
+DONE_BATCH_GAP = 0.001
 
 
 def check_request_id(value: Any) -> Optional[str]:
@@ -182,6 +188,10 @@ class ExecutionServer(ZMQServer):
         self._backend_error: Optional[str] = None
         #: executions whose ``execute`` reply waits for their outcome (``hold``): request, reply so far
         self._held: dict[str, tuple[HeldRequest, dict[str, Any]]] = {}
+        #: per session, the 'done' contents (with their inline buffers and digests) of this loop
+        #: turn's ends whose session topic has a subscriber: sent as one ``done_batch`` each
+        self._done_batches: dict[str, list[tuple[dict[str, Any], list[Any], list[bytes]]]] = {}
+        self._done_batch_sent = -math.inf  # monotonic time of the last done_batch send
 
     # -- worker side --------------------------------------------------------
     def execute_task(self, task: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
@@ -229,6 +239,7 @@ class ExecutionServer(ZMQServer):
         for rec in list(self.records):
             if not rec.final:
                 self._finish(rec, "cancelled", reason="server shut down")
+        self._send_done_batches()  # the loop has stopped: its end-of-turn work does not run again
         if self._backend_started:
             self.backend.stop()
         for rec in self.records:  # results do not outlive the server: nor do their files
@@ -486,6 +497,41 @@ class ExecutionServer(ZMQServer):
                         rec.result_digests if inline and request.scheme == self.session.scheme else None)
         self.publish(event_topic(rec.execution_id, "done"), "done", done, frames,
                      rec.result_digests if inline else None)
+        if self.wanted_exactly(session_done_topic(rec.session)):
+            self._batch_done(rec.session, done, frames, rec.result_digests if inline else [])
+
+    def _batch_done(self, session: str, done: dict[str, Any], frames: list[Any], digests: list[bytes]) -> None:
+        """Queue a 'done' content for the session's next ``done_batch`` (see DONE_BATCH_GAP)."""
+        first = not self._done_batches
+        self._done_batches.setdefault(session, []).append((done, frames, digests))
+        state = self.sessions.get(session)
+        if state is None or not state.busy:  # its session's last end for now: nothing to wait for
+            self.call_soon(self._send_done_batches)
+        elif first:
+            wait = self._done_batch_sent + DONE_BATCH_GAP - time.monotonic()
+            if wait > 0:
+                self.call_later(wait, self._send_done_batches)
+            else:
+                self.call_soon(self._send_done_batches)
+
+    def _send_done_batches(self) -> None:
+        """One signed ``done_batch`` per session for the executions that ended this loop turn:
+        a pipelining client then reads, verifies and parses one message for all of them."""
+        if not self._done_batches:  # sent already (by an earlier turn's end or timer)
+            return
+        batches, self._done_batches = self._done_batches, {}
+        self._done_batch_sent = time.monotonic()
+        for session, ends in batches.items():
+            outcomes = [{**done, "nbuffers": len(frames)} for done, frames, _ in ends]
+            buffers = [b for _, frames, _ in ends for b in frames]
+            digests = [d for _, _, ds in ends for d in ds]
+            self.send_event(session_done_topic(session), "done_batch", {"session": session, "outcomes": outcomes},
+                            buffers, digests)
+
+    def _done_reaches_subscriber(self, exec_id: str, session: Optional[str]) -> bool:
+        """Will this execution's end be published to a subscriber, as ``done`` or in a ``done_batch``?"""
+        return self.wants(event_topic(exec_id, "done")) or (
+            session is not None and self.wanted_exactly(session_done_topic(session)))
 
     def _enforce_retention(self) -> None:
         self.records.enforce()
@@ -523,7 +569,8 @@ class ExecutionServer(ZMQServer):
         request, reply = held
         rec = self.records.get(exec_id)
         self.answer(request, {**reply, "status": rec.status if rec is not None else reply["status"],
-                              "done_subscribed": self.wants(event_topic(exec_id, "done"))})
+                              "done_subscribed": self._done_reaches_subscriber(
+                                  exec_id, rec.session if rec is not None else None)})
 
     def handle_execute_many(self, msg: Any) -> Reply:
         """Several ``execute`` contents in one request, each accepted or refused on its own."""
@@ -583,11 +630,11 @@ class ExecutionServer(ZMQServer):
         self.records.add(rec)
         self.sessions.enqueue(session, exec_id)
         self.call_soon(lambda: self._submitted(rec))  # dispatched once accepted, before the reply goes out
-        # Whether the '<id>.done' event will reach a subscriber: the client that
-        # subscribed before submitting can then wait on the event alone.
-        done_subscribed = self.wants(event_topic(exec_id, "done"))
+        # Whether the '<id>.done' event (or the session's done_batch) will reach a subscriber:
+        # the client that subscribed before submitting can then wait on the event alone.
+        done_subscribed = self._done_reaches_subscriber(exec_id, session)
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
-                "session": session}
+                "session": session, "done_batch": self.wanted_exactly(session_done_topic(session))}
 
     def handle_upload(self, msg: Any) -> Reply:
         """One part of a pushed buffer (uploads.py): verified already, written to its staging file."""
@@ -641,7 +688,7 @@ class ExecutionServer(ZMQServer):
             rec.absorb_events()
             # As in the execute reply: a waiting client that now sees its subscription arrived
             # can stop polling fast (its 'done' event will come).
-            done_subscribed = not rec.final and self.wants(event_topic(rec.execution_id, "done"))
+            done_subscribed = not rec.final and self._done_reaches_subscriber(rec.execution_id, rec.session)
             return {"execution": rec.to_status(), "done_subscribed": done_subscribed}, [], None
         # all executions (the newest `limit`): without their buffered output (ask per id for that)
         found, more = self._newest(msg.content, lambda r: True)
