@@ -24,6 +24,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -353,7 +354,8 @@ class ZMQServer(Configurable):
                         timeout = 0.0
                 served = False
                 if not ready:  # else the spin found sockets ready: read those without polling again
-                    ready = self.poller.poll(int(timeout))
+                    # whole ms, rounded up: a timer due in 0.4 ms must not make this a busy loop of poll(0)
+                    ready = self.poller.poll(math.ceil(timeout))
                 if ready:
                     spin.woke()
                 self._subscriptions_current = False
