@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from zmqruntime import AsyncExecutionClient, ExecutionClient
+from zmqruntime.client import ZMQClient
 from zmqruntime.curve import subscriber_socket
 from zmqruntime.execution.core import results_in_done_event
 from zmqruntime.execution.events import done_events, parse_event, parse_events
@@ -87,7 +88,11 @@ def test_a_session_subscriber_gets_its_sessions_ends_in_order_with_inline_result
         n = 40
         executions = [{"task": {"kind": "python", "code": f"{i} * 3"}, "session": "s1", "request_id": new_id()}
                       for i in range(n)]
-        answers = client._client.call("execute_many", {"executions": executions})["executions"]
+        wire = ZMQClient(client.info, timeout=30)
+        try:
+            answers = wire.call("execute_many", {"executions": executions})["executions"]
+        finally:
+            wire.close()
         assert all(a["ok"] and a["done_batch"] and a["done_subscribed"] for a in answers)
         ids = [a["execution_id"] for a in answers]
         outcomes, messages = _read_outcomes(ours, client.session, n)
@@ -135,7 +140,11 @@ def test_the_clients_wait_on_done_batches_and_on_done_for_other_sessions(server)
 
 def test_a_server_without_done_batch_still_serves_the_clients(start_server):
     server = start_server("--server-class", "pre_batch_server:PreBatchServer", extra_path=BACKENDS)
-    reply = server.client._client.call("execute", {"task": {"kind": "python", "code": "1"}})
+    wire = ZMQClient(server.client.info, timeout=30)
+    try:
+        reply = wire.call("execute", {"task": {"kind": "python", "code": "1"}})
+    finally:
+        wire.close()
     assert "done_batch" not in reply  # the stand-in for an older server
 
     async def pipelined() -> list:

@@ -468,7 +468,7 @@ class AsyncDoneChannel:
     The executions of the client's own session (``batch_session``) end in the
     session's ``done_batch`` events, subscribed to once: a pipelining client
     then makes no subscription per execution and reads one signed message for
-    all that ended in a server loop turn. Others are followed by ``<id>.done``.
+    several that ended close together. Others are followed by ``<id>.done``.
     Unsubscribes are flushed at the end of the loop turn, together: each
     (un)subscribe may wake libzmq's I/O thread, and one wake-up serves a run.
     """

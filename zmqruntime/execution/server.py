@@ -188,8 +188,8 @@ class ExecutionServer(ZMQServer):
         self._backend_error: Optional[str] = None
         #: executions whose ``execute`` reply waits for their outcome (``hold``): request, reply so far
         self._held: dict[str, tuple[HeldRequest, dict[str, Any]]] = {}
-        #: per session, the 'done' contents (with their inline buffers and digests) of this loop
-        #: turn's ends whose session topic has a subscriber: sent as one ``done_batch`` each
+        #: per session, the 'done' contents (with their inline buffers and digests) of the ends not
+        #: sent yet whose session topic has a subscriber: one ``done_batch`` each (DONE_BATCH_GAP)
         self._done_batches: dict[str, list[tuple[dict[str, Any], list[Any], list[bytes]]]] = {}
         self._done_batch_sent = -math.inf  # monotonic time of the last done_batch send
 
@@ -515,8 +515,8 @@ class ExecutionServer(ZMQServer):
                 self.call_soon(self._send_done_batches)
 
     def _send_done_batches(self) -> None:
-        """One signed ``done_batch`` per session for the executions that ended this loop turn:
-        a pipelining client then reads, verifies and parses one message for all of them."""
+        """One signed ``done_batch`` per session for the ends queued since the last one: a
+        pipelining client then reads, verifies and parses one message for all of them."""
         if not self._done_batches:  # sent already (by an earlier turn's end or timer)
             return
         batches, self._done_batches = self._done_batches, {}
@@ -630,11 +630,12 @@ class ExecutionServer(ZMQServer):
         self.records.add(rec)
         self.sessions.enqueue(session, exec_id)
         self.call_soon(lambda: self._submitted(rec))  # dispatched once accepted, before the reply goes out
-        # Whether the '<id>.done' event (or the session's done_batch) will reach a subscriber:
+        # Whether the session's done_batch (or the '<id>.done' event) will reach a subscriber:
         # the client that subscribed before submitting can then wait on the event alone.
-        done_subscribed = self._done_reaches_subscriber(exec_id, session)
+        batched = self.wanted_exactly(session_done_topic(session))
+        done_subscribed = batched or self.wants(event_topic(exec_id, "done"))
         return {"execution_id": exec_id, "status": rec.status, "duplicate": False, "done_subscribed": done_subscribed,
-                "session": session, "done_batch": self.wanted_exactly(session_done_topic(session))}
+                "session": session, "done_batch": batched}
 
     def handle_upload(self, msg: Any) -> Reply:
         """One part of a pushed buffer (uploads.py): verified already, written to its staging file."""
