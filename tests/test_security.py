@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from helpers import free_port, server_env, wait_until
 from zmqruntime import ExecutionClient
 from zmqruntime.curve import secure_client_socket
-from zmqruntime.protocol import MARKER, Session, make_header
+from zmqruntime.protocol import MARKER, Session, make_header, session_done_topic
 from zmqruntime.replay import ReplayGuard
 from zmqruntime.transport import ConnectionInfo, read_connection_file, write_connection_file
 
@@ -342,31 +342,43 @@ def test_forged_and_replayed_events_never_reach_a_subscriber(plain_server, ctx, 
 
 
 def test_a_forged_done_does_not_end_a_wait(plain_server, ctx, tmp_path):
+    """Neither a forged ``<id>.done`` (an execution of another session) nor a forged
+    ``done_batch`` (the client's own session) ends a wait: each is dropped unverified."""
     server = plain_server
     rogue = RoguePublisher(ctx)
     victim = ExecutionClient(connection_file=victim_connection_file(server, tmp_path, rogue.url))
     try:
-        exec_id = victim.execute("import time\ntime.sleep(1.5)\n'slow'")
-        topic = rogue.wait_subscribed()
-        assert topic == b"\x01" + f"{exec_id}.done".encode()
-        fake_done = {"execution_id": exec_id, "seq": 99, "status": "complete", "result_names": ["_"],
-                     "inline_results": False}
+        slow = "import time\ntime.sleep(1.5)\n'slow'"
+        mine = victim.execute(slow)
+        batch_topic = session_done_topic(victim.session_name)  # its own session's ends come in a done_batch
+        assert rogue.wait_subscribed() == b"\x01" + batch_topic
+        other = victim.execute(slow, session="another")  # followed by '<id>.done'
+        assert rogue.wait_subscribed() == b"\x01" + f"{other}.done".encode()
+        guessed = Session("1" * 64)
+
+        def fake_done(exec_id: str) -> dict:
+            return {"execution_id": exec_id, "seq": 99, "status": "complete", "result_names": ["_"],
+                    "inline_results": False}
+
         stop = threading.Event()
 
         def flood():
             while not stop.is_set():
-                rogue.publish(Session("1" * 64).serialize("done", fake_done, topic=f"{exec_id}.done".encode()))
+                rogue.publish(guessed.serialize("done", fake_done(other), topic=f"{other}.done".encode()))
+                rogue.publish(guessed.serialize("done_batch", {"session": victim.session_name,
+                                                               "outcomes": [fake_done(mine)]}, topic=batch_topic))
                 time.sleep(0.01)
 
         attacker = threading.Thread(target=flood)
         attacker.start()
         try:
-            status = victim.wait(exec_id, timeout=30)
+            statuses = [victim.wait(exec_id, timeout=30) for exec_id in (mine, other)]
         finally:
             stop.set()
             attacker.join(5)
-        assert status["status"] == "complete" and status["finished"] - status["started"] >= 1.4
-        assert victim.get_results(exec_id) == {"_": "slow"}
+        for exec_id, status in zip((mine, other), statuses):
+            assert status["status"] == "complete" and status["finished"] - status["started"] >= 1.4
+            assert victim.get_results(exec_id) == {"_": "slow"}
     finally:
         victim.close()
 
