@@ -133,8 +133,8 @@ def main(argv=None) -> int:
     # A background job of a non-interactive shell starts with SIGINT ignored, and an ignored
     # signal stays ignored across exec: every benchmark process, and the peers' workers, would
     # inherit it. Ray's ray.cancel(force=False) interrupts its worker with SIGINT, so it then
-    # never stops a task. Handled here, a child starts
-    # with the default action instead (a caught signal is reset by exec).
+    # never stops a task. Handled here, a child starts with the default action instead (a
+    # caught signal is reset by exec).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ["BENCHMARKS_ROUNDS"] = str(args.rounds)  # inherited by every benchmark process
     if args.quick:

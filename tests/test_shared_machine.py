@@ -27,7 +27,7 @@ Attacks, each against a real ``zmqruntime serve`` process:
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401 - imported before the fork: the attacker cannot read the stdlib
+import encodings.idna  # noqa: F401 - imported before the attacker drops to uid 65534: it cannot read the stdlib
 import json
 import os
 import resource

@@ -150,7 +150,7 @@ def session_done_topic(session: str) -> bytes:
 
     A client subscribes to it once instead of to ``<id>.done`` per execution,
     and the server sends the 'done' contents of the session's executions that
-    ended in one loop turn as one signed message. Execution ids never start
+    ended close together as one signed message. Execution ids never start
     with ``@``, and no session name holds a NUL, so this topic is no prefix of
     another session's or of any execution's.
     """

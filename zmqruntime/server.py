@@ -594,10 +594,7 @@ class ZMQServer(Configurable):
         execution's events are decided several times a turn), so a subscriber
         loses at most what a late-joining one may (docs/protocol.md §9.4).
         """
-        if not self._subscriptions_current:
-            self._subscriptions_current = True
-            self._read_subscriptions()
-        subs = self._subscriptions
+        subs = self._current_subscriptions()
         if self._subscriptions_overflow:
             return True
         if not subs:
@@ -608,10 +605,14 @@ class ZMQServer(Configurable):
         """Has a subscriber asked for ``topic`` itself, not merely for a prefix of it (such as
         everything)?  For messages that repeat what other events already say (a ``done_batch``):
         only those who asked for that form get it."""
+        return topic in self._current_subscriptions() or self._subscriptions_overflow
+
+    def _current_subscriptions(self) -> set[bytes]:
+        """The subscribed prefixes, with those that arrived since the loop turn began (read once a turn)."""
         if not self._subscriptions_current:
             self._subscriptions_current = True
             self._read_subscriptions()
-        return self._subscriptions_overflow or topic in self._subscriptions
+        return self._subscriptions
 
     # -- built-in handlers ----------------------------------------------------
     def ping_info(self) -> dict[str, Any]:
