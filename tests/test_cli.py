@@ -95,6 +95,8 @@ def test_submit_from_stdin(server):
     (["serve", "--ExecutionServer.concurrency=many"], "expected an int"),
     (["serve", "--ExecutionServer.concurrency=0"], "concurrency must be >= 1"),
     (["serve", "--ExecutionServer.max_batch=0"], "max_batch must be >= 1"),
+    (["serve", "--LocalBackend.ahead=-1"], "LocalBackend.ahead must be >= 0"),
+    (["serve", "--LocalBackend.spare_workers=-2"], "LocalBackend.spare_workers must be >= 0"),
     (["serve", "--port", "65000"], "control port"),
 ])
 def test_bad_flags_give_clear_errors(runtime_dir, args, message):

@@ -8,7 +8,12 @@ over sessions) and leaves a cluster's own scheduler (dask's) to place tasks.
 
 A backend runs *sessions*: each session has one namespace, held by one
 worker of the backend, and runs one execution at a time (the server
-guarantees that it never submits to a session that is busy). A backend may
+guarantees that it never submits to a session that is busy). A backend
+whose ``max_ahead()`` is above zero also takes a busy session's next
+executions *ahead* (``queue_ahead``), starts each the moment the one before
+ends, and says which it started with each ``backend_finished``; the server
+hands them over only while no other session waits for a turn, and takes
+them back (``take_back``) when one does. A backend may
 drop a session's namespace (``release_session``) and must say when it lost
 one (``BackendHost.backend_lost``), so the next execution of that session
 can say ``namespace_reset``.
@@ -26,7 +31,7 @@ arrive on other threads (dask) hands them over with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Protocol
+from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence
 
 import zmq
 from traitlets.config import LoggingConfigurable
@@ -83,8 +88,13 @@ class BackendHost(Protocol):
     def backend_signed_event(self, frames: list[bytes]) -> None:
         """An event the backend signed itself (``[topic, signature, header, content]``)."""
 
-    def backend_finished(self, execution_id: str, outcome: dict[str, Any], buffers: list[Any]) -> None:
-        """The execution ended: ``outcome`` as ``runner.Outcome.message``, ``buffers`` its result frames."""
+    def backend_finished(self, execution_id: str, outcome: dict[str, Any], buffers: list[Any],
+                         started: Optional[str] = None) -> None:
+        """The execution ended: ``outcome`` as ``runner.Outcome.message``, ``buffers`` its result frames;
+        ``started``: the execution of the same session, handed ahead, that the backend started next."""
+
+    def backend_not_started(self, execution_id: str) -> None:
+        """An execution handed ahead was dropped before it started (cancelled, or taken back)."""
 
     def backend_lost(self, loss: Loss) -> None:
         """A session's worker is gone (killed, crashed, left the cluster)."""
@@ -118,8 +128,11 @@ class ExecutionBackend(LoggingConfigurable):
         """Executions it can run at once (None: as many as the server allows)."""
         return None
 
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Job, ahead: Sequence[Job] = ()) -> bool:
         """Run ``job`` in its session's namespace; report through the host.
+
+        ``ahead`` (only when ``max_ahead()`` is above zero): the session's next
+        executions, to start in order after it, as with ``queue_ahead``.
 
         False: it cannot start now (its worker is still starting, or none can be
         started); the server keeps it queued, first in line, and tries again when
@@ -128,7 +141,22 @@ class ExecutionBackend(LoggingConfigurable):
         raise NotImplementedError
 
     def cancel(self, execution_id: str) -> bool:
-        """Interrupt a running execution (escalating as needed); False if it is not running here."""
+        """Interrupt a running execution (escalating as needed), or drop one handed ahead before it
+        starts; False if it is neither here."""
+        raise NotImplementedError
+
+    def max_ahead(self) -> int:
+        """How many executions of a busy session it takes ahead (0: one at a time, no ``queue_ahead``)."""
+        return 0
+
+    def queue_ahead(self, session: str, jobs: list[Job]) -> None:
+        """Start ``jobs`` (of a session now running) in order, each the moment the one before ends."""
+        raise NotImplementedError
+
+    def take_back(self, session: str) -> None:
+        """Drop the session's executions handed ahead that have not started: the server queues them again.
+
+        One may have started an instant before; the next ``backend_finished`` says so."""
         raise NotImplementedError
 
     def release_session(self, session: str) -> None:

@@ -38,7 +38,7 @@ import concurrent.futures
 import logging
 import os
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from traitlets import Any as AnyTrait
 from traitlets import Dict, Float, Int, Unicode
@@ -160,7 +160,7 @@ class DaskBackend(ExecutionBackend):
     def capacity(self) -> Optional[int]:
         return max(1, sum(self.workers.values())) if self.workers else 1
 
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Job, ahead: Sequence[Job] = ()) -> bool:  # max_ahead() is 0: never given any
         address = self._pin(job.session)
         if address is None:  # the server keeps it queued until a worker joins
             self._report("the dask cluster has no workers; waiting for one to join")

@@ -19,6 +19,17 @@ dying during start-up; meanwhile the server is told why (``backend_error``),
 so ``ping`` and the waiting executions' status say it; the server keeps them
 queued until a worker starts again.
 
+A busy session's worker is handed up to ``ahead`` of its next executions
+at once (one message), and starts each the moment the one before ends: a
+session running many short executions costs the server one message per
+``ahead // 2`` executions instead of one each, and the worker never waits
+for a round trip between them. Its ``finished`` message names what it
+started next. Only while no other session waits for a turn (sessions.py):
+when one does, the server takes the rest back (``take_back``).
+
+Each worker reads a cancel pipe (``cancel_pipe.py``) that names the
+execution a cancel is for, so an interrupt meant for one execution never
+stops the next one, and one handed ahead can be dropped before it starts.
 Interrupting is a ladder: SIGINT (KeyboardInterrupt in the task), then
 SIGTERM after ``cancel_grace_period``, then SIGKILL after
 ``kill_grace_period``; the session's namespace goes with the process.
@@ -32,8 +43,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
 
 import zmq
 from traitlets import Dict, Float, Int, Unicode
@@ -43,6 +55,7 @@ from ..polling import readable
 from ..protocol import EVENT_FRAMES, new_id, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
+from .cancel_pipe import CANCEL, DROP, CancelWriter, open_pipe
 from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
 
 CHECK_INTERVAL = 0.05
@@ -55,11 +68,19 @@ class WorkerHandle:
     worker_id: str
     process: subprocess.Popen
     url: str  # the IPC endpoint the worker binds
+    cancels: CancelWriter  # names what to stop (cancel_pipe.py)
     session: Optional[str] = None
     ready: bool = False
     execution_id: Optional[str] = None
     escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
     released: bool = False  # we asked it to exit: its exit is no loss
+    #: Executions handed ahead, in the order it starts them.
+    ahead: deque[str] = field(default_factory=deque)
+    #: Cancelled while ahead (still in ``ahead``): dropped there, or interrupted if it started first.
+    cancelled_ahead: set[str] = field(default_factory=set)
+    #: Taken back while ahead: dropped there, or (if it started first) it runs; its 'dropped' or
+    #: 'finished' says which.
+    taken_back: set[str] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -85,6 +106,8 @@ class LocalBackend(ExecutionBackend):
 
     cancel_grace_period = Float(2.0, help="Seconds after SIGINT before the worker is terminated.").tag(config=True)
     kill_grace_period = Float(1.0, help="Seconds after SIGTERM before the worker is killed.").tag(config=True)
+    ahead = Int(32, help="Executions of a busy session handed to its worker at once, so each starts the moment "
+                         "the one before ends (0: one at a time).").tag(config=True)
     spare_workers = Int(1, help="Workers kept started and idle, so a new session starts at once.").tag(config=True)
     server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
                            help="module:Class the workers import to run tasks (its execute_task).").tag(config=True)
@@ -93,6 +116,9 @@ class LocalBackend(ExecutionBackend):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        for name in ("spare_workers", "ahead"):  # checked when made: before the server binds a socket
+            if getattr(self, name) < 0:
+                raise ValueError(f"LocalBackend.{name} must be >= 0, got {getattr(self, name)}")
         self.host: Optional[BackendHost] = None
         self.workers: dict[str, WorkerHandle] = {}
         self.by_session: dict[str, WorkerHandle] = {}
@@ -106,8 +132,6 @@ class LocalBackend(ExecutionBackend):
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, host: BackendHost) -> None:
-        if self.spare_workers < 0:
-            raise ValueError(f"spare_workers must be >= 0, got {self.spare_workers}")
         self.host = host
         self.sock = host.context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -133,6 +157,8 @@ class LocalBackend(ExecutionBackend):
             except subprocess.TimeoutExpired:
                 handle.process.kill()
                 handle.process.wait(5)
+        for handle in self.workers.values():
+            handle.cancels.close()
         if self.sock is not None:
             for handle in self.workers.values():
                 forget_endpoint(self.sock, handle.url)
@@ -142,7 +168,7 @@ class LocalBackend(ExecutionBackend):
         self.spares.clear()
 
     # -- the interface the server uses -----------------------------------------
-    def submit(self, job: Job) -> bool:
+    def submit(self, job: Job, ahead: Sequence[Job] = ()) -> bool:
         handle = self.by_session.get(job.session)
         if handle is None:
             handle = self.spares.pop(0) if self.spares else self._try_spawn()
@@ -154,16 +180,44 @@ class LocalBackend(ExecutionBackend):
         if not handle.ready:  # still starting: the job stays queued until it says 'ready'
             return False
         handle.execution_id = job.execution_id
-        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq},
-                   job.buffers)
+        handle.ahead.extend(j.execution_id for j in ahead)
+        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq,
+                            "ahead": _runs(ahead)}, job.buffers)
         return True
 
+    def max_ahead(self) -> int:
+        return self.ahead
+
+    def queue_ahead(self, session: str, jobs: list[Job]) -> None:
+        handle = self.by_session[session]
+        after = handle.ahead[-1] if handle.ahead else handle.execution_id  # the worker checks it still is
+        handle.ahead.extend(job.execution_id for job in jobs)
+        self._send(handle, {"type": "ahead", "after": after, "runs": _runs(jobs)})
+
+    def take_back(self, session: str) -> None:
+        handle = self.by_session.get(session)
+        if handle is None:
+            return
+        for execution_id in handle.ahead:
+            handle.cancels.write(DROP, execution_id)
+        handle.taken_back.update(handle.ahead)
+        handle.ahead.clear()
+
     def cancel(self, execution_id: str) -> bool:
-        handle = next((h for h in self.workers.values() if h.execution_id == execution_id), None)
-        if handle is None or handle.escalation:
-            return False
-        self._escalate(handle, execution_id)
-        return True
+        for handle in self.workers.values():
+            if handle.execution_id == execution_id:
+                if handle.escalation:
+                    return False
+                handle.cancels.write(CANCEL, execution_id)
+                self._escalate(handle, execution_id)
+                return True
+            if execution_id in handle.ahead or execution_id in handle.taken_back:
+                # The worker drops it and says so; if it started it an instant ago, it is stopped.
+                if execution_id not in handle.cancelled_ahead:
+                    handle.cancelled_ahead.add(execution_id)
+                    handle.cancels.write(CANCEL, execution_id)
+                return True
+        return False
 
     def release_session(self, session: str) -> None:
         handle = self.by_session.get(session)
@@ -172,8 +226,8 @@ class LocalBackend(ExecutionBackend):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "error": self.error, "workers": [
-            {"pid": h.pid, "ready": h.ready, "session": h.session, "execution_id": h.execution_id}
-            for h in self.workers.values()]}
+            {"pid": h.pid, "ready": h.ready, "session": h.session, "execution_id": h.execution_id,
+             "ahead": len(h.ahead)} for h in self.workers.values()]}
 
     def session_worker(self, session: str) -> Optional[dict[str, Any]]:
         handle = self.by_session.get(session)
@@ -192,13 +246,21 @@ class LocalBackend(ExecutionBackend):
         assert self.host is not None and self.sock is not None
         worker_id = f"w-{new_id()[:8]}"
         url = worker_endpoint(self.directory, os.getpid(), worker_id)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "zmqruntime.execution", "--url", url,
-             "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
-             "--task-kinds", json.dumps(dict(self.task_kind_classes))],
-            env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key), stdin=subprocess.DEVNULL,
-        )
-        handle = WorkerHandle(worker_id, process, url)
+        read_fd, cancels = open_pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "zmqruntime.execution", "--url", url,
+                 "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
+                 "--task-kinds", json.dumps(dict(self.task_kind_classes)), "--cancel-fd", str(read_fd)],
+                env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key), stdin=subprocess.DEVNULL,
+                pass_fds=(read_fd,),
+            )
+        except BaseException:
+            cancels.close()
+            raise
+        finally:
+            os.close(read_fd)
+        handle = WorkerHandle(worker_id, process, url, cancels)
         self.workers[worker_id] = handle
         self.sock.connect(url)
         self.log.info("started worker %s (pid %d)", worker_id, process.pid)
@@ -283,7 +345,9 @@ class LocalBackend(ExecutionBackend):
 
     def _reap(self, handle: WorkerHandle, code: int) -> None:
         assert self.host is not None and self.sock is not None
+        self._on_message()  # what it said before it died (which execution it had started) comes first
         del self.workers[handle.worker_id]
+        handle.cancels.close()
         forget_endpoint(self.sock, handle.url)
         if not handle.ready and not handle.released:  # died during start-up: retry more and more slowly
             self._startup_failures += 1
@@ -354,9 +418,55 @@ class LocalBackend(ExecutionBackend):
                 if handle.session is not None:  # a session waits for it
                     host.backend_ready()
             elif msg_type == "finished":
-                handle.execution_id = None
-                handle.escalation = 0
-                host.backend_finished(msg["execution_id"], msg, rest[1:])
+                self._finished(handle, msg, rest[1:])
+            elif msg_type == "dropped":
+                self._dropped(handle, msg.get("execution_ids"))
+
+    def _finished(self, handle: WorkerHandle, msg: dict[str, Any], buffers: list[Any]) -> None:
+        """An execution ended; the worker names the one it started next (handed ahead), if any."""
+        assert self.host is not None
+        started = msg.get("next")
+        if started is not None and not (isinstance(started, str) and (
+                started in handle.ahead or started in handle.taken_back)):
+            self.log.error("worker %s started %r, which it was not given; ignored", handle.worker_id, started)
+            started = None
+        if started is None:
+            # Nothing runs there: whatever is still listed came after it ran out and is turned down
+            # (an 'ahead' names the execution it follows); the server queues them again.
+            handle.ahead.clear()
+            handle.taken_back.clear()
+            handle.cancelled_ahead.clear()
+        else:
+            if started in handle.ahead:
+                handle.ahead.remove(started)  # the first: it runs them in order
+            handle.taken_back.discard(started)
+        handle.execution_id = started
+        handle.escalation = 0
+        if started is not None and started in handle.cancelled_ahead:  # it started as the cancel came
+            handle.cancelled_ahead.discard(started)
+            self._escalate(handle, started)
+        self.host.backend_finished(msg["execution_id"], msg, buffers, started=started)
+
+    def _dropped(self, handle: WorkerHandle, execution_ids: Any) -> None:
+        """Executions handed ahead that the worker dropped before they started (cancelled, taken back)."""
+        assert self.host is not None
+        if not isinstance(execution_ids, list):
+            self.log.error("worker %s sent an unreadable 'dropped'; ignored", handle.worker_id)
+            return
+        for execution_id in execution_ids:
+            if not isinstance(execution_id, str) or not (
+                    execution_id in handle.ahead or execution_id in handle.taken_back):
+                continue
+            if execution_id in handle.ahead:
+                handle.ahead.remove(execution_id)
+            handle.taken_back.discard(execution_id)
+            handle.cancelled_ahead.discard(execution_id)
+            self.host.backend_not_started(execution_id)
+
+
+def _runs(jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    """Jobs handed ahead, as the worker reads them (no pushed buffers: those go one at a time)."""
+    return [{"execution_id": job.execution_id, "task": job.task, "seq": job.seq} for job in jobs]
 
 
 def _kill_if_alive(handle: WorkerHandle) -> None:

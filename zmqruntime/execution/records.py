@@ -63,6 +63,10 @@ class ExecutionRecord:
     worker_pid: Optional[int] = None
     worker: Optional[str] = None  # where it ran, in the backend's words (a pid, a dask worker address)
     namespace_reset: bool = False
+    #: The seq reserved for its 'running' event when it was handed ahead to a worker (0: never was).
+    ahead_seq: int = 0
+    #: A cancel came while it was handed ahead: only the worker can say whether it had started.
+    cancelling: bool = False
     push_frames: list[Any] = field(default_factory=list)
     push_files: list[spill.BufferFile] = field(default_factory=list)  # shared-memory pushes, deleted when final
     # idempotent submit: the client's key and what the request looked like

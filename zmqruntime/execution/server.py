@@ -27,6 +27,7 @@ imports the server class by name, so it must be importable).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -305,8 +306,12 @@ class ExecutionServer(ZMQServer):
         frames = self.session.serialize(event_type, content, topic=event_topic(execution_id, topic_type))
         self.backend_signed_event(frames)
 
-    def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any]) -> None:
+    def backend_finished(self, execution_id: str, msg: dict[str, Any], buffers: list[Any],
+                         started: Optional[str] = None) -> None:
         rec = self.records.get(execution_id)
+        session = rec.session if rec is not None else self._session_running(execution_id)
+        if session is not None:  # its session moves on first: the next one (if handed ahead) runs already
+            self._moved_on(session, execution_id, started)
         if rec is None or rec.final:  # nobody will fetch it: delete the files the worker wrote
             self.files.discard(msg["result"].get("files") or [])
             self._schedule()
@@ -348,6 +353,8 @@ class ExecutionServer(ZMQServer):
         if state is not None:
             state.has_namespace = False
             state.namespace_lost = True
+            # handed ahead, never started: they wait for a new worker (or end, if cancelled meanwhile)
+            self._not_started(self.sessions.lost(loss.session))
         rec = self.records.get(loss.execution_id) if loss.execution_id else None
         if rec is not None and not rec.final:
             rec.namespace_reset = True
@@ -385,6 +392,12 @@ class ExecutionServer(ZMQServer):
             if not self._dispatch(state, rec):
                 self.sessions.requeue(state.name, exec_id)
                 waiting.add(state.name)
+                if self._backend_error is not None:  # reported while it was being handed over
+                    rec.reason = self._backend_error
+        if self.sessions.with_ahead and self.sessions.others_wait():
+            for name in list(self.sessions.with_ahead):  # their turn is over: another session waits
+                self.backend.take_back(name)
+                self.sessions.put_back(name)
 
     def _dispatch(self, state: SessionState, rec: ExecutionRecord) -> bool:
         """Hand ``rec`` to the backend; False (and back in its queue) if the backend cannot start it now."""
@@ -393,17 +406,25 @@ class ExecutionServer(ZMQServer):
         # Hand over first, then announce: the 'running' event keeps the seq it
         # would have had, the backend numbers its events after it.
         seq = rec.seq + 1 + (rec.seq == 0)  # a 'queued' event not yet out takes the next one first
-        if not self.backend.submit(Job(rec.execution_id, state.name, rec.task, seq, rec.push_frames)):
+        job = Job(rec.execution_id, state.name, rec.task, seq, rec.push_frames)
+        ahead = self._ahead_jobs(state)  # in the same message: the worker may end this one at once
+        if not (self.backend.submit(job, ahead) if ahead else self.backend.submit(job)):
             return False
+        self.sessions.take_ahead(state, len(ahead))
         if rec.seq == 0:  # its 'queued' event is not out yet
             self._emit_status(rec)
-        rec.seq = seq
-        rec.status = "running"
-        rec.started = time.time()
         if state.namespace_lost:
             rec.namespace_reset = True
             state.namespace_lost = False
         state.has_namespace = True
+        self._mark_running(rec, seq)
+        return True
+
+    def _mark_running(self, rec: ExecutionRecord, seq: int) -> None:
+        """The backend started ``rec``: record it and announce it with the seq reserved for it."""
+        rec.seq = seq
+        rec.status = "running"
+        rec.started = time.time()
         if rec.reason == self._backend_error:  # a "cannot start a worker" note no longer applies
             rec.reason = None
         where = getattr(self.backend, "worker_pid", None)
@@ -413,7 +434,61 @@ class ExecutionServer(ZMQServer):
         if rec.timeout:
             exec_id = rec.execution_id
             self.call_later(rec.timeout, lambda: self._on_timeout(exec_id))
-        return True
+
+    def _hand_ahead(self, state: SessionState) -> None:
+        """Give a running session's worker its next executions at once, while nobody else waits.
+
+        Each then starts the moment the one before ends, and the server sends one
+        message per ``max_ahead // 2`` executions instead of one each. Executions
+        with pushed values go one at a time (their frames travel with ``submit``).
+        """
+        jobs = self._ahead_jobs(state)
+        if jobs:
+            self.sessions.take_ahead(state, len(jobs))
+            self.backend.queue_ahead(state.name, jobs)
+
+    def _ahead_jobs(self, state: SessionState) -> list[Job]:
+        """The session's next executions to hand ahead now (none if enough are, or others wait)."""
+        most = self.backend.max_ahead()
+        if not most or not state.queue or len(state.ahead) > most // 2 or self.sessions.others_wait():
+            return []
+        jobs: list[Job] = []
+        for exec_id in itertools.islice(state.queue, most - len(state.ahead)):
+            rec = self.records.get(exec_id)
+            if rec is None or rec.push_frames or exec_id in state.handed:  # (taken back, not settled yet)
+                break
+            if rec.seq == 0:  # its 'queued' event is not out yet
+                self._emit_status(rec)
+            rec.ahead_seq = rec.seq + 1
+            jobs.append(Job(exec_id, state.name, rec.task, rec.ahead_seq))
+        return jobs
+
+    def _moved_on(self, session: str, ended: str, started: Optional[str]) -> None:
+        """The session's running execution ended; the backend started ``started`` (handed ahead) in its place."""
+        self._not_started(self.sessions.finished(session, ended, started))
+        rec = self.records.get(started) if started is not None else None
+        if rec is None or rec.final:  # none; or one cancelled an instant too late (the backend stops it)
+            return
+        self._mark_running(rec, max(rec.seq, rec.ahead_seq))
+        self._hand_ahead(self.sessions.sessions[session])
+
+    def backend_not_started(self, execution_id: str) -> None:
+        rec = self.records.get(execution_id)
+        if rec is not None:
+            self.sessions.dropped(rec.session, execution_id)
+            self._not_started([execution_id])
+
+    def _not_started(self, execution_ids: list[str]) -> None:
+        """Executions handed ahead that certainly did not start: a cancel that waited for that ends them."""
+        for exec_id in execution_ids:
+            rec = self.records.get(exec_id)
+            if rec is not None and rec.cancelling and not rec.final:
+                self.sessions.remove_queued(rec.session, exec_id)
+                self._finish(rec, "cancelled", reason=f"{rec.reason} (before it started)")
+
+    def _session_running(self, execution_id: str) -> Optional[str]:
+        """The session whose running slot an execution holds (its record may be gone)."""
+        return next((s.name for s in self.sessions if s.running == execution_id), None)
 
     def _make_room_for(self, state: SessionState) -> None:
         """Past ``max_session_workers`` namespaces, release the least recently used idle one."""
@@ -752,7 +827,7 @@ class ExecutionServer(ZMQServer):
         if state.busy:
             raise RequestError("session_busy", f"session {name!r} has {'a running' if state.running else 'a queued'} "
                                                "execution: cancel it first", running=state.running,
-                               queued=list(state.queue))
+                               queued=[*state.ahead, *state.queue])
         dropped = state.has_namespace
         if dropped:
             self._release_session(state)
@@ -773,7 +848,14 @@ class ExecutionServer(ZMQServer):
         if rec.final:
             return {"execution_id": rec.execution_id, "cancelled": False, "status": rec.status,
                     "message": f"execution already {rec.status}"}, [], None
-        if rec.status == "queued":
+        state = self.sessions.get(rec.session)
+        if rec.status == "queued" and state is not None and rec.execution_id in state.handed:
+            # Handed ahead to its worker: it drops it and says so (or, if it had just started it, stops it).
+            if not rec.cancelling:
+                rec.cancelling = True
+                rec.reason = reason
+                self.backend.cancel(rec.execution_id)
+        elif rec.status == "queued":
             self.sessions.remove_queued(rec.session, rec.execution_id)
             rec.push_frames = []
             self._finish(rec, "cancelled", reason=f"{reason} (before it started)")

@@ -7,6 +7,12 @@ in the order submitted; sessions run side by side, up to the server's
 (round robin): a session that just ran goes to the back of the line, so no
 session starves another however much it submits.
 
+A busy session may have executions *ahead*: taken from its queue and handed
+to its worker, which starts each the moment the one before ends (local.py).
+They still count as queued, and count as the session's turn: so the server
+hands them over only while no other session waits for a turn, and takes
+them back (``put_back``) as soon as one does.
+
 The table only decides *what runs next*; where it runs (and who holds the
 namespace) is the backend's business. A session whose namespace was lost
 (its worker died, was reaped when idle, or was reset on request) is flagged,
@@ -45,6 +51,11 @@ class SessionState:
     name: str
     queue: deque[str] = field(default_factory=deque)
     running: Optional[str] = None
+    #: Taken from the queue and handed to the backend to start, in order, after ``running``.
+    ahead: deque[str] = field(default_factory=deque)
+    #: Handed ahead and neither started nor dropped there yet (those taken back too): until the
+    #: backend says, only it knows whether one started.
+    handed: set[str] = field(default_factory=set)
     created: float = field(default_factory=time.time)
     last_active: float = field(default_factory=time.monotonic)
     executions: int = 0
@@ -55,7 +66,12 @@ class SessionState:
 
     @property
     def busy(self) -> bool:
-        return self.running is not None or bool(self.queue)
+        return self.running is not None or bool(self.queue) or bool(self.ahead)
+
+    @property
+    def waiting(self) -> int:
+        """Executions not started yet: handed ahead or queued."""
+        return len(self.ahead) + len(self.queue)
 
     def idle_for(self, now: Optional[float] = None) -> float:
         return 0.0 if self.busy else (time.monotonic() if now is None else now) - self.last_active
@@ -70,6 +86,8 @@ class SessionTable:
         #: Sessions with queued work and nothing running, in turn order (may hold stale names: skipped).
         self._line: deque[str] = deque()
         self.running = 0
+        #: Sessions with executions handed ahead.
+        self.with_ahead: set[str] = set()
 
     def __iter__(self) -> Iterator[SessionState]:
         return iter(list(self.sessions.values()))
@@ -97,8 +115,60 @@ class SessionTable:
 
     def remove_queued(self, name: str, execution_id: str) -> None:
         state = self.sessions.get(name)
-        if state is not None and execution_id in state.queue:
+        if state is None:
+            return
+        if execution_id in state.queue:
             state.queue.remove(execution_id)  # an emptied session is skipped when its turn comes
+        elif execution_id in state.ahead:
+            state.ahead.remove(execution_id)
+            if not state.ahead:
+                self.with_ahead.discard(name)
+
+    def take_ahead(self, state: SessionState, count: int) -> list[str]:
+        """Move the first ``count`` queued executions of a running session to its ``ahead``."""
+        taken = [state.queue.popleft() for _ in range(min(count, len(state.queue)))]
+        if taken:
+            state.ahead.extend(taken)
+            state.handed.update(taken)
+            self.with_ahead.add(state.name)
+        return taken
+
+    def dropped(self, name: str, execution_id: str) -> None:
+        """The backend dropped one handed ahead before it started."""
+        state = self.sessions.get(name)
+        if state is not None:
+            state.handed.discard(execution_id)
+
+    def lost(self, name: str) -> list[str]:
+        """The session's worker is gone: what was handed ahead is queued again; the ids."""
+        state = self.sessions.get(name)
+        if state is None:
+            return []
+        self.put_back(name)
+        handed = list(state.handed)
+        state.handed.clear()
+        return handed
+
+    def put_back(self, name: str) -> list[str]:
+        """The session's executions handed ahead go back to the front of its queue (in order)."""
+        state = self.sessions.get(name)
+        self.with_ahead.discard(name)
+        if state is None or not state.ahead:
+            return []
+        taken = list(state.ahead)
+        state.ahead.clear()
+        state.queue.extendleft(reversed(taken))
+        if state.running is None:
+            self._line.appendleft(name)
+        return taken
+
+    def others_wait(self) -> bool:
+        """A session with work waits for a turn (nothing of it runs)."""
+        for name in self._line:
+            state = self.sessions.get(name)
+            if state is not None and state.running is None and state.queue:
+                return True
+        return False
 
     def next(self, skip: frozenset[str] | set[str] = frozenset()) -> Optional[tuple[SessionState, str]]:
         """The next (session, execution id) to run, marking it running; None when nothing waits.
@@ -132,29 +202,52 @@ class SessionTable:
         state.queue.appendleft(execution_id)
         self._line.appendleft(name)
 
-    def finished(self, name: str, execution_id: str) -> None:
-        """The session's running execution ended: back of the line if more waits."""
+    def finished(self, name: str, execution_id: str, started: Optional[str] = None) -> list[str]:
+        """The session's running execution ended: back of the line if more waits.
+
+        ``started``: the backend started that one in its place (handed ahead); it runs now.
+        Else nothing runs there, and what was handed ahead never started: those ids
+        are returned (queued again).
+        """
         state = self.sessions.get(name)
         if state is None or state.running != execution_id:
-            return
+            return []
+        if started is not None:
+            state.handed.discard(started)
+            if state.ahead and state.ahead[0] == started:
+                state.ahead.popleft()
+            elif started in state.ahead:
+                state.ahead.remove(started)
+            elif started in state.queue:  # put back an instant too late: it had started
+                state.queue.remove(started)
+            if not state.ahead:
+                self.with_ahead.discard(name)
+            state.running = started
+            state.last_active = time.monotonic()
+            return []
+        if state.ahead:  # handed ahead, but the backend ran out before they came: queued again
+            self.put_back(name)
+        not_started = list(state.handed)
+        state.handed.clear()
         state.running = None
         state.last_active = time.monotonic()
         self.running -= 1
         if state.queue:
             self._line.append(name)
+        return not_started
 
     def queued(self, most: Optional[int] = None) -> list[str]:
         """Queued execution ids, session by session in queue order (at most ``most``)."""
         found: list[str] = []
         for state in self.sessions.values():
-            for eid in state.queue:
+            for eid in (*state.ahead, *state.queue) if state.ahead else state.queue:
                 if most is not None and len(found) >= most:
                     return found
                 found.append(eid)
         return found
 
     def queued_count(self) -> int:
-        return sum(len(s.queue) for s in self.sessions.values())
+        return sum(s.waiting for s in self.sessions.values())
 
     def idle_with_namespace(self, idle_timeout: float) -> list[SessionState]:
         """Sessions whose worker has been idle longer than ``idle_timeout`` (oldest first)."""
@@ -179,6 +272,6 @@ class SessionTable:
             del self.sessions[state.name]
 
     def describe(self, state: SessionState, worker: Optional[dict[str, Any]]) -> dict[str, Any]:
-        return {"session": state.name, "queued": len(state.queue), "running": state.running,
+        return {"session": state.name, "queued": state.waiting, "running": state.running,
                 "executions": state.executions, "idle_seconds": round(state.idle_for(), 3),
                 "created": state.created, "worker": worker, "namespace_lost": state.namespace_lost}

@@ -12,10 +12,17 @@ itself with the connection key; their frames travel packed into one (half
 the per-event cost on both ends) and the server forwards them to
 subscribers byte for byte.
 
-Cancel: the server sends SIGINT. The handler raises KeyboardInterrupt only
-while user code of the current task runs; inside our own critical sections
-(sending a message) it is deferred to the end of the section, so a
-multipart message is never cut in half.
+Executions of the session may arrive *ahead* (``ahead`` messages): the
+worker keeps them in order and starts each the moment the one before ends,
+without a round trip to the server. Its ``finished`` message names the
+execution it starts next (``next``), so the server knows what runs.
+
+Cancel: the server names the execution in the worker's cancel pipe
+(``cancel_pipe.py``), then sends SIGINT. The handler raises
+KeyboardInterrupt only while user code of the named execution runs; inside
+our own critical sections (sending a message) it is deferred to the end of
+the section, so a multipart message is never cut in half. An execution
+named before it started is dropped (a cancel, a take-back) and never runs.
 """
 
 from __future__ import annotations
@@ -24,18 +31,21 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Iterator, Optional
+from collections import deque
+from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
 from ..frames import recv_frames, send_frames
 from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
+from .cancel_pipe import CancelReader
 from .link import KIND_CONTROL, KIND_EVENT
 from .runner import StreamCapture, finite, run_task
 
@@ -48,19 +58,28 @@ PROGRESS_BATCH_MAX = 1024
 
 
 class InterruptGuard:
-    """SIGINT → KeyboardInterrupt, but only in user code, never mid-send.
+    """SIGINT → KeyboardInterrupt, but only in user code, never mid-send, and only when meant.
 
     ``with guard:`` marks a critical section (a send). Only the main thread's
     sections count: Python runs signal handlers on the main thread, so that
     is the only thread an interrupt can land in; a section entered by the
     flusher thread must neither delay the interrupt nor, on leaving, raise
     it in the wrong thread.
+
+    ``meant()`` says whether a cancel names the task now running (the
+    worker reads its cancel pipe, ``cancel_pipe.py``): a SIGINT meant for a
+    task that ended an instant before it landed must not stop the next one.
+    It is also asked as a task starts if a SIGINT came while none ran, so a
+    cancel that came first wins.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, meant: Optional[Callable[[], bool]] = None) -> None:
         self.armed = False
         self.critical = 0
         self.pending = False
+        self.meant = meant or (lambda: True)
+        self._targeted = meant is not None  # without a pipe every SIGINT counts, and none came first
+        self.signalled = False  # a SIGINT came while no task ran: look at the pipe as the next starts
         self._main = threading.get_ident()
 
     def __enter__(self) -> None:
@@ -73,18 +92,27 @@ class InterruptGuard:
 
     def handler(self, signum: int, frame: Any) -> None:
         if not self.armed:
+            self.signalled = True
             return
         if self.critical:
             self.pending = True
             return
-        self.armed = False
-        raise KeyboardInterrupt("cancelled")
+        if self.meant():
+            self.armed = False
+            raise KeyboardInterrupt("cancelled")
 
     @contextlib.contextmanager
     def armed_section(self) -> Iterator[None]:
         """The block where SIGINT may raise: the user code of a task."""
         self.pending = False
-        self.armed = True
+        self.critical += 1  # asking meant() reads the pipe: a signal meanwhile only marks pending
+        self.armed = True  # from here a signal marks pending; one before it marked signalled
+        cancelled = self._targeted and self.signalled and self.meant()
+        self.signalled = False
+        self.critical -= 1
+        if cancelled or (self.pending and self.meant()):
+            self.armed = False
+            raise KeyboardInterrupt("cancelled before it started")
         try:
             yield
         finally:
@@ -94,13 +122,14 @@ class InterruptGuard:
         self.critical -= 1
         if not self.critical and self.pending and self.armed:
             self.pending = False
-            self.armed = False
-            raise KeyboardInterrupt("cancelled")
+            if self.meant():
+                self.armed = False
+                raise KeyboardInterrupt("cancelled")
 
 
 class Worker:
     def __init__(self, url: str, key: str, worker_id: str, server_class: str, parent_pid: int,
-                 task_kinds: Optional[dict[str, str]] = None):
+                 task_kinds: Optional[dict[str, str]] = None, cancel_fd: Optional[int] = None):
         self.session = Session(key)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -109,7 +138,15 @@ class Worker:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.bind(url)  # the server connects (execution/link.py says why)
         self.lock = threading.Lock()
-        self.guard = InterruptGuard()
+        self.cancels = CancelReader(cancel_fd) if cancel_fd is not None else None
+        self.guard = InterruptGuard(self._cancel_meant if self.cancels is not None else None)
+        #: Executions handed over and not started yet: (run message, pushed buffers), in order.
+        self.pending: deque[tuple[dict[str, Any], list[Any]]] = deque()
+        #: The last execution sent with 'run' (not ahead): never dropped, it starts (and stops at once
+        #: if cancelled), so that its 'finished' tells the server what runs after it.
+        self.submitted: Optional[str] = None
+        #: Executions were handed ahead since the last 'run': more may come (an 'ahead') for this chain.
+        self.chain_open = False
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_id: Optional[str] = None
         self.seq = 0
@@ -183,18 +220,30 @@ class Worker:
         self.stderr.flush()
 
     def _flusher(self) -> None:
-        """Flush output every 50 ms; exit at once if the server process is gone.
+        """Flush output every 50 ms; drop what a cancel names; exit at once if the server is gone.
 
         A SIGKILLed server cannot stop its workers, so each worker watches its
         parent: an orphaned worker (even one stuck in user code) ends itself.
+        It also watches the cancel pipe, so an execution handed ahead and then
+        cancelled is dropped and reported at once, not when the running task ends.
         """
-        while not self._stop.wait(STREAM_FLUSH_INTERVAL):
+        while not self._stop.is_set():
+            self._wait_for_cancel_or_tick()
             if os.getppid() != self.parent_pid:
                 os._exit(3)
             try:
                 self._flush_streams()
+                if self.cancels is not None:
+                    with self.guard, self.lock:
+                        self._drop_named_locked()
             except Exception:  # never let the flusher die silently mid-task
                 traceback.print_exc(file=sys.__stderr__)
+
+    def _wait_for_cancel_or_tick(self) -> None:
+        if self.cancels is None or self.cancels.closed:
+            self._stop.wait(STREAM_FLUSH_INTERVAL)
+        else:
+            select.select([self.cancels.fd], [], [], STREAM_FLUSH_INTERVAL)
 
     # -- running ------------------------------------------------------------
     def run_forever(self) -> None:
@@ -204,29 +253,90 @@ class Worker:
         self._send_control({"type": "ready", "pid": os.getpid()})
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        ended: Optional[tuple[dict[str, Any], list[Any]]] = None  # the last outcome, not sent yet
         while True:
-            with self.lock:
-                ready = poller.poll(50)
-                frames = recv_frames(self.sock) if ready else None
-            if frames is None:
-                continue
-            msg = json.loads(frames[1].bytes)
-            if msg["type"] == "exit":
-                break
-            if msg["type"] == "run":
-                self.run_task(msg, frames[2:])
+            if not self.pending and (ended is None or self.chain_open):
+                # Nothing to start: wait for work; or, when the server may still be sending more
+                # of this chain (an 'ahead'), look once before saying that nothing runs next.
+                with self.lock:
+                    ready = poller.poll(50 if ended is None else 0)
+                    msg_type = self._take_message(ended) if ready else None
+                if msg_type == "exit":
+                    break
+                if ended is None or msg_type is not None:
+                    continue
+            with self.guard, self.lock:
+                if self.cancels is not None and self.pending:
+                    self._drop_named_locked()  # reported before the 'finished' that says what runs next
+                task = self.pending.popleft() if self.pending else None
+                if ended is not None:  # the server learns what ended and what runs now in one message
+                    message, result_frames = ended
+                    next_id = task[0]["execution_id"] if task else None
+                    send_frames(self.sock, [KIND_CONTROL, json.dumps({**message, "next": next_id}).encode(),
+                                            *result_frames])
+                    ended = None
+                    if task is None:
+                        self.chain_open = False  # said: nothing runs; a late 'ahead' is turned down
+            if task is not None:
+                ended = self.run_task(*task)
+        if ended is not None:
+            self._send_control({**ended[0], "next": None}, ended[1])
         self._stop.set()
-        self.sock.close()
+        with self.lock:  # not while the flusher sends
+            self.sock.close()
         self.ctx.term()
 
-    def run_task(self, msg: dict[str, Any], buffers: list[Any]) -> None:
+    def _take_message(self, ended: Optional[tuple[dict[str, Any], list[Any]]]) -> str:
+        """Read one message from the server (the lock held): its type."""
+        frames = recv_frames(self.sock)
+        msg = json.loads(frames[1].bytes)
+        if msg["type"] == "run":  # the server counts it as started: only its start may cancel it
+            self.pending.append((msg, frames[2:]))
+            self.submitted = msg["execution_id"]
+            self.pending.extend((run, []) for run in msg.get("ahead", ()))
+            self.chain_open = bool(msg.get("ahead"))
+        elif msg["type"] == "ahead" and msg["after"] == self._last_given(ended):
+            self.pending.extend((run, []) for run in msg["runs"])
+            self.chain_open = True
+        # else an 'ahead' for a chain that ended (we said "next": null): the server queues them again
+        return str(msg["type"])
+
+    def _last_given(self, ended: Optional[tuple[dict[str, Any], list[Any]]]) -> Optional[str]:
+        """The execution the next 'ahead' may follow: the last waiting, or the one that just ended."""
+        if self.pending:
+            return str(self.pending[-1][0]["execution_id"])
+        return None if ended is None else str(ended[0]["execution_id"])
+
+    def _drop_named_locked(self) -> None:
+        """Drop the waiting executions the cancel pipe names and tell the server (the lock held)."""
+        assert self.cancels is not None
+        self.cancels.read()
+        named = self.cancels.cancel | self.cancels.drop
+        if not named:
+            return
+        named.discard(self.submitted)
+        dropped = [t[0]["execution_id"] for t in self.pending if t[0]["execution_id"] in named]
+        if dropped:
+            self.pending = deque(t for t in self.pending if t[0]["execution_id"] not in named)
+            send_frames(self.sock, [KIND_CONTROL, json.dumps({"type": "dropped", "execution_ids": dropped}).encode()])
+        # What names the running execution stays: its SIGINT handler reads it there.
+        self.cancels.keep_only({t[0]["execution_id"] for t in self.pending} | {self.execution_id, self.submitted})
+
+    def _cancel_meant(self) -> bool:
+        """Does a cancel name the execution now running? (InterruptGuard asks.)"""
+        assert self.cancels is not None
+        self.cancels.read()
+        return self.execution_id in self.cancels.cancel
+
+    def run_task(self, msg: dict[str, Any], buffers: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        """Run one execution: its ``finished`` message and result frames, to send."""
         exec_id = msg["execution_id"]
         self.execution_id = exec_id
         self.seq = msg["seq"]
         outcome = run_task(self.tasks, exec_id, msg["task"], buffers, self.namespace, self,
                            streams=(self.stdout, self.stderr), interruptible=self.guard.armed_section())
         self.execution_id = None
-        self._send_control(outcome.message(exec_id, self.seq), outcome.frames)
+        return outcome.message(exec_id, self.seq), outcome.frames
 
     # -- TaskSink ------------------------------------------------------------
     def progress(self, done: float, total: Optional[float], desc: str, rate: float, elapsed: float) -> None:
@@ -243,13 +353,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--parent-pid", type=int, required=True, help="the server: exit when it is gone")
     parser.add_argument("--server-class", default="zmqruntime.execution.server:ExecutionServer")
     parser.add_argument("--task-kinds", type=json.loads, default={}, help="extra task kinds, JSON: name -> module:Class")
+    parser.add_argument("--cancel-fd", type=int, default=None, help="read end of the cancel pipe (cancel_pipe.py)")
     args = parser.parse_args(argv)
     key = os.environ.pop("ZMQRUNTIME_WORKER_KEY", "")
     if not key:
         parser.error("ZMQRUNTIME_WORKER_KEY is not set")
     if os.getppid() != args.parent_pid:  # the server died while we were starting
         sys.exit(3)
-    Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid, args.task_kinds).run_forever()
+    Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid, args.task_kinds,
+           args.cancel_fd).run_forever()
 
 
 if __name__ == "__main__":
