@@ -181,8 +181,10 @@ class LocalBackend(ExecutionBackend):
             return False
         handle.execution_id = job.execution_id
         handle.ahead.extend(j.execution_id for j in ahead)
-        self._send(handle, {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq,
-                            "ahead": _runs(ahead)}, job.buffers)
+        run = {"type": "run", "execution_id": job.execution_id, "task": job.task, "seq": job.seq}
+        if ahead:
+            run["ahead"] = _runs(ahead)
+        self._send(handle, run, job.buffers)
         return True
 
     def max_ahead(self) -> int:

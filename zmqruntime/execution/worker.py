@@ -266,7 +266,7 @@ class Worker:
                 if ended is None or msg_type is not None:
                     continue
             with self.guard, self.lock:
-                if self.cancels is not None and self.pending:
+                if self.cancels is not None and self._holds_ahead():
                     self._drop_named_locked()  # reported before the 'finished' that says what runs next
                 task = self.pending.popleft() if self.pending else None
                 if ended is not None:  # the server learns what ended and what runs now in one message
@@ -300,6 +300,10 @@ class Worker:
             self.chain_open = True
         # else an 'ahead' for a chain that ended (we said "next": null): the server queues them again
         return str(msg["type"])
+
+    def _holds_ahead(self) -> bool:
+        """Something waits here that a cancel or take-back may drop (not just the one sent with 'run')."""
+        return len(self.pending) > 1 or (bool(self.pending) and self.pending[0][0]["execution_id"] != self.submitted)
 
     def _last_given(self, ended: Optional[tuple[dict[str, Any], list[Any]]]) -> Optional[str]:
         """The execution the next 'ahead' may follow: the last waiting, or the one that just ended."""
