@@ -93,13 +93,15 @@ def test_cancel_escalates_when_task_ignores_interrupt(start_server):
     client = server.client
     stubborn = client.execute("""
 import time
+print("looping", flush=True)
 while True:
     try:
         time.sleep(0.01)
     except KeyboardInterrupt:
         pass
 """)
-    wait_running(client, stubborn)
+    # in its loop: a cancel that came before its code started would stop it at once ("before it started")
+    wait_until(lambda: "looping" in client.get_status(stubborn)["stdout"], 20)
     old_pid = client.get_status(stubborn)["worker_pid"]
     client.cancel(stubborn)
     status = client.wait(stubborn, timeout=20)
