@@ -148,6 +148,24 @@ def test_a_worker_lost_with_executions_handed_ahead_runs_each_of_them_once(serve
     assert log.read_text().split() == ["0", "1", "2", "3", "4"]
 
 
+def test_a_cancel_that_ends_in_a_kill_never_takes_one_handed_ahead_with_it(start_server, tmp_path: Path):
+    """The running one ignores its interrupt and its worker is killed: those behind it run once, later."""
+    server = start_server("--cancel-grace-period", "0.3", "--ExecutionServer.kill_grace_period=0.3")
+    client = server.client
+    log = tmp_path / "ran.txt"
+    stubborn = ("import time\nprint('looping', flush=True)\nwhile True:\n    try:\n        time.sleep(0.01)\n"
+                "    except KeyboardInterrupt:\n        pass")
+    ids = _queue_behind_a_blocker(client, [stubborn, *[f"open({str(log)!r}, 'a').write('{i}\\n')" for i in range(5)]])
+    wait_until(lambda: "looping" in client.get_status(ids[0])["stdout"], 20)
+    assert _worker(client)["ahead"] == 5
+    client.cancel(ids[0])
+    wait_until(lambda: _worker(client)["ahead"] == 0, 5)  # taken back before the interrupt
+    status = client.wait(ids[0], timeout=20)
+    assert status["status"] == "cancelled" and "terminated" in status["reason"]
+    assert [client.wait(e, timeout=30)["status"] for e in ids[1:]] == ["complete"] * 5
+    assert log.read_text().split() == ["0", "1", "2", "3", "4"]
+
+
 def test_pushed_values_keep_their_place_in_the_order(server):
     """Executions with pushed buffers are not handed ahead, but run in their turn."""
     import numpy as np

@@ -516,6 +516,11 @@ class ExecutionServer(ZMQServer):
     def _cancel_running(self, rec: ExecutionRecord, reason: str) -> None:
         if rec.reason is None:
             rec.reason = reason
+        if rec.session in self.sessions.with_ahead:
+            # Nothing may start after it on its worker while it is being stopped: if it ignores the
+            # interrupt and the worker is killed, the next one must not die with it.
+            self.backend.take_back(rec.session)
+            self.sessions.put_back(rec.session)
         self.backend.cancel(rec.execution_id)
 
     # -- records and events ---------------------------------------------------
