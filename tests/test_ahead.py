@@ -70,12 +70,12 @@ def test_a_cancel_of_one_handed_ahead_drops_it_at_once_while_another_runs(server
     client = server.client
     client.run("ran = []", timeout=30)
     long_one, victim, after = _queue_behind_a_blocker(client, [
-        "import time\ntime.sleep(4)\nran.append('long')", "ran.append('victim')", "ran.append('after')"])
+        "import time\ntime.sleep(8)\nran.append('long')", "ran.append('victim')", "ran.append('after')"])
     wait_until(lambda: client.get_status(long_one)["status"] == "running", 10)
     wait_until(lambda: _worker(client)["ahead"] == 2, 5)
     reply = client.cancel(victim)
     assert reply["cancelled"] and reply["status"] in ("queued", "cancelled")
-    status = client.wait(victim, timeout=2)  # the worker drops it while the long one still runs
+    status = client.wait(victim, timeout=6)  # the worker drops it while the long one (8 s) still runs
     assert status["status"] == "cancelled" and "before it started" in status["reason"]
     assert client.get_status(long_one)["status"] == "running"
     assert client.wait(after, timeout=30)["status"] == "complete"

@@ -149,18 +149,16 @@ class SessionTable:
         state.handed.clear()
         return handed
 
-    def put_back(self, name: str) -> list[str]:
-        """The session's executions handed ahead go back to the front of its queue (in order)."""
+    def put_back(self, name: str) -> None:
+        """The session's executions handed ahead go back to the front of its queue (in order).
+
+        Its running execution still holds its turn: ``finished`` puts it back in line.
+        """
         state = self.sessions.get(name)
         self.with_ahead.discard(name)
-        if state is None or not state.ahead:
-            return []
-        taken = list(state.ahead)
-        state.ahead.clear()
-        state.queue.extendleft(reversed(taken))
-        if state.running is None:
-            self._line.appendleft(name)
-        return taken
+        if state is not None and state.ahead:
+            state.queue.extendleft(reversed(state.ahead))
+            state.ahead.clear()
 
     def others_wait(self) -> bool:
         """A session with work waits for a turn (nothing of it runs)."""

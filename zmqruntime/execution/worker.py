@@ -159,12 +159,12 @@ class Worker:
         self._progress_sent: Optional[float] = None  # monotonic time of the last progress send; None: never
 
     # -- sending ------------------------------------------------------------
-    def _send(self, frames: list[Any]) -> None:
-        with self.guard, self.lock:
-            send_frames(self.sock, frames)
-
     def _send_control(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
-        self._send([KIND_CONTROL, json.dumps(content).encode(), *buffers])
+        with self.guard, self.lock:
+            self._send_control_locked(content, buffers)
+
+    def _send_control_locked(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
+        send_frames(self.sock, [KIND_CONTROL, json.dumps(content).encode(), *buffers])
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Sign and send one data-channel event of the running execution."""
@@ -272,8 +272,7 @@ class Worker:
                 if ended is not None:  # the server learns what ended and what runs now in one message
                     message, result_frames = ended
                     next_id = task[0]["execution_id"] if task else None
-                    send_frames(self.sock, [KIND_CONTROL, json.dumps({**message, "next": next_id}).encode(),
-                                            *result_frames])
+                    self._send_control_locked({**message, "next": next_id}, result_frames)
                     ended = None
                     if task is None:
                         self.chain_open = False  # said: nothing runs; a late 'ahead' is turned down
@@ -322,7 +321,7 @@ class Worker:
         dropped = [t[0]["execution_id"] for t in self.pending if t[0]["execution_id"] in named]
         if dropped:
             self.pending = deque(t for t in self.pending if t[0]["execution_id"] not in named)
-            send_frames(self.sock, [KIND_CONTROL, json.dumps({"type": "dropped", "execution_ids": dropped}).encode()])
+            self._send_control_locked({"type": "dropped", "execution_ids": dropped})
         # What names the running execution stays: its SIGINT handler reads it there.
         self.cancels.keep_only({t[0]["execution_id"] for t in self.pending} | {self.execution_id, self.submitted})
 
