@@ -228,22 +228,23 @@ class Worker:
         cancelled is dropped and reported at once, not when the running task ends.
         """
         while not self._stop.is_set():
-            self._wait_for_cancel_or_tick()
+            named = self._wait_for_cancel_or_tick()
             if os.getppid() != self.parent_pid:
                 os._exit(3)
             try:
                 self._flush_streams()
-                if self.cancels is not None:
+                if named:  # the lock only when the pipe says something: the idle main loop holds it often
                     with self.guard, self.lock:
                         self._drop_named_locked()
             except Exception:  # never let the flusher die silently mid-task
                 traceback.print_exc(file=sys.__stderr__)
 
-    def _wait_for_cancel_or_tick(self) -> None:
+    def _wait_for_cancel_or_tick(self) -> bool:
+        """Wait one flush interval, or less if the cancel pipe has something: whether it has."""
         if self.cancels is None or self.cancels.closed:
             self._stop.wait(STREAM_FLUSH_INTERVAL)
-        else:
-            select.select([self.cancels.fd], [], [], STREAM_FLUSH_INTERVAL)
+            return False
+        return bool(select.select([self.cancels.fd], [], [], STREAM_FLUSH_INTERVAL)[0])
 
     # -- running ------------------------------------------------------------
     def run_forever(self) -> None:
@@ -263,6 +264,8 @@ class Worker:
                     msg_type = self._take_message(ended) if ready else None
                 if msg_type == "exit":
                     break
+                if msg_type is None and ended is None and os.getppid() != self.parent_pid:
+                    os._exit(3)  # orphaned while idle (the flusher checks too, but may wait for the lock)
                 if ended is None or msg_type is not None:
                     continue
             with self.guard, self.lock:
