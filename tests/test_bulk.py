@@ -76,6 +76,23 @@ def test_result_through_shared_memory_then_released(server, shm_dir):
     assert info.value.code == "results_expired"
 
 
+def test_a_large_result_over_the_socket_is_whole_while_its_pages_are_filled(server, shm_dir):
+    """64 MiB: sent from a mapping a helper thread fills while libzmq sends; every byte arrives, twice,
+    and the server's copy-on-write mapping adds no anonymous memory."""
+    client = server.client
+    exec_id = finished(client, "import numpy as np\nnp.arange(8 * 1024 * 1024, dtype=np.float64)")
+    server_proc = psutil.Process(server.pid)
+    anon_before = server_proc.memory_info().rss - server_proc.memory_info().shared
+    expected = np.arange(8 * MIB, dtype=np.float64)
+    for _ in range(2):
+        got = client.get_results(exec_id, shm=False)["_"]
+        assert backing(got) != "mmap" and np.array_equal(got, expected)
+        del got
+    info = server_proc.memory_info()
+    assert (info.rss - info.shared) - anon_before < 16 * MIB
+    assert client.ping()["ok"]
+
+
 def test_a_large_pickle_stream_goes_through_shared_memory_too(server, shm_dir, tmp_path):
     client = server.client
     exec_id = finished(client, "b'x' * 3_000_000")  # bytes are pickled in band: buffer 0 is large
