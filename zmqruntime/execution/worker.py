@@ -23,6 +23,10 @@ KeyboardInterrupt only while user code of the named execution runs; inside
 our own critical sections (sending a message) it is deferred to the end of
 the section, so a multipart message is never cut in half. An execution
 named before it started is dropped (a cancel, a take-back) and never runs.
+
+Threads: the main thread runs tasks and reads the link; a flusher sends
+buffered output every 50 ms and reads the cancel pipe; a watcher ends the
+process as soon as the server (its parent) is gone, taking no lock.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from .link import KIND_CONTROL, KIND_EVENT
 from .runner import StreamCapture, finite, run_task
 
 STREAM_FLUSH_INTERVAL = 0.05
+#: How often a worker looks whether its server (its parent) is still alive.
+PARENT_CHECK_INTERVAL = 0.05
 #: Progress events closer together than this are sent as one ``progress_batch``
 #: message (docs/protocol.md): under a flood, signing and sending each event
 #: alone costs more than the task itself; a lone event still goes at once.
@@ -220,17 +226,13 @@ class Worker:
         self.stderr.flush()
 
     def _flusher(self) -> None:
-        """Flush output every 50 ms; drop what a cancel names; exit at once if the server is gone.
+        """Flush output every 50 ms; drop what a cancel names.
 
-        A SIGKILLed server cannot stop its workers, so each worker watches its
-        parent: an orphaned worker (even one stuck in user code) ends itself.
-        It also watches the cancel pipe, so an execution handed ahead and then
+        It watches the cancel pipe, so an execution handed ahead and then
         cancelled is dropped and reported at once, not when the running task ends.
         """
         while not self._stop.is_set():
             named = self._wait_for_cancel_or_tick()
-            if os.getppid() != self.parent_pid:
-                os._exit(3)
             try:
                 self._flush_streams()
                 if named:  # the lock only when the pipe says something: the idle main loop holds it often
@@ -238,6 +240,18 @@ class Worker:
                         self._drop_named_locked()
             except Exception:  # never let the flusher die silently mid-task
                 traceback.print_exc(file=sys.__stderr__)
+
+    def _watch_parent(self) -> None:
+        """Exit at once when the server is gone (a SIGKILLed server cannot stop its workers).
+
+        A thread of its own that takes no lock: the others may wait forever,
+        e.g. the main thread in a send to a server that died before it
+        connected, holding the worker's lock, and the flusher for that lock.
+        So an orphaned worker ends itself even when stuck in user code or a send.
+        """
+        while os.getppid() == self.parent_pid:
+            time.sleep(PARENT_CHECK_INTERVAL)
+        os._exit(3)
 
     def _wait_for_cancel_or_tick(self) -> bool:
         """Wait one flush interval, or less if the cancel pipe has something: whether it has."""
@@ -250,6 +264,7 @@ class Worker:
     def run_forever(self) -> None:
         signal.signal(signal.SIGINT, self.guard.handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        threading.Thread(target=self._watch_parent, name="zmqruntime-parent", daemon=True).start()
         threading.Thread(target=self._flusher, name="zmqruntime-flush", daemon=True).start()
         self._send_control({"type": "ready", "pid": os.getpid()})
         poller = zmq.Poller()
@@ -264,8 +279,6 @@ class Worker:
                     msg_type = self._take_message(ended) if ready else None
                 if msg_type == "exit":
                     break
-                if msg_type is None and ended is None and os.getppid() != self.parent_pid:
-                    os._exit(3)  # orphaned while idle (the flusher checks too, but may wait for the lock)
                 if ended is None or msg_type is not None:
                     continue
             with self.guard, self.lock:
