@@ -261,8 +261,11 @@ def test_reload_and_unload_leave_nothing_behind(k: KernelDriver):
     k.ok("%load_ext zmqruntime_jupyter")
 
     def warm() -> str:
-        # Exercise every lazily created per-thread socket (cell, background thread, --block).
-        PanelView(k, k.ok("%%zmqexec\n'warm up'")).wait_status("complete")
+        # Exercise every lazily created per-thread socket (cell, background thread, --block). The
+        # background thread starts with its first call: the --out binding's result fetch makes one
+        # every time (a panel alone makes one only if its stream is silent long enough for a status poll).
+        p = PanelView(k, k.ok("%%zmqexec --out warmed\n'warm up'"))
+        assert k.wait_for(lambda: "now holds" in p.status_text(), 20)
         k.ok("%%zmqexec --block\n'warm up'")
         return k.ok("print(_zmqr_counts())").stdout
 
