@@ -22,13 +22,14 @@ Only one form per request. docs/protocol.md §7.5 is the normative text.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import mmap
 import os
 import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .protocol import BLAKE3, DIGEST_CHUNK, HMAC_SHA256, available_schemes, buffer_digest
 
@@ -219,7 +220,7 @@ def populated_frames(rec: Any) -> list[Any]:
     for f in rec.result_files:
         if not f.nbytes:
             continue
-        ahead = f.nbytes >= FILL_AHEAD_BYTES and _populate_read_works()
+        ahead = f.nbytes >= FILL_AHEAD_BYTES and _populate_read() is not None
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:  # copy-on-write only so that ctypes may take its address for madvise; nothing writes it
@@ -242,28 +243,25 @@ MADV_POPULATE_READ = 22
 FILL_AHEAD_BYTES = 16 << 20
 #: Bytes filled per ``madvise`` call: the sender waits at most for one step.
 FILL_STEP = 8 << 20
-_madvise: Any = None
-_probed = False
 
 
-def _populate_read_works() -> bool:
-    """Whether libc's ``madvise`` takes ``MADV_POPULATE_READ`` here (tried once, on one page)."""
-    global _madvise, _probed
-    if not _probed:
-        _probed = True
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(None, use_errno=True).madvise
-                fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-                page = mmap.mmap(-1, mmap.PAGESIZE)
-                try:
-                    address = ctypes.addressof(ctypes.c_char.from_buffer(page))
-                    _madvise = fn if fn(address, mmap.PAGESIZE, MADV_POPULATE_READ) == 0 else None
-                finally:
-                    page.close()
-            except (OSError, AttributeError, ValueError, BufferError):
-                _madvise = None
-    return _madvise is not None
+@functools.cache
+def _populate_read() -> Optional[Callable[[int, int, int], int]]:
+    """libc's ``madvise`` if it takes ``MADV_POPULATE_READ`` here (tried once, on one page), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+        page = mmap.mmap(-1, mmap.PAGESIZE)
+        try:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+            works = fn(address, mmap.PAGESIZE, MADV_POPULATE_READ) == 0
+        finally:
+            page.close()
+    except (OSError, AttributeError, ValueError, BufferError):
+        return None
+    return fn if works else None
 
 
 def _fill(mapping: mmap.mmap, address: int) -> None:
@@ -271,9 +269,11 @@ def _fill(mapping: mmap.mmap, address: int) -> None:
 
     The thread's reference keeps the mapping alive however early the send ends.
     """
+    madvise = _populate_read()
+    assert madvise is not None
     size = len(mapping)
     for start in range(0, size, FILL_STEP):
-        if _madvise(address + start, min(FILL_STEP, size - start), MADV_POPULATE_READ) != 0:
+        if madvise(address + start, min(FILL_STEP, size - start), MADV_POPULATE_READ) != 0:
             return  # the send faults the rest in itself
 
 
