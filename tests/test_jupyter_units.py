@@ -15,6 +15,7 @@ import pytest
 from zmqruntime.execution.client import Event
 from zmqruntime_jupyter.handle import ExecutionHandle
 from zmqruntime_jupyter.output_area import OutputArea
+from zmqruntime_jupyter.outputs import OutputBuffer
 from zmqruntime_jupyter.panel import ExecutionPanel, progress_text
 from zmqruntime_jupyter.stream import Coalescer
 
@@ -446,3 +447,15 @@ def test_a_missed_display_update_is_applied_in_place_from_status():
     h.on_event(ev("stream", 5, name="stdout", text="after\n"))  # the update (4) was lost
     h.flush_ui()
     assert [o.get("text") or o["data"]["text/plain"] for o in panel.output.outputs] == ["v2", "after\n"]
+
+
+def test_a_block_cells_value_recovered_from_status_stays_out_of_its_panel():
+    """A --block cell's Out shows the value; a gap repaired from ``status`` must not show it
+    in the panel as well (the suite once caught the panel showing '42' beside the cell's Out)."""
+    figure = {"output_type": "display_data", "data": {"image/png": "iVBOR"}, "metadata": {}}
+    value = {"output_type": "display_data", "data": {"text/plain": "42"}, "metadata": {}, "result": True}
+    status = {"outputs": [figure, value], "outputs_total": 2}
+    for show_result, shown in ((False, [figure]), (True, [figure, value])):
+        buffer = OutputBuffer(show_result=show_result)
+        buffer.reconcile(status)
+        assert [item[1] for item in buffer.take() if item[0] == "display"] == shown

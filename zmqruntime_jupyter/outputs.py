@@ -120,7 +120,8 @@ class OutputBuffer:
         missed = int(status.get("outputs_total") or 0) - self.displays.total
         if missed > 0:
             for output in outputs[-missed:]:
-                self._queue(("display", output))
+                if self._show_result or not output.get("result"):  # as display(): a --block cell's Out shows it
+                    self._queue(("display", output))
             if missed > len(outputs):
                 self.stream("stderr", f"[… {missed - len(outputs)} display output(s) dropped …]\n")
         self.displays.adopt(status)
