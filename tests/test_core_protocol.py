@@ -8,6 +8,7 @@ under test.
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import zmq
@@ -16,6 +17,8 @@ from zmqruntime import RemoteError
 from zmqruntime.curve import secure_client_socket
 from zmqruntime.protocol import (
     MARKER,
+    PACKED,
+    SPLIT,
     ProtocolError,
     Session,
     SignatureError,
@@ -23,6 +26,7 @@ from zmqruntime.protocol import (
     encode_header,
     make_header,
 )
+from zmqruntime.transport import ConnectionInfo, choose_packed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -329,3 +333,111 @@ def test_execute_many_refuses_a_bad_request_whole(start_server, content, buffers
         ctx.term()
     assert not reply["ok"] and reply["error"]["code"] == "bad_request" and what in reply["error"]["message"]
     assert server.client.list_executions() == []  # nothing queued
+
+
+# -- packed framing: signature frame, header and content as one head frame ------------------------
+
+
+def test_packed_request_gets_a_packed_reply_and_split_a_split_one(server, raw):
+    """The server answers in the framing of the request (docs/protocol.md section 2)."""
+    sock, session = raw
+    for packed, reply_frames in ((True, 1), (False, 3)):
+        frames, msg_id = session.serialize_request("ping", {"brief": True}) if not packed else (
+            session.serialize("ping", {"brief": True}, packed=True, msg_id="p" * 32), "p" * 32)
+        assert len(frames) == (1 if packed else 3)
+        sock.send_multipart(frames)
+        assert sock.poll(10000)
+        reply = sock.recv_multipart()
+        assert len(reply) == reply_frames and reply[0][:6] == MARKER
+        msg = session.deserialize(reply)
+        assert msg.packed is packed and msg.parent_id == msg_id and msg.content["ok"] is True
+
+
+def test_packed_execute_with_buffers_and_its_results(server, raw):
+    """Buffers follow the head as frames of their own, both ways, and stay covered by the signature."""
+    sock, session = raw
+    session.packed = True
+    data = pickle.dumps({"x": bytes(range(256)) * 1000}, protocol=5)
+    frames, msg_id = session.serialize_request("execute", {"task": {"kind": "python", "code": "len(x)"}},
+                                               buffers=[data])
+    sock.send_multipart(frames)
+    assert sock.poll(10000)
+    reply = session.deserialize(sock.recv_multipart())
+    assert reply.packed and reply.content["ok"] is True, reply.content
+    assert server.client.wait(reply.content["execution_id"], timeout=20)["status"] == "complete"
+    frames, _ = session.serialize_request("results", {"execution_id": reply.content["execution_id"]})
+    sock.send_multipart(frames)
+    assert sock.poll(10000)
+    raw_reply = sock.recv_multipart()
+    msg = session.deserialize(raw_reply)
+    assert msg.packed and len(raw_reply) == 1 + len(msg.buffers) and msg.buffers
+    assert pickle.loads(msg.buffers[0], buffers=[bytes(b) for b in msg.buffers[1:]]) == {"_": 256_000}
+    tampered = list(raw_reply)
+    tampered[-1] = tampered[-1][:-1] + bytes([tampered[-1][-1] ^ 1])
+    with pytest.raises(SignatureError):
+        session.deserialize(tampered)
+
+
+@pytest.mark.parametrize("mangle", ["length past the end", "no length", "flipped header byte", "flipped content byte"])
+def test_broken_packed_heads_are_dropped(server, raw, mangle):
+    sock, session = raw
+    head = bytearray(session.serialize("ping", {}, packed=True)[0])
+    if mangle == "length past the end":
+        head[70:74] = (len(head)).to_bytes(4, "big")
+    elif mangle == "no length":
+        head = head[:72]
+    elif mangle == "flipped header byte":
+        head[80] ^= 1
+    else:
+        head[-2] ^= 1
+    sock.send_multipart([bytes(head)])
+    assert not sock.poll(300), "a broken packed head must not be answered"
+    assert_still_serving(server)
+
+
+def test_packed_signature_is_the_split_one():
+    """The same signed input either way: packing changes the frames, not what is signed."""
+    session = Session("k" * 64)
+    split = session.serialize("ping", {"a": 1}, msg_id="m" * 32, buffers=[b"buf"])
+    header = split[1]
+    packed = session.serialize("ping", {"a": 1}, header=json.loads(header), buffers=[b"buf"], packed=True)
+    assert packed[0] == split[0] + len(header).to_bytes(4, "big") + header + split[2]
+    assert session.deserialize(packed).content == session.deserialize(split).content == {"a": 1}
+    with pytest.raises(SignatureError):  # a dropped buffer is detected packed too
+        session.deserialize(packed[:1])
+
+
+def test_connection_file_and_ping_offer_packed_and_the_client_uses_it(server):
+    assert server.client.info.framings == [PACKED, SPLIT]
+    assert server.client.ping()["framings"] == [PACKED, SPLIT]
+    assert server.client.session.packed is True
+
+
+def test_framing_chosen_by_environment(server, monkeypatch):
+    info = server.client.info
+    old = ConnectionInfo.from_dict({k: v for k, v in info.to_dict().items() if k != "framings"})  # an older server's file
+    assert choose_packed(info) is True and choose_packed(old) is False
+    monkeypatch.setenv("ZMQRUNTIME_FRAMING", SPLIT)
+    assert choose_packed(info) is False
+    client = server.new_client(timeout=10)
+    try:  # a split client works end to end, buffers included
+        assert client.session.packed is False
+        assert client.run("x * 2", push={"x": b"ab"}, timeout=20) == {"_": b"abab"}
+    finally:
+        client.close()
+    monkeypatch.setenv("ZMQRUNTIME_FRAMING", PACKED)
+    with pytest.raises(ValueError, match="server offers"):
+        choose_packed(old)
+    monkeypatch.setenv("ZMQRUNTIME_FRAMING", "one-frame")
+    with pytest.raises(ValueError, match="ZMQRUNTIME_FRAMING must be"):
+        choose_packed(info)
+
+
+def test_oversized_packed_request_gets_too_large(start_server):
+    """The head itself crosses max_message_bytes: its header still names the request to refuse."""
+    server = start_server("--ExecutionServer.max_message_bytes=100000")
+    assert server.client.session.packed
+    with pytest.raises(RemoteError) as info:
+        server.client.execute("x = " + repr("y" * 200_000))
+    assert info.value.code == "too_large" and "max_message_bytes" in info.value.message
+    assert server.client.run("'small is fine'", timeout=20) == {"_": "small is fine"}

@@ -26,6 +26,7 @@ import zmq
 from helpers import server_env, wait_until
 from zmqruntime import ExecutionClient, RemoteError, ServerUnavailable
 from zmqruntime.curve import secure_client_socket
+from zmqruntime.protocol import split_body, unpack_body
 from zmqruntime.transport import connection_file_name, read_connection_file, write_connection_file
 
 pytestmark = pytest.mark.timeout(90)
@@ -294,12 +295,12 @@ class ReplyDroppingRelay:
         while not self._stop.is_set():
             for sock, _ in poller.poll(50):
                 frames = sock.recv_multipart()
-                header = json.loads(frames[2])  # [client identity, signature, header, content, ...]
-                kind = header["msg_type"]
+                _, header, content, _, _ = unpack_body(split_body(frames)[1])  # after any identity; split or packed
+                kind = json.loads(header)["msg_type"]
                 if sock is self.front:
                     self.forwarded[kind] = self.forwarded.get(kind, 0) + 1
                     if kind == "execute":
-                        self.request_ids.append(json.loads(frames[3]).get("request_id"))
+                        self.request_ids.append(json.loads(content).get("request_id"))
                     self.back.send_multipart(frames)
                 elif self.drop.get(kind, 0) > 0:
                     self.drop[kind] -= 1

@@ -128,6 +128,7 @@ json_values = st.recursive(
 frame = st.one_of(
     st.binary(max_size=120),
     st.binary(min_size=64, max_size=64).map(lambda b: MARKER + b),  # shaped like a signature frame
+    st.binary(min_size=68, max_size=160).map(lambda b: MARKER + b),  # shaped like a packed head
     st.sampled_from([b"", b"{}", MARKER, MARKER + b"0" * 64]),
 )
 
@@ -140,10 +141,10 @@ def test_random_frames_are_never_answered(wire, frames):
     wire.assert_only_ping_answers()
 
 
-def _valid_request(session: Session) -> list[bytes]:
-    frames, _ = session.serialize_request(
+def _valid_request(session: Session, packed: bool) -> list[bytes]:
+    frames = session.serialize(
         "execute", {"task": {"kind": "python", "code": "open('/tmp/zr-fuzz-must-not-exist', 'w')"}},
-        buffers=[b"pushed-buffer"])
+        buffers=[b"pushed-buffer"], packed=packed)
     return [bytes(f) for f in frames]
 
 
@@ -189,9 +190,9 @@ def mutate(frames: list[bytes], op: tuple) -> list[bytes]:
 
 
 @settings(FUZZ, max_examples=500)
-@given(ops=st.lists(mutation, min_size=1, max_size=3))
-def test_mutated_signed_requests_are_never_answered(wire, ops):
-    original = _valid_request(wire.session)
+@given(ops=st.lists(mutation, min_size=1, max_size=3), packed=st.booleans())
+def test_mutated_signed_requests_are_never_answered(wire, ops, packed):
+    original = _valid_request(wire.session, packed)
     frames = original
     for op in ops:
         if frames:
@@ -251,20 +252,20 @@ HEADER_FIELDS = ("msg_id", "msg_type", "version", "date", "session", "parent_id"
 @settings(FUZZ, max_examples=400)
 @given(field=st.sampled_from(HEADER_FIELDS), value=json_values | st.just("__absent__"),
        msg_type=st.sampled_from(["ping", "status", "list", "cancel", "results", "reboot", ""]),
-       content=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
-def test_signed_requests_with_odd_headers_get_one_precise_reply(wire, field, value, msg_type, content):
+       content=st.dictionaries(st.text(max_size=8), json_values, max_size=4), packed=st.booleans())
+def test_signed_requests_with_odd_headers_get_one_precise_reply(wire, field, value, msg_type, content, packed):
     assume(not (field == "msg_type" and value in ("execute", "shutdown")))  # those would act, not err
     header = make_header(msg_type, wire.session.session_id)
     if value == "__absent__":
         del header[field]
     else:
         header[field] = value
-    frames = wire.session.serialize(msg_type, content, header=header)
+    frames = wire.session.serialize(msg_type, content, header=header, packed=packed)
     wire.sock.send_multipart(frames)
     COUNTS["odd headers"] += 1
     reply = wire.recv()
     msg_id = header.get("msg_id") if isinstance(header.get("msg_id"), str) else None
-    assert reply.parent_id == msg_id
+    assert reply.parent_id == msg_id and reply.packed is packed
     error = reply.content.get("error") or {}
     code = error.get("code")
     if field in ("msg_id", "msg_type") and not isinstance(header.get(field), str):
@@ -321,6 +322,11 @@ def test_oversized_requests_are_bounded(wire, live):
     reply = wire.request(frames)
     assert reply.parent_id == msg_id and reply.content["error"]["code"] == "too_large"
     assert "max_message_bytes" in reply.content["error"]["message"]
+    # packed, the head itself over the limit: it is kept, so its header still names the request
+    frames = wire.session.serialize("status", {"execution_id": "x" * (MAX_MESSAGE_BYTES + 1)}, packed=True,
+                                    msg_id="o" * 32)
+    reply = wire.request(frames)
+    assert reply.packed and reply.parent_id == "o" * 32 and reply.content["error"]["code"] == "too_large"
     # a single frame over libzmq's MAXMSGSIZE (max(2 x limit, 1 MiB)): the connection is dropped, nothing else
     wire.sock.send_multipart([MARKER + b"0" * 64, b"{}", b"{}", b"y" * (2 << 20)])
     assert not wire.sock.poll(500)

@@ -31,7 +31,7 @@ from .errors import RemoteError, ServerUnavailable, error_for_code
 from .frames import recv_frames, send_frames
 from .loop_reader import LoopReader, send_when_possible
 from .protocol import BRIEF_PING, Message, ProtocolError, Session
-from .transport import ConnectionInfo, choose_scheme
+from .transport import ConnectionInfo, choose_packed, choose_scheme
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -78,7 +78,7 @@ class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
         self.timeout: float = positive_timeout(timeout)
-        self.session = Session(info.key, scheme=choose_scheme(info))
+        self.session = Session(info.key, scheme=choose_scheme(info), packed=choose_packed(info))
         self.needs_proof = needs_proof(info)
 
     def _configure(self, sock: zmq.Socket) -> None:

@@ -32,8 +32,10 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[lis
     """One multipart message (zero-copy frames), its bytes so far, and whether it is complete.
 
     A message with more than ``max_frames`` frames or ``max_bytes`` bytes is
-    cut short: the frames before the limit are returned (False), the rest are
-    received and discarded unread, so the socket stays in step.
+    cut short (False): the frames before the limit are returned, and the one
+    that crossed the byte limit (already in memory: its head may name the
+    request to refuse); the rest are received and discarded unread, so the
+    socket stays in step.
     """
     frames: list[Any] = []
     size = 0
@@ -41,6 +43,8 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[lis
         frame = recv_frame(sock)
         size += len(frame)
         if len(frames) >= max_frames or size > max_bytes:
+            if size > max_bytes:
+                frames.append(frame)
             drop_rest(sock, frame)
             return frames, size, False
         frames.append(frame)

@@ -23,6 +23,12 @@ Every message, on both channels, is a list of frames::
   byte is still covered by the signature.
 * ``header``: UTF-8 JSON object (:class:`Header`).
 * ``content``: UTF-8 JSON object, the message's fields.
+* *packed* framing: a client whose connection file lists ``packed`` in
+  ``framings`` may send signature frame, header and content as one frame
+  (the *head*: the 70 signature-frame bytes, the header's length in 4
+  bytes big-endian, the header, the content); the reply comes packed too.
+  Two frames fewer each way cost 6-11 µs less per round trip here. The
+  signature is the same either way; events are always sent split.
 * ``buffers``: raw bytes (pickle protocol 5 data and out-of-band buffers).
 
 ``docs/protocol.md`` is the normative description; keep the two in step.
@@ -53,6 +59,12 @@ _MARKER_SCHEMES = {m: name for name, m in SCHEME_MARKERS.items()}
 #: Length of the signature frame: marker + 64 hex digits.
 SIGNATURE_FRAME_LEN = len(MARKER) + 64
 SIGNATURE_SCHEME = HMAC_SHA256  # the scheme every peer understands (connection file ``signature_scheme``)
+#: Framings, named in the connection file's ``framings``: signature frame, header and
+#: content as three frames (every peer's), or packed into one head frame.
+SPLIT, PACKED = "split", "packed"
+FRAMINGS = (PACKED, SPLIT)
+#: A packed head: the signature frame's bytes, then the header's length (4 bytes, big-endian).
+PACKED_HEAD_MIN = SIGNATURE_FRAME_LEN + 4
 
 #: Control requests a server understands; replies are ``<type>_reply``.
 #: A brief ``ping``'s request content: the server's identity only (docs/protocol.md §7.1).
@@ -389,6 +401,7 @@ class Message:
     topic: bytes = b""
     signature: bytes = b""  # the verified hex signature (replay checks key on it)
     scheme: str = HMAC_SHA256  # the signature scheme it came with: a reply uses the same
+    packed: bool = False  # whether it came in one head frame: a reply uses the same framing
 
     @property
     def msg_type(self) -> str:
@@ -440,10 +453,32 @@ class UnknownScheme(ProtocolError):
     """
 
 
-def _is_signature_frame(frame: Any) -> bool:
-    """70 bytes, ``<ZMQ`` + one character + ``>`` (the character names the scheme)."""
+def _starts_body(frame: Any) -> bool:
+    """A signature frame (70 bytes) or a packed head (74 or more), both ``<ZMQ`` + one character + ``>`` first."""
     view = _view(frame)
-    return len(view) == SIGNATURE_FRAME_LEN and view[:4] == b"<ZMQ" and view[5:6] == b">"
+    n = len(view)
+    return (n == SIGNATURE_FRAME_LEN or n >= PACKED_HEAD_MIN) and view[:4] == b"<ZMQ" and view[5:6] == b">"
+
+
+def split_body(frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
+    """(prefix, body): identities/topic split from the body at the signature frame (or packed head)."""
+    for i, frame in enumerate(frames):
+        if _starts_body(frame):
+            return [_bytes(f) for f in frames[:i]], list(frames[i:])
+    raise ProtocolError("malformed", "no <ZMQR> signature frame")
+
+
+def unpack_body(body: Sequence[Any]) -> tuple[bytes, bytes, bytes, list[Any], bool]:
+    """(signature frame, header, content, buffers, packed) of a body that starts at its first frame."""
+    head = _bytes(body[0])
+    if len(head) == SIGNATURE_FRAME_LEN:
+        if len(body) < 3:
+            raise ProtocolError("malformed", f"expected signature, header and content frames, got {len(body)} frames")
+        return head, _bytes(body[1]), _bytes(body[2]), list(body[3:]), False
+    end = PACKED_HEAD_MIN + int.from_bytes(head[SIGNATURE_FRAME_LEN:PACKED_HEAD_MIN], "big")
+    if end > len(head):
+        raise ProtocolError("malformed", f"packed head of {len(head)} bytes names a header ending at byte {end}")
+    return head[:SIGNATURE_FRAME_LEN], head[PACKED_HEAD_MIN:end], head[end:], list(body[1:]), True
 
 
 class Session:
@@ -456,7 +491,8 @@ class Session:
     signed topic (1 on the data channel, 0 on the control channel).
     """
 
-    def __init__(self, key: str | bytes, session_id: str | None = None, scheme: str = HMAC_SHA256):
+    def __init__(self, key: str | bytes, session_id: str | None = None, scheme: str = HMAC_SHA256,
+                 packed: bool = False):
         if isinstance(key, str):
             key = key.encode("ascii")
         if not key:
@@ -464,6 +500,7 @@ class Session:
         self.key = key
         self.session_id = session_id or new_id()
         self.scheme = check_scheme(scheme)
+        self.packed = packed  # what serialize sends: one head frame instead of three
         self._blake3_key = blake3_key(key) if _blake3 is not None else None
 
     def sign(self, topic: bytes, header: bytes, content: bytes, digests: Sequence[bytes], scheme: str) -> bytes:
@@ -482,12 +519,14 @@ class Session:
         header: dict[str, Any] | None = None,
         scheme: str | None = None,
         msg_id: str | None = None,
+        packed: bool | None = None,
     ) -> list[Any]:
         """Frames ready for ``send_multipart`` (topic first when given).
 
         ``digests`` may be supplied when the buffers' digests (under
         ``scheme``) are already known (a stored result), so large buffers
-        are not hashed again.
+        are not hashed again. ``packed``: one head frame instead of three
+        (default: the session's ``packed``).
         """
         scheme = scheme or self.scheme
         if header is None:
@@ -502,7 +541,10 @@ class Session:
             raise ValueError("one digest per buffer is required")
         sig = self.sign(topic or b"", header_b, content_b, digests, scheme)
         frames: list[Any] = [topic] if topic is not None else []
-        frames += [SCHEME_MARKERS[scheme] + sig, header_b, content_b]
+        if self.packed if packed is None else packed:
+            frames.append(b"".join((SCHEME_MARKERS[scheme], sig, len(header_b).to_bytes(4, "big"), header_b, content_b)))
+        else:
+            frames += [SCHEME_MARKERS[scheme] + sig, header_b, content_b]
         frames.extend(buffers)
         return frames
 
@@ -513,20 +555,14 @@ class Session:
 
     # -- incoming ---------------------------------------------------------
     def split(self, frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
-        """Split identities/topic from the body at the signature frame."""
-        for i, frame in enumerate(frames):
-            if _is_signature_frame(frame):
-                return [_bytes(f) for f in frames[:i]], list(frames[i:])
-        raise ProtocolError("malformed", "no <ZMQR> signature frame")
+        return split_body(frames)
 
     def _verify(self, frames: Sequence[Any], topic_frames: int
-                ) -> tuple[list[bytes], bytes, bytes, bytes, bytes, list[Any], str]:
-        """Split and check the signature: (prefix, topic, sig, header, content, buffers, scheme) or raise."""
+                ) -> tuple[list[bytes], bytes, bytes, bytes, bytes, list[Any], str, bool]:
+        """Split and check the signature: (prefix, topic, sig, header, content, buffers, scheme, packed) or raise."""
         prefix, body = self.split(frames)
-        if len(body) < 3:
-            raise ProtocolError("malformed", f"expected signature, header and content frames, got {len(body)} frames")
+        sigframe, header_b, content_b, buffers, packed = unpack_body(body)
         topic = prefix[-1] if topic_frames and prefix else b""
-        sigframe, header_b, content_b = _bytes(body[0]), _bytes(body[1]), _bytes(body[2])
         scheme = _MARKER_SCHEMES.get(sigframe[:len(MARKER)])
         if scheme is None or scheme not in available_schemes():
             raise UnknownScheme("unknown_signature_scheme",
@@ -534,12 +570,11 @@ class Session:
                                 + ", ".join(f"{SCHEME_MARKERS[n].decode()} ({n})" for n in available_schemes()),
                                 _peek_msg_id(header_b))
         sig = sigframe[len(MARKER):]
-        buffers = body[3:]
         digests = [buffer_digest(_view(b), scheme) for b in buffers]
         expected = self.sign(topic, header_b, content_b, digests, scheme)
         if not hmac.compare_digest(sig, expected):
             raise SignatureError("bad_signature", "missing or invalid signature")
-        return prefix, topic, sig, header_b, content_b, buffers, scheme
+        return prefix, topic, sig, header_b, content_b, buffers, scheme, packed
 
     def is_authentic(self, frames: Sequence[Any], *, topic_frames: int = 0) -> bool:
         """Whether the message is well framed and correctly signed, without decoding it."""
@@ -551,7 +586,7 @@ class Session:
 
     def deserialize(self, frames: Sequence[Any], *, topic_frames: int = 0) -> Message:
         """Verify then decode; raise SignatureError / ProtocolError otherwise."""
-        prefix, topic, sig, header_b, content_b, buffers, scheme = self._verify(frames, topic_frames)
+        prefix, topic, sig, header_b, content_b, buffers, scheme, packed = self._verify(frames, topic_frames)
         # From here on the message is authentic: errors are worth a reply.
         # UTF-8 decoded here (the protocol's only encoding), so json.loads need not detect one.
         # A UnicodeDecodeError is a ValueError: "not JSON", as any other unreadable frame.
@@ -576,7 +611,7 @@ class Session:
                 "unsupported_version",
                 f"protocol version {version!r} not supported (server speaks {PROTOCOL_VERSION})", msg_id,
             )
-        return Message(header, content, buffers, prefix, topic, sig, scheme)
+        return Message(header, content, buffers, prefix, topic, sig, scheme, packed)
 
 
 def _peek_msg_id(header_b: bytes) -> Optional[str]:

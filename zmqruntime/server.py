@@ -44,6 +44,7 @@ from .limits import FdReserve, RateLimitedLog, raise_fd_limit, recv_bounded
 from .polling import SpinBudget, readable, spin_until_readable
 from .protocol import (
     BRIEF_PING_FIELDS,
+    FRAMINGS,
     PROTOCOL_VERSION,
     REQUEST_TYPES,
     Message,
@@ -53,6 +54,7 @@ from .protocol import (
     available_schemes,
     new_id,
     new_key,
+    unpack_body,
 )
 from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
 from .transport import (
@@ -107,10 +109,11 @@ class HeldRequest:
     msg_id: str
     msg_type: str
     scheme: str
+    packed: bool = False
 
     @classmethod
     def of(cls, msg: Message) -> HeldRequest:
-        return cls(msg.prefix, msg.msg_id, msg.msg_type, msg.scheme)
+        return cls(msg.prefix, msg.msg_id, msg.msg_type, msg.scheme, msg.packed)
 
 
 class ZMQServer(Configurable):
@@ -250,7 +253,7 @@ class ZMQServer(Configurable):
         self.info = ConnectionInfo(
             transport=self.transport, ip=self.ip, data_port=self.port, control_port=self.control_port,
             data_url=data_url, control_url=control_url, key=self.key, signature_schemes=list(available_schemes()),
-            pid=os.getpid(),
+            framings=list(FRAMINGS), pid=os.getpid(),
             start_time=self.start_time, name=self.name, curve_server_key=curve_public,
             curve_client_key=client_public, curve_client_secret=client_secret,
         )
@@ -456,18 +459,19 @@ class ZMQServer(Configurable):
             if complete:
                 self._handle_request(frames, size)
             else:
-                self._refuse_oversized(frames)
+                self._refuse_oversized(frames, size > max_bytes)
 
-    def _refuse_oversized(self, frames: list[Any]) -> None:
+    def _refuse_oversized(self, frames: list[Any], too_many_bytes: bool) -> None:
         """A request over the frame-count or size limit, caught before any hashing: a
         ``too_large`` reply if its header names it (checking its signature would mean
         hashing it all), else dropped."""
-        what = (f"more than {self.max_message_frames} frames" if len(frames) >= self.max_message_frames + 4
-                else f"more than max_message_bytes={self.max_message_bytes} bytes")
+        what = (f"more than max_message_bytes={self.max_message_bytes} bytes" if too_many_bytes
+                else f"more than {self.max_message_frames} frames")
         try:
             ident, body = self.session.split(frames)
-            header = json.loads(body[1].bytes if hasattr(body[1], "bytes") else body[1]) if len(body) > 1 else None
-            msg_id, msg_type = header.get("msg_id"), header.get("msg_type")  # type: ignore[union-attr]
+            _, header_b, _, _, packed = unpack_body(body)
+            header = json.loads(header_b)
+            msg_id, msg_type = header.get("msg_id"), header.get("msg_type")
             if not isinstance(msg_id, str) or not isinstance(msg_type, str):
                 raise ValueError(msg_id)
         except (ProtocolError, ValueError, AttributeError, UnicodeDecodeError, RecursionError):
@@ -475,7 +479,7 @@ class ZMQServer(Configurable):
             return
         self.dropped.warning("refused a %s request with %s (not hashed)", msg_type[:40], what)
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
-        self._reply(ident, reply_type, msg_id, _error("too_large", f"request with {what}"))
+        self._reply(ident, reply_type, msg_id, _error("too_large", f"request with {what}"), packed=packed)
 
     def _handle_request(self, frames: list[Any], size: int) -> None:
         """Verify, check for replay, dispatch and answer one request of ``size`` bytes."""
@@ -486,15 +490,15 @@ class ZMQServer(Configurable):
             return
         except ProtocolError as exc:
             self.dropped.warning("dropped a malformed control message: %s", exc.message)
-            if exc.code != "malformed":  # signed, so worth an answer
-                ident, _ = self.session.split(frames)
-                self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message))
+            if exc.code != "malformed":  # signed (or an unknown scheme's), so worth an answer, in its framing
+                ident, body = self.session.split(frames)
+                self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message), packed=unpack_body(body)[4])
             return
         try:
             self.replay.check(msg.signature, msg.header)
         except ProtocolError as exc:
             log.warning("refused a control message (%s): %s", exc.code, exc.message)
-            self._reply(msg.prefix, "error_reply", exc.msg_id, _error(exc.code, exc.message))
+            self._reply(msg.prefix, "error_reply", exc.msg_id, _error(exc.code, exc.message), packed=msg.packed)
             return
         msg_type = msg.msg_type
         reply_type = f"{msg_type}_reply" if msg_type in REQUEST_TYPES else "error_reply"
@@ -521,11 +525,11 @@ class ZMQServer(Configurable):
         # be announced before the reply, since this loop handles the worker's answer later.
         self._run_soon()
         try:
-            self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests, msg.scheme)
+            self._reply(msg.prefix, reply_type, msg.msg_id, content, buffers, digests, msg.scheme, msg.packed)
         except (TypeError, ValueError) as exc:  # a reply that is not strict JSON: answer, never die
             log.exception("could not encode the %s reply", msg_type)
             self._reply(msg.prefix, reply_type, msg.msg_id, _error("internal", f"reply not encodable: {exc}"),
-                        scheme=msg.scheme)
+                        scheme=msg.scheme, packed=msg.packed)
             return
         if msg_type == "shutdown" and content.get("ok"):
             self.stop()
@@ -534,14 +538,15 @@ class ZMQServer(Configurable):
                digests: Optional[list[bytes]] = None) -> None:
         """The ok reply to a request a handler held (``ReplyLater``)."""
         self._reply(held.prefix, f"{held.msg_type}_reply", held.msg_id, {"ok": True, **content}, list(buffers),
-                    digests, held.scheme)
+                    digests, held.scheme, held.packed)
 
     def _reply(self, ident: list[bytes], msg_type: str, parent_id: Optional[str], content: dict[str, Any],
                buffers: list[Any] = (), digests: Optional[list[bytes]] = None,  # type: ignore[assignment]
-               scheme: Optional[str] = None) -> None:
-        """Sign with the request's scheme (``scheme``), else HMAC-SHA256, which every peer reads."""
+               scheme: Optional[str] = None, packed: bool = False) -> None:
+        """Sign with the request's scheme (``scheme``), else HMAC-SHA256, which every peer reads; frame
+        packed when the request was (``packed``), else split, which every peer reads."""
         frames = self.session.serialize(msg_type, content, parent_id=parent_id, buffers=buffers, digests=digests,
-                                        scheme=scheme)
+                                        scheme=scheme, packed=packed)
         assert self.control is not None  # bound: requests come from it
         send_frames(self.control, ident + frames)
 
@@ -629,6 +634,7 @@ class ZMQServer(Configurable):
                 "version": __version__,
                 "protocol_version": PROTOCOL_VERSION,
                 "signature_schemes": list(available_schemes()),
+                "framings": list(FRAMINGS),
                 "start_time": self.start_time,
                 "transport": self.transport,
                 "data_url": self.info.data_url if self.info else None,

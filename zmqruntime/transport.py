@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .private import ensure_private_dir, make_private_dirs, open_private
-from .protocol import SIGNATURE_SCHEME, available_schemes
+from .protocol import PACKED, SIGNATURE_SCHEME, SPLIT, available_schemes
 
 DEFAULT_PORT = 7777
 DEFAULT_CONTROL_OFFSET = 1000
@@ -78,6 +78,8 @@ class ConnectionInfo:
     signature_scheme: str = SIGNATURE_SCHEME  # what events are signed with: every peer reads it
     #: every scheme the server verifies (and answers a request in); absent in older files (= the one above)
     signature_schemes: list[str] = field(default_factory=list)
+    #: the framings the server reads (and answers a request in); absent in older files (= split only)
+    framings: list[str] = field(default_factory=list)
     pid: int = 0
     start_time: float = 0.0
     name: str = ""
@@ -203,3 +205,20 @@ def choose_scheme(info: ConnectionInfo, preferred: str | None = None) -> str:
             return scheme
     raise ValueError(f"the server signs with {offered}, none of which this client knows ({list(known)}): "
                      "upgrade zmqruntime (or install the blake3 package)")
+
+
+def choose_packed(info: ConnectionInfo) -> bool:
+    """Whether a client sends its requests packed (one head frame): when the server
+    reads them, unless ``$ZMQRUNTIME_FRAMING`` says ``split``.
+
+    ValueError for any other value of the variable, or for ``packed`` asked of a
+    server that does not offer it.
+    """
+    offered = PACKED in (info.framings or ())
+    wanted = os.environ.get("ZMQRUNTIME_FRAMING") or None
+    if wanted not in (None, PACKED, SPLIT):
+        raise ValueError(f"$ZMQRUNTIME_FRAMING must be {PACKED!r} or {SPLIT!r}, got {wanted!r}")
+    if wanted == PACKED and not offered:
+        raise ValueError(f"framing {PACKED!r} asked for ($ZMQRUNTIME_FRAMING), but the server offers "
+                         f"{info.framings or [SPLIT]}")
+    return offered if wanted is None else wanted == PACKED
