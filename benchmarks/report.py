@@ -98,18 +98,20 @@ def ping_row(r: dict) -> Row:
     """zmqruntime's ping (IPC, the default for a local server) against raw DEALER/ROUTER on IPC:
     the same socket pattern on the same transport. TCP REQ/REP is shown for reference."""
     zr = get(r, "zr_roundtrip", "ping", "median_us")
+    split = get(r, "zr_roundtrip", "ping_split", "median_us")  # sent as three frames, not one head
     raw, rd = get(r, "raw_reqrep", "median_us"), get(r, "raw_reqrep", "router_dealer", "median_us")
     rd_ipc = get(r, "raw_reqrep", "router_dealer_ipc", "median_us")
     ratio = zr / rd_ipc if zr and rd_ipc else None
     return Row("ping round trip, brief (median)",
-               fmt(zr, ".0f", " us") + span(r, ".0f", "zr_roundtrip", "ping", "median_us"),
+               fmt(zr, ".0f", " us") + span(r, ".0f", "zr_roundtrip", "ping", "median_us")
+               + (f" (sent split: {fmt(split, '.0f', ' us')})" if split else ""),
                f"DEALER/ROUTER ipc {fmt(rd_ipc, '.0f', ' us')}{span(r, '.0f', 'raw_reqrep', 'router_dealer_ipc', 'median_us')}; "
                f"tcp: DEALER/ROUTER {fmt(rd, '.0f', ' us')}, REQ/REP {fmt(raw, '.0f', ' us')}",
                fmt(ratio, ".2f", "x DEALER/ROUTER"), "<= 1.5x raw (same pattern, ipc)",
                verdict(ratio <= 1.5 if ratio else None),
                error_of(r, "zr_roundtrip", "ping") or error_of(r, "raw_reqrep"),
-               {"zr_us": zr, "raw_us": raw, "raw_router_dealer_us": rd, "raw_router_dealer_ipc_us": rd_ipc,
-                "ratio": ratio})
+               {"zr_us": zr, "zr_split_us": split, "raw_us": raw, "raw_router_dealer_us": rd,
+                "raw_router_dealer_ipc_us": rd_ipc, "ratio": ratio})
 
 
 def ping_full_row(r: dict) -> Row:

@@ -5,6 +5,8 @@ measured in the same run:
 
   * ``ping``        a brief ping (the identity only: a liveness check)
                     vs raw pyzmq DEALER/ROUTER       (target <= 1.5x)
+  * ``ping_split``  the brief ping sent split (three frames, as a client that does not
+                    pack them into one head frame): what packing saves, in the same run
   * ``ping_full``   the full reply (identity and load, ~0.9 KB): for reference
   * no-op latency   ``run("None")`` (execute -> result), one at a time
                     vs ipyparallel / dask / Ray      (target <= 0.5 ms, >= 5x / >= 3x faster)
@@ -36,6 +38,14 @@ SPARE_BOOT_PAUSE = 1.5  # s: a replacement spare worker boots in ~0.3-0.6 s on t
 def measure_ping(client) -> dict:
     return common.summarize(common.time_each(lambda: client.ping(brief=True), n=common.scaled(5000), warmup=500),
                             "us", 1e6)
+
+
+def measure_ping_split(client) -> dict:
+    packed, client.session.packed = client.session.packed, False
+    try:
+        return measure_ping(client)
+    finally:
+        client.session.packed = packed
 
 
 def measure_ping_full(client) -> dict:
@@ -121,6 +131,7 @@ def measure_sequential_batch(client) -> dict:
 def measure() -> dict:
     return zr_server.measure_all({
         "ping": measure_ping,
+        "ping_split": measure_ping_split,
         "ping_full": measure_ping_full,
         "noop_latency": measure_noop_latency,
         "pipelined": measure_pipelined,
