@@ -554,13 +554,10 @@ class Session:
         return self.serialize(msg_type, content, buffers=buffers, msg_id=msg_id), msg_id
 
     # -- incoming ---------------------------------------------------------
-    def split(self, frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:
-        return split_body(frames)
-
     def _verify(self, frames: Sequence[Any], topic_frames: int
                 ) -> tuple[list[bytes], bytes, bytes, bytes, bytes, list[Any], str, bool]:
         """Split and check the signature: (prefix, topic, sig, header, content, buffers, scheme, packed) or raise."""
-        prefix, body = self.split(frames)
+        prefix, body = split_body(frames)
         sigframe, header_b, content_b, buffers, packed = unpack_body(body)
         topic = prefix[-1] if topic_frames and prefix else b""
         scheme = _MARKER_SCHEMES.get(sigframe[:len(MARKER)])

@@ -54,6 +54,7 @@ from .protocol import (
     available_schemes,
     new_id,
     new_key,
+    split_body,
     unpack_body,
 )
 from .replay import DEFAULT_MAX_CLOCK_SKEW, DEFAULT_MAX_ENTRIES, ReplayGuard
@@ -468,7 +469,7 @@ class ZMQServer(Configurable):
         what = (f"more than max_message_bytes={self.max_message_bytes} bytes" if too_many_bytes
                 else f"more than {self.max_message_frames} frames")
         try:
-            ident, body = self.session.split(frames)
+            ident, body = split_body(frames)
             _, header_b, _, _, packed = unpack_body(body)
             header = json.loads(header_b)
             msg_id, msg_type = header.get("msg_id"), header.get("msg_type")
@@ -491,7 +492,7 @@ class ZMQServer(Configurable):
         except ProtocolError as exc:
             self.dropped.warning("dropped a malformed control message: %s", exc.message)
             if exc.code != "malformed":  # signed (or an unknown scheme's), so worth an answer, in its framing
-                ident, body = self.session.split(frames)
+                ident, body = split_body(frames)
                 self._reply(ident, "error_reply", exc.msg_id, _error(exc.code, exc.message), packed=unpack_body(body)[4])
             return
         try:
