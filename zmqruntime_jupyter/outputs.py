@@ -56,7 +56,7 @@ class OutputBuffer:
         if not self.displays.apply(kind, content):
             return
         if kind == "display_data":
-            if self._show_result or not content.get("result"):
+            if self._shows(content):
                 self._queue(("display", output_of(content)))
         elif kind == "update_display_data":
             self._queue(("update", output_of(content)))
@@ -66,6 +66,10 @@ class OutputBuffer:
             self.bars_changed = True
         if self._echo is not None and kind == "display_data" and not content.get("result"):  # Out shows it
             self._echo("stdout", _plain(content) + "\n")
+
+    def _shows(self, display: dict[str, Any]) -> bool:
+        """Whether the panel shows this display: not the last expression's value when the cell's Out does."""
+        return self._show_result or not display.get("result")
 
     def _queue(self, item: Item) -> None:
         if self._for_panel:
@@ -120,7 +124,7 @@ class OutputBuffer:
         missed = int(status.get("outputs_total") or 0) - self.displays.total
         if missed > 0:
             for output in outputs[-missed:]:
-                if self._show_result or not output.get("result"):  # as display(): a --block cell's Out shows it
+                if self._shows(output):
                     self._queue(("display", output))
             if missed > len(outputs):
                 self.stream("stderr", f"[… {missed - len(outputs)} display output(s) dropped …]\n")
