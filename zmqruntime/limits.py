@@ -28,19 +28,20 @@ FD_LIMIT_CAP = 1 << 16
 T = TypeVar("T")
 
 
-def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[list[Any], int, bool]:
+def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int, flags: int = 0) -> tuple[list[Any], int, bool]:
     """One multipart message (zero-copy frames), its bytes so far, and whether it is complete.
 
     A message with more than ``max_frames`` frames or ``max_bytes`` bytes is
     cut short (False): the frames before the limit are returned, and the one
     that crossed the byte limit (already in memory: its head may name the
     request to refuse); the rest are received and discarded unread, so the
-    socket stays in step.
+    socket stays in step. ``flags`` apply to the first frame (``zmq.NOBLOCK``:
+    ``zmq.Again`` when there is no message); the others are there once it is.
     """
     frames: list[Any] = []
     size = 0
+    frame = recv_frame(sock, flags)
     while True:
-        frame = recv_frame(sock)
         size += len(frame)
         if len(frames) >= max_frames or size > max_bytes:
             if size > max_bytes:
@@ -50,6 +51,7 @@ def recv_bounded(sock: zmq.Socket, max_frames: int, max_bytes: int) -> tuple[lis
         frames.append(frame)
         if not frame.more:
             return frames, size, True
+        frame = recv_frame(sock)
 
 
 class RateLimitedLog:

@@ -42,11 +42,13 @@ import hashlib
 import hmac
 import json
 import os
+import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from json.encoder import encode_basestring_ascii
 from typing import Any, Optional, Sequence
+
+from . import wire_json
 
 SNDMORE = 2  # zmq.SNDMORE; the protocol module does not import zmq
 PROTOCOL_VERSION = "1.0"
@@ -232,17 +234,23 @@ def is_execution_id(value: Any) -> bool:
             and all(c in "0123456789abcdef" for c in value))
 
 
-#: Compact, strict JSON (no NaN/Infinity). One encoder for all messages:
-#: ``json.dumps`` with arguments builds a new one per call (~1 us each time).
-_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_quote = encode_basestring_ascii  # a JSON string, as _encode_json writes it (ensure_ascii)
-#: The decoder ``json.loads`` uses, called directly (a str in, so nothing to detect).
-_decode_json = json.JSONDecoder().decode
+_encode_json = wire_json.encode  # strict, compact JSON (no NaN/Infinity): every header and content
+_decode_json = wire_json.decode
+_quote = wire_json.quote  # a JSON string, as _encode_json writes it (ensure_ascii)
 _MAJOR = PROTOCOL_VERSION.split(".")[0]
+_second: tuple[int, str] = (-1, "")  # the last whole second utcnow_iso formatted, and its text
 
 
 def utcnow_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    """Now, UTC, as ISO 8601 with microseconds (``2026-11-30T22:54:55.377242+00:00``): what
+    ``datetime.now(timezone.utc).isoformat()`` gives, in a third of its time (every message's
+    header has one), by formatting each second once. Unlike ``isoformat`` it keeps ``.000000``."""
+    global _second
+    sec, nanos = divmod(time.time_ns(), 1_000_000_000)
+    second = _second  # one tuple, replaced whole: threads never see a second with another's text
+    if sec != second[0]:
+        second = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{second[1]}.{nanos // 1000:06d}+00:00"
 
 
 def encode_header(msg_id: str, msg_type: str, session: str, date: str, version: str,
@@ -355,6 +363,9 @@ def blake3_key(key: bytes) -> bytes:
     return _blake3.blake3(key, derive_key_context=BLAKE3_KEY_CONTEXT).digest()
 
 
+_length = struct.Struct(">Q").pack  # the 8-byte big-endian lengths of the signed input (a third faster than to_bytes)
+
+
 def compute_signature(
     key: bytes, topic: bytes, header: bytes, content: bytes, digests: Sequence[bytes], scheme: str = HMAC_SHA256,
     blake3_key_bytes: Optional[bytes] = None,
@@ -366,15 +377,15 @@ def compute_signature(
     ``blake3_key_bytes`` to skip deriving it per message).
     """
     signed = b"".join((
-        len(topic).to_bytes(8, "big"), topic,
-        len(header).to_bytes(8, "big"), header,
-        len(content).to_bytes(8, "big"), content,
-        len(digests).to_bytes(8, "big"), *digests,
+        _length(len(topic)), topic,
+        _length(len(header)), header,
+        _length(len(content)), content,
+        _length(len(digests)), *digests,
     ))
     if scheme == BLAKE3:
         assert _blake3 is not None, "blake3 scheme without the blake3 package"
-        return _blake3.blake3(signed, key=blake3_key_bytes or blake3_key(key)).hexdigest().encode("ascii")
-    return hmac.digest(key, signed, "sha256").hex().encode("ascii")
+        return _blake3.blake3(signed, key=blake3_key_bytes or blake3_key(key)).digest().hex().encode()
+    return hmac.digest(key, signed, "sha256").hex().encode()
 
 
 def make_header(msg_type: str, session: str, parent_id: Optional[str] = None,
@@ -455,9 +466,11 @@ class UnknownScheme(ProtocolError):
 
 def _starts_body(frame: Any) -> bool:
     """A signature frame (70 bytes) or a packed head (74 or more), both ``<ZMQ`` + one character + ``>`` first."""
-    view = _view(frame)
-    n = len(view)
-    return (n == SIGNATURE_FRAME_LEN or n >= PACKED_HEAD_MIN) and view[:4] == b"<ZMQ" and view[5:6] == b">"
+    n = len(frame)  # bytes, zmq.Frame and memoryview of bytes all have it: identities fail here
+    if n != SIGNATURE_FRAME_LEN and n < PACKED_HEAD_MIN:
+        return False
+    start = frame if isinstance(frame, bytes) else _view(frame)
+    return start[:4] == b"<ZMQ" and start[5:6] == b">"
 
 
 def split_body(frames: Sequence[Any]) -> tuple[list[bytes], list[Any]]:

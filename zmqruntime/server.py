@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import zmq
 from traitlets import Bool, CaselessStrEnum, Float, Int, Unicode, validate
 from traitlets.config import Configurable
+from zmq import NOBLOCK
 
 from . import __version__
 from . import curve as _curve
@@ -453,14 +454,22 @@ class ZMQServer(Configurable):
         assert sock is not None
         # frames: routing identity, signature, header, content, buffers; bytes: + framing slack
         max_frames, max_bytes = self.max_message_frames + 4, self.max_message_bytes + 4096
-        for _ in range(256):  # drain, but let other sockets and timers have a turn
-            if not readable(sock):  # cheaper than catching zmq.Again
-                return
-            frames, size, complete = recv_bounded(sock, max_frames, max_bytes)
+        # Called when the poll found a request: the first is read without asking again
+        # (NOBLOCK all the same); the rest are drained while readable() says so (cheaper
+        # than catching zmq.Again), 256 at most: other sockets and timers get a turn.
+        try:
+            frames, size, complete = recv_bounded(sock, max_frames, max_bytes, NOBLOCK)
+        except zmq.Again:
+            return
+        for turn in range(256):
+            if turn:
+                frames, size, complete = recv_bounded(sock, max_frames, max_bytes)
             if complete:
                 self._handle_request(frames, size)
             else:
                 self._refuse_oversized(frames, size > max_bytes)
+            if not readable(sock):
+                return
 
     def _refuse_oversized(self, frames: list[Any], too_many_bytes: bool) -> None:
         """A request over the frame-count or size limit, caught before any hashing: a
