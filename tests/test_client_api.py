@@ -8,11 +8,17 @@ import inspect
 import json
 import socket
 import threading
+import time
+from dataclasses import replace
 
 import pytest
+import zmq
 
 from helpers import ROOT
-from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError
+from zmqruntime import AsyncExecutionClient, ExecutionClient, ExecutionFailed, RemoteError, ServerUnavailable
+from zmqruntime import client as client_module
+from zmqruntime.client import DEFAULT_BUSY_POLL, ZMQClient
+from zmqruntime.protocol import BRIEF_PING
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -341,3 +347,77 @@ def test_the_asyncio_client_works_from_one_event_loop_to_the_next(server):
         assert asyncio.run(asyncio.wait_for(client.ping(), 30))["server_id"]
     finally:
         client.close()
+
+
+def _spins(wire: ZMQClient, spun: list, msg_type: str, content: dict) -> dict:
+    """The reply's content (ok or not) to a request sent with a full spin budget, plus ``spins``: how often it spun."""
+    before = len(spun)
+    wire._local.spin.seconds = wire.busy_poll
+    reply = wire.request(msg_type, content)
+    assert reply.msg_type == f"{msg_type}_reply"
+    return {**reply.content, "spins": len(spun) - before}
+
+
+def test_the_blocking_client_busy_polls_only_for_replies_that_start_no_work(server, monkeypatch):
+    """``busy_poll``: bad values refused; the spin is used for ping/status/list/sessions/results and
+    never for execute or cancel (a spin there takes the core the worker needs), nor when 0;
+    replies match either way, and a silent peer still times out within the request's timeout."""
+    info = server.client.info
+    for bad in (-0.001, 1.5, float("nan"), float("inf"), True, "0.001", None):
+        with pytest.raises(ValueError, match="busy_poll"):
+            ZMQClient(info, busy_poll=bad)
+
+    spun: list[float] = []
+    real_spin = client_module.spin_until_readable
+
+    def counting(socks, seconds, *args):
+        spun.append(seconds)
+        return real_spin(socks, seconds, *args)
+
+    monkeypatch.setattr(client_module, "spin_until_readable", counting)
+    pid = server.client.ping()["pid"]
+    for busy_poll in (0, DEFAULT_BUSY_POLL):
+        spun.clear()
+        wire = ZMQClient(info, timeout=30, busy_poll=busy_poll)
+        try:
+            assert [wire.call("ping", BRIEF_PING)["pid"] for _ in range(20)] == [pid] * 20
+            # how many of those spun depends on how fast replies came (a slow one halves the
+            # next spin); a full budget is set before each request below, so each must spin
+            reply = _spins(wire, spun, "execute", {"task": {"kind": "python", "code": "6 * 7"}})
+            exec_id = reply["execution_id"]
+            assert reply["spins"] == 0
+            assert _spins(wire, spun, "cancel", {"execution_id": exec_id})["spins"] == 0
+            for msg_type, content in [("status", {"execution_id": exec_id}), ("list", {}), ("sessions", {}),
+                                      ("results", {"execution_id": exec_id})]:
+                assert _spins(wire, spun, msg_type, content)["spins"] == (1 if busy_poll else 0), msg_type
+            stop = threading.Event()
+            other = threading.Thread(target=stop.wait, args=(30,))
+            other.start()  # another Python thread: a spin (it holds the GIL) would take its turns
+            try:
+                assert _spins(wire, spun, "status", {"execution_id": exec_id})["spins"] == 0
+            finally:
+                stop.set()
+                other.join(5)
+        finally:
+            wire.close()
+        if busy_poll:
+            assert spun[0] == busy_poll and all(0 < s <= busy_poll for s in spun), spun
+        else:
+            assert spun == []
+
+    with socket.socket() as probe:  # a peer that takes requests and never answers
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = zmq.Context()
+    silent = ctx.socket(zmq.ROUTER)
+    silent.bind(f"tcp://127.0.0.1:{port}")
+    wire = ZMQClient(replace(info, control_url=f"tcp://127.0.0.1:{port}", transport="tcp"), timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailable):
+            wire.call("ping", BRIEF_PING)
+        assert 0.45 <= time.monotonic() - started < 5
+    finally:
+        wire.close()
+        silent.close(0)
+        ctx.term()
