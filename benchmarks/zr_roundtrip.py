@@ -7,9 +7,12 @@ measured in the same run:
                     vs raw pyzmq DEALER/ROUTER       (target <= 1.5x)
   * ``ping_split``  the brief ping sent split (three frames, as a client that does not
                     pack them into one head frame): what packing saves, in the same run
+  * ``ping_sleeping`` the brief ping with the client's busy-poll off (it sleeps in ``poll``
+                    for the reply), as a client in a process with other Python threads
+                    (a Jupyter kernel) always waits: for reference
   * ``ping_full``   the full reply (identity and load, ~0.9 KB): for reference
   * no-op latency   ``run("None")`` (execute -> result), one at a time
-                    vs ipyparallel / dask / Ray      (target <= 0.5 ms, >= 5x / >= 3x faster)
+                    vs ipyparallel / dask / Ray      (target <= 0.5 ms, >= 8x / 15x / 3x faster)
   * pipelined       submit a batch of ``execute("None")``, then wait all and fetch all
                     results (as dask ``gather`` / ipyparallel ``get`` do)
                     vs ipyparallel / dask / Ray      (target >= 5x / >= 3x throughput)
@@ -46,6 +49,16 @@ def measure_ping_split(client) -> dict:
         return measure_ping(client)
     finally:
         client.session.packed = packed
+
+
+def measure_ping_sleeping(client) -> dict:
+    """The brief ping with the client's busy-poll off: what a client in a process with other Python
+    threads gets (a Jupyter kernel, a multi-threaded program), since only a lone thread spins."""
+    busy_poll, client._client.busy_poll = client._client.busy_poll, 0.0
+    try:
+        return measure_ping(client)
+    finally:
+        client._client.busy_poll = busy_poll
 
 
 def measure_ping_full(client) -> dict:
@@ -132,6 +145,7 @@ def measure() -> dict:
     return zr_server.measure_all({
         "ping": measure_ping,
         "ping_split": measure_ping_split,
+        "ping_sleeping": measure_ping_sleeping,
         "ping_full": measure_ping_full,
         "noop_latency": measure_noop_latency,
         "pipelined": measure_pipelined,

@@ -185,8 +185,8 @@ class ZMQClient(_BaseClient):
             self._discard_socket()
             raise self._unavailable(timeout, msg_type) from None
         # A spin holds the GIL: only while no other Python thread of the process could want it
-        spin: Optional[SpinBudget] = (self._local.spin if msg_type in SPIN_REQUESTS and threading.active_count() == 1
-                                      else None)
+        spin: Optional[SpinBudget] = (self._local.spin if self.busy_poll and msg_type in SPIN_REQUESTS
+                                      and threading.active_count() == 1 else None)
         sent = time.perf_counter()
         while True:
             remaining = deadline - time.monotonic()
