@@ -375,6 +375,10 @@ def test_the_blocking_client_busy_polls_only_for_replies_that_start_no_work(serv
         return real_spin(socks, seconds, *args)
 
     monkeypatch.setattr(client_module, "spin_until_readable", counting)
+    # The suite's own threads (a spawned server's reaper, say) may still be alive: this process
+    # counts as single-threaded until the part below that starts a thread on purpose.
+    lone_thread = client_module.lone_thread
+    monkeypatch.setattr(client_module, "lone_thread", lambda: True)
     pid = server.client.ping()["pid"]
     for busy_poll in (0, DEFAULT_BUSY_POLL):
         spun.clear()
@@ -393,9 +397,12 @@ def test_the_blocking_client_busy_polls_only_for_replies_that_start_no_work(serv
             stop = threading.Event()
             other = threading.Thread(target=stop.wait, args=(30,))
             other.start()  # another Python thread: a spin (it holds the GIL) would take its turns
+            monkeypatch.setattr(client_module, "lone_thread", lone_thread)
             try:
+                assert not lone_thread()
                 assert _spins(wire, spun, "status", {"execution_id": exec_id})["spins"] == 0
             finally:
+                monkeypatch.setattr(client_module, "lone_thread", lambda: True)
                 stop.set()
                 other.join(5)
         finally:

@@ -80,6 +80,12 @@ def needs_proof(info: ConnectionInfo) -> bool:
     return info.transport == "tcp" and not getattr(info, "curve_server_key", "")
 
 
+def lone_thread() -> bool:
+    """Whether this is the process's only Python thread: a busy-poll holds the GIL, so it
+    spins only while no other thread could want it."""
+    return threading.active_count() == 1
+
+
 class _BaseClient:
     def __init__(self, info: ConnectionInfo, timeout: float = DEFAULT_TIMEOUT):
         self.info = info
@@ -184,9 +190,8 @@ class ZMQClient(_BaseClient):
         except zmq.Again:
             self._discard_socket()
             raise self._unavailable(timeout, msg_type) from None
-        # A spin holds the GIL: only while no other Python thread of the process could want it
         spin: Optional[SpinBudget] = (self._local.spin if self.busy_poll and msg_type in SPIN_REQUESTS
-                                      and threading.active_count() == 1 else None)
+                                      and lone_thread() else None)
         sent = time.perf_counter()
         while True:
             remaining = deadline - time.monotonic()
