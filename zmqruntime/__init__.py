@@ -6,8 +6,8 @@ The public API, re-exported::
 
 Names are imported on first use (PEP 562): a worker or server process,
 which imports ``zmqruntime.<module>`` for its own part, then does not also
-load the clients (and asyncio with them): 0.17 -> 0.06 s of a worker's
-start-up here, paid on every cold start.
+load the clients (and asyncio with them). A worker's imports took 0.17 s
+with them and 0.08 s without, on every cold start.
 """
 
 from __future__ import annotations
