@@ -12,8 +12,7 @@ with them and 0.08 s without, on every cold start.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -26,6 +25,7 @@ from .errors import (  # noqa: E402  (light: every entry point raises them)
     ServerUnavailable,
     ZMQRuntimeError,
 )
+from .lazy import lazy_names  # noqa: E402
 
 if TYPE_CHECKING:
     from .execution import AsyncExecutionClient, Event, ExecutionClient, ExecutionServer, Subscription, TaskContext
@@ -48,14 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, __all__)

@@ -192,7 +192,7 @@ class ZMQClient(_BaseClient):
             raise self._unavailable(timeout, msg_type) from None
         spin: Optional[SpinBudget] = (self._local.spin if self.busy_poll and msg_type in SPIN_REQUESTS
                                       and lone_thread() else None)
-        sent = time.perf_counter()
+        sent = time.perf_counter() if spin is not None else 0.0
         while True:
             remaining = deadline - time.monotonic()
             ready = None

@@ -6,8 +6,9 @@ The public names are imported on first use (PEP 562), so the worker process
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .client import AsyncExecutionClient, Event, ExecutionClient, Subscription
@@ -23,14 +24,4 @@ _LAZY = {
 __all__ = ["AsyncExecutionClient", "Event", "ExecutionClient", "ExecutionServer", "Subscription", "TaskContext"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY, __all__)
