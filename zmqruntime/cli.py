@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .errors import RemoteError, ServerStartError, ServerUnavailable
 from .options import (  # noqa: F401 (re-exported)
@@ -41,6 +41,9 @@ from .options import (  # noqa: F401 (re-exported)
     session_name,
 )
 from .transport import DEFAULT_PORT
+
+if TYPE_CHECKING:
+    from .execution.worker_process import WorkerHandle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "serve":
-        return serve(args, _traitlets_config(parser, extra))
+        early = _start_early_worker(args, extra)  # first: it boots while the server's modules load
+        return serve(args, _traitlets_config(parser, extra) if extra else None, early)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
@@ -175,7 +179,40 @@ def _traitlets_config(parser: argparse.ArgumentParser, extra: list[str]) -> Any:
         parser.error(f"bad configuration option {' '.join(extra)}: {exc}")
 
 
-def serve(args: argparse.Namespace, config: Any = None) -> int:
+def _start_early_worker(args: argparse.Namespace, extra: list[str]) -> Optional[WorkerHandle]:
+    """The server's first spare worker, started before the server is imported (a ``WorkerHandle``).
+
+    A cold start then waits for the slower of the two interpreters' boots, not
+    for both in turn. Only for the local backend with no configuration
+    options, which could change what a worker is started with (the server
+    discards a worker started for other settings). None: the server starts
+    its own, and reports why if it cannot.
+    """
+    if args.backend not in (None, "local") or args.scheduler is not None or extra:
+        return None
+    from .execution.worker_process import DEFAULT_SERVER_CLASS, WorkerSpec, start_worker
+    from .protocol import new_key
+    from .transport import runtime_dir
+
+    try:
+        return start_worker(WorkerSpec(new_key(), args.server_class or DEFAULT_SERVER_CLASS, {}, str(runtime_dir())))
+    except Exception:  # an optimisation only: the server meets the same problem and reports it
+        return None
+
+
+def serve(args: argparse.Namespace, config: Any = None, early_worker: Optional[WorkerHandle] = None) -> int:
+    """Run a server in the foreground; ``early_worker`` (``_start_early_worker``) becomes its first spare."""
+    not_handed_over = [early_worker] if early_worker is not None else []
+    try:
+        return _serve(args, config, not_handed_over)
+    finally:
+        if not_handed_over:  # the server never got as far as its backend: nobody else will stop it
+            from .execution.worker_process import discard_worker
+
+            discard_worker(not_handed_over.pop())
+
+
+def _serve(args: argparse.Namespace, config: Any, early_worker: list[WorkerHandle]) -> int:
     from traitlets import TraitError
 
     from .execution.server import ExecutionServer
@@ -188,7 +225,7 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
         backend_class=args.backend, session_idle_timeout=args.session_idle_timeout,
         parent_pid=args.parent_pid, allow_public_bind=args.allow_public_bind, curve=args.curve,
         cancel_grace_period=args.cancel_grace_period,
-        worker_server_class=args.server_class or None,
+        worker_server_class=args.server_class or None, key=early_worker[0].spec.key if early_worker else None,
     )
     if args.scheduler is not None:
         if args.backend not in (None, "dask"):
@@ -208,6 +245,9 @@ def serve(args: argparse.Namespace, config: Any = None) -> int:
     except (ServerStartError, ValueError, TraitError) as exc:
         print(f"zmqruntime serve: {exc}", file=sys.stderr)
         return 3
+    adopt = getattr(server.backend, "adopt_spare", None)
+    if early_worker and adopt is not None:
+        adopt(early_worker.pop())  # the backend's from here: kept as a spare if started for its settings
     print(f"zmqruntime server pid {os.getpid()} ready: control {info.control_url}, data {info.data_url}", flush=True)
     try:
         server.serve_forever()

@@ -48,10 +48,6 @@ def secure_worker_router(sock: zmq.Socket, zap: Any, is_worker_pid: Callable[[in
     sock.setsockopt(zmq.RECONNECT_IVL, 5)  # a new worker binds a moment after it is started
 
 
-def worker_endpoint(directory: Any, server_pid: int, worker_id: str) -> str:
-    return f"ipc://{directory}/zmqr-w-{server_pid}-{worker_id}"
-
-
 def forget_endpoint(sock: zmq.Socket, url: str) -> None:
     """Stop connecting to a dead worker's endpoint and remove its socket file."""
     try:

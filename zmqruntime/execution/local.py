@@ -41,10 +41,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import zmq
@@ -52,39 +49,16 @@ from traitlets import Dict, Float, Int, Unicode
 
 from ..frames import send_frames
 from ..polling import readable
-from ..protocol import EVENT_FRAMES, new_id, unpack_frames
+from ..protocol import EVENT_FRAMES, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
-from .cancel_pipe import CANCEL, DROP, CancelWriter, open_pipe
-from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router, worker_endpoint
+from .cancel_pipe import CANCEL, DROP
+from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router
+from .worker_process import WorkerHandle, WorkerSpec, discard_worker, start_worker
 
 CHECK_INTERVAL = 0.05
 #: Longest wait before a worker start is tried again after new workers kept dying at start.
 MAX_START_BACKOFF = 5.0
-
-
-@dataclass
-class WorkerHandle:
-    worker_id: str
-    process: subprocess.Popen
-    url: str  # the IPC endpoint the worker binds
-    cancels: CancelWriter  # names what to stop (cancel_pipe.py)
-    session: Optional[str] = None
-    ready: bool = False
-    execution_id: Optional[str] = None
-    escalation: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
-    released: bool = False  # we asked it to exit: its exit is no loss
-    #: Executions handed ahead, in the order it starts them.
-    ahead: deque[str] = field(default_factory=deque)
-    #: Cancelled while ahead (still in ``ahead``): dropped there, or interrupted if it started first.
-    cancelled_ahead: set[str] = field(default_factory=set)
-    #: Taken back while ahead: dropped there, or (if it started first) it runs; its 'dropped' or
-    #: 'finished' says which.
-    taken_back: set[str] = field(default_factory=set)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
 
 def describe_exit(exit_code: int) -> str:
@@ -129,6 +103,7 @@ class LocalBackend(ExecutionBackend):
         self.error: Optional[str] = None  # why workers cannot be started, while they cannot
         self._startup_failures = 0  # workers in a row that died before they were ready
         self._next_start = 0.0  # monotonic: no start attempt before this
+        self._early: Optional[WorkerHandle] = None  # started before the server (adopt_spare)
 
     # -- lifecycle ----------------------------------------------------------
     def start(self, host: BackendHost) -> None:
@@ -141,6 +116,7 @@ class LocalBackend(ExecutionBackend):
                              lambda pid: any(h.pid == pid for h in self.workers.values()))
         host.add_socket(self.sock, self._on_message)
         self.running = True
+        self._adopt_early()
         self._top_up_spares()
         host.call_later(CHECK_INTERVAL, self._check)
 
@@ -148,6 +124,9 @@ class LocalBackend(ExecutionBackend):
         import time
 
         self.running = False
+        if self._early is not None:  # never started
+            discard_worker(self._early)
+            self._early = None
         for handle in self.workers.values():
             self._send(handle, {"type": "exit"})
         deadline = time.monotonic() + timeout
@@ -244,29 +223,44 @@ class LocalBackend(ExecutionBackend):
         return None if handle is None else handle.pid
 
     # -- internals --------------------------------------------------------------
+    def spec(self) -> WorkerSpec:
+        """What this backend starts its workers with (the server's key: known once it is the host)."""
+        assert self.host is not None
+        return WorkerSpec(self.host.key, self.server_class, dict(self.task_kind_classes), self.directory)
+
+    def adopt_spare(self, handle: WorkerHandle) -> None:
+        """A worker started before the server (``zmqruntime serve``): kept as the first spare at
+        ``start`` if it was started for this backend's spec, else discarded there."""
+        self._early = handle
+
+    def _adopt_early(self) -> None:
+        handle, self._early = self._early, None
+        if handle is None:
+            return
+        why = ("it exited" if handle.process.poll() is not None else "no spares are kept" if not self.spare_workers
+               else "it was started for other settings" if handle.spec != self.spec() else None)
+        if why is not None:
+            self.log.info("discarded worker pid %d, started before the server: %s", handle.pid, why)
+            discard_worker(handle)
+            return
+        self._register(handle, "adopted worker %s (pid %d), started before the server")
+        self.spares.append(handle)
+
+    def _bulk_settings(self) -> Optional[str]:
+        """The server's result-file settings (``spill.Settings``), as workers read them."""
+        files = getattr(self.host, "files", None)
+        return None if files is None else str(files.settings.to_env())
+
     def _spawn(self) -> WorkerHandle:
-        assert self.host is not None and self.sock is not None
-        worker_id = f"w-{new_id()[:8]}"
-        url = worker_endpoint(self.directory, os.getpid(), worker_id)
-        read_fd, cancels = open_pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "zmqruntime.execution", "--url", url,
-                 "--worker-id", worker_id, "--server-class", self.server_class, "--parent-pid", str(os.getpid()),
-                 "--task-kinds", json.dumps(dict(self.task_kind_classes)), "--cancel-fd", str(read_fd)],
-                env=dict(os.environ, ZMQRUNTIME_WORKER_KEY=self.host.key), stdin=subprocess.DEVNULL,
-                pass_fds=(read_fd,),
-            )
-        except BaseException:
-            cancels.close()
-            raise
-        finally:
-            os.close(read_fd)
-        handle = WorkerHandle(worker_id, process, url, cancels)
-        self.workers[worker_id] = handle
-        self.sock.connect(url)
-        self.log.info("started worker %s (pid %d)", worker_id, process.pid)
+        handle = start_worker(self.spec())
+        self._register(handle)
         return handle
+
+    def _register(self, handle: WorkerHandle, what: str = "started worker %s (pid %d)") -> None:
+        assert self.sock is not None
+        self.workers[handle.worker_id] = handle  # before it connects: the ZAP check asks for its pid
+        self.sock.connect(handle.url)
+        self.log.info(what, handle.worker_id, handle.pid)
 
     def _try_spawn(self) -> Optional[WorkerHandle]:
         """A new worker, or None (and the reason reported) when none can be started now."""
@@ -416,6 +410,7 @@ class LocalBackend(ExecutionBackend):
                 continue
             if msg_type == "ready":
                 handle.ready = True
+                self._send(handle, {"type": "settings", "bulk": self._bulk_settings()})
                 self._startup_failures = 0
                 if handle.session is not None:  # a session waits for it
                     host.backend_ready()

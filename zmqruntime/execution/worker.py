@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import zmq
 
+from .. import spill
 from ..frames import recv_frames, send_frames
 from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
@@ -310,6 +311,11 @@ class Worker:
             self.submitted = msg["execution_id"]
             self.pending.extend((run, []) for run in msg.get("ahead", ()))
             self.chain_open = bool(msg.get("ahead"))
+        elif msg["type"] == "settings":  # sent first: this worker may have started before the server knew them
+            if isinstance(msg.get("bulk"), str):
+                os.environ[spill.ENV] = msg["bulk"]  # where large results go (spill.py)
+            else:
+                os.environ.pop(spill.ENV, None)
         elif msg["type"] == "ahead" and msg["after"] == self._last_given(ended):
             self.pending.extend((run, []) for run in msg["runs"])
             self.chain_open = True
