@@ -5,6 +5,7 @@ that worker only if it was started for the server's own settings."""
 from __future__ import annotations
 
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -39,12 +40,22 @@ def result_via_shared_memory(client, shm_dir: Path) -> None:
 
 
 def test_the_first_spare_is_started_early_and_adopted(start_server, private_shm_dir):
-    server = start_server()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)  # the server raises its own soft limit (towards the hard one) when it binds
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        server = start_server()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     wait_until(lambda: "adopted worker" in log_text(server), 30)
     adopted = re.search(r"adopted worker (w-\w+) \(pid (\d+)\)", log_text(server))
     assert adopted is not None
     pid = int(adopted.group(2))
     assert [p.pid for p in worker_children(server)] == [pid]  # no second worker was started beside it
+    wait_until(lambda: server.client.ping()["workers"][0]["ready"], 30)
+    # Started before the server raised its open-file limit, it has the same one.
+    limit = psutil.Process(server.pid).rlimit(psutil.RLIMIT_NOFILE)
+    assert limit[0] > low and psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE) == limit
     assert "discarded worker" not in log_text(server)
     # The first session runs on it, and it got the settings the server made after it started.
     result_via_shared_memory(server.client, private_shm_dir)

@@ -4,7 +4,9 @@ Each session's namespace lives in its own worker process (``worker.py``),
 started on the session's first execution and kept until the server releases
 the session (idle reaping, a deliberate reset) or the process dies. One
 spare worker is kept started and idle, so a new session's first execution
-does not wait for a Python interpreter to boot.
+does not wait for a Python interpreter to boot; ``zmqruntime serve`` starts
+the first one before it imports the server (``worker_process.py``), and the
+backend adopts it if it was started with this backend's ``WorkerSpec``.
 
 Each worker binds an IPC endpoint of its own in the private runtime
 directory and the server's ROUTER connects to it, admitting only our uid

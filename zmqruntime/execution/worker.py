@@ -48,6 +48,7 @@ import zmq
 
 from .. import spill
 from ..frames import recv_frames, send_frames
+from ..limits import raise_fd_limit
 from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
 from .cancel_pipe import CancelReader
@@ -385,6 +386,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error("ZMQRUNTIME_WORKER_KEY is not set")
     if os.getppid() != args.parent_pid:  # the server died while we were starting
         sys.exit(3)
+    raise_fd_limit()  # as the server's own: whether or not it was started before the server raised its limit
     Worker(args.url, key, args.worker_id, args.server_class, args.parent_pid, args.task_kinds,
            args.cancel_fd).run_forever()
 
