@@ -45,6 +45,7 @@ from traitlets import Dict, Float, Int, Unicode
 
 from ..errors import ServerStartError
 from .backend import BackendHost, ExecutionBackend, Job, Loss
+from .worker_process import DEFAULT_SERVER_CLASS
 
 log = logging.getLogger("zmqruntime.execution")
 
@@ -71,7 +72,7 @@ class DaskBackend(ExecutionBackend):
                                           "restarted.").tag(config=True)
     kill_grace_period = Float(1.0, help="Unused by dask (the scheduler restarts workers); kept so the "
                                         "server's setting applies to every backend.").tag(config=True)
-    server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
+    server_class = Unicode(DEFAULT_SERVER_CLASS,
                            help="module:Class whose execute_task runs tasks on the workers.").tag(config=True)
     task_kind_classes = Dict(Unicode(), help="Extra task kinds the workers load (name -> module:Class).").tag(
         config=True)

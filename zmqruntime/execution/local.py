@@ -56,7 +56,7 @@ from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
 from .cancel_pipe import CANCEL, DROP
 from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router
-from .worker_process import WorkerHandle, WorkerSpec, discard_worker, start_worker
+from .worker_process import DEFAULT_SERVER_CLASS, WorkerHandle, WorkerSpec, discard_worker, start_worker
 
 CHECK_INTERVAL = 0.05
 #: Longest wait before a worker start is tried again after new workers kept dying at start.
@@ -85,7 +85,7 @@ class LocalBackend(ExecutionBackend):
     ahead = Int(32, help="Executions of a busy session handed to its worker at once, so each starts the moment "
                          "the one before ends (0: one at a time).").tag(config=True)
     spare_workers = Int(1, help="Workers kept started and idle, so a new session starts at once.").tag(config=True)
-    server_class = Unicode("zmqruntime.execution.server:ExecutionServer",
+    server_class = Unicode(DEFAULT_SERVER_CLASS,
                            help="module:Class the workers import to run tasks (its execute_task).").tag(config=True)
     task_kind_classes = Dict(Unicode(), help="Extra task kinds the workers load (name -> module:Class).").tag(
         config=True)
@@ -239,14 +239,23 @@ class LocalBackend(ExecutionBackend):
         handle, self._early = self._early, None
         if handle is None:
             return
-        why = ("it exited" if handle.process.poll() is not None else "no spares are kept" if not self.spare_workers
-               else "it was started for other settings" if handle.spec != self.spec() else None)
+        why = self._unfit(handle)
         if why is not None:
             self.log.info("discarded worker pid %d, started before the server: %s", handle.pid, why)
             discard_worker(handle)
             return
         self._register(handle, "adopted worker %s (pid %d), started before the server")
         self.spares.append(handle)
+
+    def _unfit(self, handle: WorkerHandle) -> Optional[str]:
+        """Why a worker started before the server cannot be this backend's spare (None: it can)."""
+        if handle.process.poll() is not None:
+            return "it exited"
+        if not self.spare_workers:
+            return "no spares are kept"
+        if handle.spec != self.spec():
+            return "it was started for other settings"
+        return None
 
     def _bulk_settings(self) -> Optional[str]:
         """The server's result-file settings (``spill.Settings``), as workers read them."""

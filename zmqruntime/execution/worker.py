@@ -377,7 +377,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--worker-id", required=True)
     parser.add_argument("--parent-pid", type=int, required=True, help="the server: exit when it is gone")
-    parser.add_argument("--server-class", default="zmqruntime.execution.server:ExecutionServer")
+    parser.add_argument("--server-class", required=True, help="module:Class whose execute_task runs the tasks")
     parser.add_argument("--task-kinds", type=json.loads, default={}, help="extra task kinds, JSON: name -> module:Class")
     parser.add_argument("--cancel-fd", type=int, default=None, help="read end of the cancel pipe (cancel_pipe.py)")
     args = parser.parse_args(argv)
