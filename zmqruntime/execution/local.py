@@ -123,8 +123,6 @@ class LocalBackend(ExecutionBackend):
         host.call_later(CHECK_INTERVAL, self._check)
 
     def stop(self, timeout: float = 2.0) -> None:
-        import time
-
         self.running = False
         if self._early is not None:  # never started
             discard_worker(self._early)
