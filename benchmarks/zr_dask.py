@@ -3,7 +3,7 @@
 Why: the dask backend must cost little on top of dask itself, and scale out:
 
   * no-op execute -> result through a ``--backend dask`` server vs raw
-    ``client.submit(noop).result()`` on the same LocalCluster (target <= 1.2x);
+    ``client.submit(noop).result()`` on the same LocalCluster, in alternating blocks (target <= 1.2x);
   * progress events/s from a task running on a dask worker, none lost (>= 10k/s);
   * a CPU-bound ``parallel_map`` on 2 workers vs 1 (target >= 1.8x on 2 cores),
     beside dask's own ``client.map`` speedup on the same cluster and work; both
@@ -23,6 +23,7 @@ import time
 from benchmarks import common, zr_server
 
 NOOP = "None"
+NOOP_BLOCKS = 6  # raw and zmqruntime no-op samples alternate in this many blocks
 
 
 def _noop() -> None:
@@ -58,11 +59,11 @@ def measure() -> dict:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as raw:
         n = common.scaled(300, minimum=3)
-        raw_lat = common.time_each(lambda: raw.submit(_noop, pure=False).result(), n=n, warmup=20)
-        out["raw_submit_result"] = common.summarize(raw_lat, "ms", 1e3)
         with zr_server.running_server(("--backend", "dask", "--scheduler", cluster.scheduler_address,
                                        "--ExecutionServer.concurrency=2")) as (client, _port):
-            zr_lat = common.time_each(lambda: client.run(NOOP, timeout=60), n=n, warmup=20)
+            raw_lat, zr_lat = _alternating(lambda: raw.submit(_noop, pure=False).result(),
+                                           lambda: client.run(NOOP, timeout=60), n)
+            out["raw_submit_result"] = common.summarize(raw_lat, "ms", 1e3)
             out["zr_noop"] = common.summarize(zr_lat, "ms", 1e3)
             out["overhead_ratio"] = round(out["zr_noop"]["median_ms"] / out["raw_submit_result"]["median_ms"], 3)
             out["progress"] = common.guarded(_progress_rate, client)
@@ -85,6 +86,22 @@ def measure() -> dict:
         out["raw_map_speedup"] = round(serial / (time.perf_counter() - t0), 2)
     out["local"] = common.guarded(_local_vs_process_pool)
     return out
+
+
+def _alternating(raw_call, zr_call, n: int) -> tuple[list[float], list[float]]:
+    """``n`` samples of each, in alternating blocks (raw first, then zmqruntime first, ...) on the same
+    cluster: a slow stretch of the machine, or of dask's own timing, falls on both sides of the ratio."""
+    raw_lat: list[float] = []
+    zr_lat: list[float] = []
+    common.time_each(raw_call, n=0, warmup=20)
+    common.time_each(zr_call, n=0, warmup=20)
+    blocks = min(NOOP_BLOCKS, n)
+    for block in range(blocks):
+        size = n // blocks + (1 if block < n % blocks else 0)
+        sides = [(raw_call, raw_lat), (zr_call, zr_lat)]
+        for call, samples in sides if block % 2 == 0 else sides[::-1]:
+            samples += common.time_each(call, n=size, warmup=2)
+    return raw_lat, zr_lat
 
 
 def _timed(client, expr: str) -> float:
