@@ -310,11 +310,34 @@ def kernel_widget_row(r: dict) -> Row:
                 "kernel_cpu_pct": get(r, *k, "kernel_cpu_pct"), "kernel_events": get(r, *k, "kernel_events")})
 
 
+def ping_profile_row(r: dict) -> Row:
+    """Where a brief ping's time goes (``profile_ping``): the server's main-thread CPU per ping
+    beside the raw echo's, and its steps timed in place beside the same steps in a tight loop."""
+    k = "profile_ping"
+    ours, raw = get(r, k, "zmqruntime_not_spinning", "server", "main_us"), get(r, k, "raw_echo", "server", "main_us")
+    steps = {name: get(r, k, "in_place_us", name) for name in PING_STEPS}
+    loop = {name: get(r, k, "tight_loop_us", name) for name in ("verify and decode", "encode and sign the reply")}
+    slower = [steps[n] / loop[n] for n in loop if steps.get(n) and loop.get(n)]
+    factor = sum(slower) / len(slower) if slower else None
+    return Row("ping: where the server's time goes (profile)",
+               f"server main thread {fmt(ours, '.0f', ' us')} CPU per ping, not spinning; in place: "
+               + ", ".join(f"{name} {fmt(v, '.1f')}" for name, v in steps.items()) + " us",
+               f"raw echo's main thread {fmt(raw, '.0f', ' us')}; tight loop: verify and decode "
+               f"{fmt(loop['verify and decode'], '.1f')}, encode and sign {fmt(loop['encode and sign the reply'], '.1f')} us",
+               f"in place {fmt(factor, '.1f', 'x')} the tight loop", "(for reference)", "n/a", error_of(r, k),
+               {"server_main_us": ours, "raw_server_main_us": raw, "in_place_us": steps, "tight_loop_us": loop,
+                "in_place_factor": factor})
+
+
+PING_STEPS = ("handle_request (all of a request)", "verify and decode", "replay check", "encode and sign the reply",
+              "send the reply", "receive the request")
+
+
 def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
     from benchmarks.rows_kernel_flood import flood_rows
 
-    return [ping_row(results), ping_full_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
+    return [ping_row(results), ping_full_row(results), ping_profile_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results), server_cpu_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),

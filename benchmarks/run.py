@@ -45,6 +45,7 @@ MODULES = {
     "ipyparallel": ("baseline_ipyparallel", 150),
     "dask": ("baseline_dask", 150),
     "zr_roundtrip": ("zr_roundtrip", 120),
+    "profile_ping": ("profile_ping", 120),
     "zr_progress": ("zr_progress", 120),
     "zr_bigresult": ("zr_bigresult", 120),
     "zr_cancel": ("zr_cancel", 90),
@@ -66,6 +67,7 @@ MODULES = {
 GROUPS = [
     (("raw_reqrep", "zr_roundtrip", "ipyparallel", "dask", "ray"), True),
     (("raw_zerocopy", "zr_bigresult", "ray_bigresult"), True),
+    (("profile_ping",), False),
     (("zr_progress",), False),
     (("zr_cancel",), False),
     (("zr_coldstart",), False),

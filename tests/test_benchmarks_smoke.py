@@ -21,7 +21,7 @@ from benchmarks import report
 from benchmarks.rows_kernel_flood import flood_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-ZR_KEYS = ["zr_roundtrip", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel", "zr_kernel_flood",
+ZR_KEYS = ["zr_roundtrip", "profile_ping", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel", "zr_kernel_flood",
            "curve_clients", "curve_records", "curve_sizes", "curve_panels", "curve_watchers"]
 BASELINE_KEYS = ["raw_reqrep", "raw_zerocopy"]
 PEER_KEYS = ["ipyparallel", "dask", "ray", "ray_bigresult"]  # optional extras: figures, or said to be not installed

@@ -1,0 +1,216 @@
+"""Where a brief ping's time goes: CPU per round trip by thread, and the server's steps in place.
+
+Why: ``ping`` is judged against a raw pyzmq DEALER/ROUTER echo; the gap is
+the Python zmqruntime runs per request (verify, replay check, dispatch, sign,
+frame) on both sides. This module measures that gap instead of guessing it,
+in three parts, each on a server of its own:
+
+  * ``cpu``: CPU per round trip of every thread (main and ZeroMQ I/O, server
+    and client), read from ``/proc`` over N round trips: the raw echo (the
+    baseline's pattern and transport, IPC), ``zmqruntime serve`` as run (its
+    busy-poll on, so idle spinning is counted too), and with its busy-poll
+    off (``--ExecutionServer.busy_poll=0``: the server's main thread then
+    spends CPU only on requests and wake-ups);
+  * ``in_place``: the same server class run in a child process of this
+    module with its steps wrapped in clocks (``_handle_request``, verify and
+    decode, the replay check, encode and sign, send, receive): microseconds
+    per ping of each while real pings arrive. The clocks add ~0.2 µs a step;
+  * ``tight_loop``: the same decode and encode steps timed here, over and
+    over, on one message: what they cost with every cache warm.
+
+``in_place / tight_loop`` is the factor by which Python runs slower between
+sleeps and wake-ups than in a loop; with the server's step times it says how
+much of the gap is Python (and what a compiled codec could take away).
+Figures for reference only, never judged.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import timeit
+
+from benchmarks import common, zr_server
+
+PAYLOAD = b'{"type": "ping", "id": "0123456789abcdef"}'
+STATS_MARKER = "@@PING-STAGES@@"
+WARMUP = 2000
+
+
+def _rounds() -> int:
+    return common.sized(common.scaled(20000) * common.ROUNDS, 200)
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    import psutil
+
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
+
+
+def _per_round(before: dict[int, float], after: dict[int, float], main: int, n: int) -> dict:
+    """Microseconds of CPU per round trip: the main thread, and the rest (ZeroMQ's I/O thread, any other)."""
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
+    main_us = spent.get(main, 0.0) / n * 1e6
+    return {"main_us": round(main_us, 1), "other_threads_us": round(sum(spent.values()) / n * 1e6 - main_us, 1)}
+
+
+def _measure_cpu(round_trip, server_pid: int, n: int) -> dict:
+    for _ in range(WARMUP):
+        round_trip()
+    me = os.getpid()
+    s0, c0 = _thread_cpu(server_pid), _thread_cpu(me)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        round_trip()
+    wall = time.perf_counter() - t0
+    s1, c1 = _thread_cpu(server_pid), _thread_cpu(me)
+    return {"round_trip_us": round(wall / n * 1e6, 1), "server": _per_round(s0, s1, server_pid, n),
+            "client": _per_round(c0, c1, me, n)}
+
+
+def raw_echo_cpu(n: int) -> dict:
+    import zmq
+
+    directory = tempfile.mkdtemp(prefix="bench-echo-")
+    url = f"ipc://{directory}/echo"
+    echo = common.spawn_python(["-c", "import zmq, sys\ns = zmq.Context().socket(zmq.ROUTER); s.bind(sys.argv[1])\n"
+                                      "print('ready', flush=True)\n"
+                                      "while True: s.send_multipart(s.recv_multipart())", url])
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        common.read_line(echo, 20, "ready")
+        sock.connect(url)
+
+        def round_trip() -> None:
+            sock.send(PAYLOAD)
+            sock.recv()
+
+        return _measure_cpu(round_trip, echo.pid, n)
+    finally:
+        sock.close(0)
+        ctx.term()
+        common.reap(echo)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def zmqruntime_cpu(n: int, server_args: tuple[str, ...] = ()) -> dict:
+    with zr_server.running_server(server_args) as (client, _port):
+        pid = client.ping()["pid"]
+        return _measure_cpu(lambda: client.ping(brief=True), pid, n)
+
+
+# ------------------------------------------------------------------ the server in place
+
+
+def serve_instrumented(port: int, skip: int) -> None:
+    """Child: the server ``zmqruntime serve`` runs, in this process, its steps wrapped in clocks;
+    the first ``skip`` requests are not counted (warm-up); on shutdown, print the figures."""
+    import zmqruntime.server as server_module
+    from zmqruntime.execution.server import ExecutionServer
+
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    counting = [False]
+    clock = time.perf_counter_ns
+
+    def wrap(owner, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t0 = clock()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                if counting[0]:
+                    spent[label] += clock() - t0
+                    calls[label] += 1
+        setattr(owner, name, timed)
+
+    server = ExecutionServer(port=port)
+    server.bind()
+    handle = server._handle_request
+    seen = [0]
+
+    def handle_request(frames, size):
+        seen[0] += 1
+        counting[0] = seen[0] > skip
+        t0 = clock()
+        handle(frames, size)
+        if counting[0]:
+            spent["handle_request (all of a request)"] += clock() - t0
+            calls["handle_request (all of a request)"] += 1
+    server._handle_request = handle_request
+    wrap(server.session, "deserialize", "verify and decode")
+    wrap(server.replay, "check", "replay check")
+    wrap(server.session, "serialize", "encode and sign the reply")
+    wrap(server_module, "send_frames", "send the reply")
+    wrap(server_module, "recv_bounded", "receive the request")
+    print("ready", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        n = max(1, calls["handle_request (all of a request)"] - 1)  # the last is the shutdown
+        print(STATS_MARKER, json.dumps({label: round(ns / n / 1e3, 2) for label, ns in spent.items()}), flush=True)
+
+
+def in_place(n: int) -> dict:
+    with zr_server.private_runtime_dir() as rdir:
+        port = common.free_port_pair(zr_server.CONTROL_OFFSET)
+        child = common.spawn_python(["-m", "benchmarks.profile_ping", "--serve", str(port), str(WARMUP)],
+                                    env=common.python_env({"ZMQRUNTIME_RUNTIME_DIR": str(rdir)}))
+        client = None
+        try:
+            common.read_line(child, 30, "ready")
+            ExecutionClient, _ = zr_server.import_api()
+            client = ExecutionClient(port=port, auto_spawn=False)
+            for _ in range(WARMUP + n):
+                client.ping(brief=True)
+            client.shutdown()
+            line = common.read_line(child, 30, STATS_MARKER)
+            return json.loads(line)
+        finally:
+            if client is not None:
+                client.close()
+            common.reap(child)
+
+
+def tight_loop() -> dict:
+    """The decode and encode of a brief ping, timed over and over on one message (caches warm)."""
+    from zmqruntime import protocol
+
+    session = protocol.Session(protocol.new_key(), scheme=protocol.BLAKE3, packed=True)
+    frames, msg_id = session.serialize_request("ping", {"brief": True})
+    frames = [b"0123456789", *frames]  # as the ROUTER delivers it: the client's identity first
+    reply = {"ok": True, "server_id": "0123456789ab", "pid": 12345, "version": "1.0", "uptime": 12.345678}
+    number = common.sized(20000, 200)
+
+    def per_call(fn) -> float:
+        return round(min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6, 2)
+
+    return {"verify and decode": per_call(lambda: session.deserialize(frames)),
+            "encode and sign the reply": per_call(lambda: session.serialize(
+                "ping_reply", reply, parent_id=msg_id, scheme=protocol.BLAKE3, packed=True))}
+
+
+def measure() -> dict:
+    n = _rounds()
+    out = {"round_trips": n}
+    out["raw_echo"] = common.guarded(raw_echo_cpu, n)
+    out["zmqruntime"] = common.guarded(zmqruntime_cpu, n)
+    out["zmqruntime_not_spinning"] = common.guarded(zmqruntime_cpu, n, ("--ExecutionServer.busy_poll=0",))
+    out["in_place_us"] = common.guarded(in_place, n)
+    out["tight_loop_us"] = common.guarded(tight_loop)
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve_instrumented(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        common.child_main(measure)
