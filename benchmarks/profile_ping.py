@@ -11,6 +11,8 @@ in three parts, each on a server of its own:
     busy-poll on, so idle spinning is counted too), and with its busy-poll
     off (``--ExecutionServer.busy_poll=0``: the server's main thread then
     spends CPU only on requests and wake-ups);
+  * ``noop``: the same for a no-op ``run()`` (execute -> result), with the
+    session's worker process beside the server and the client;
   * ``in_place``: the same server class run in a child process of this
     module with its steps wrapped in clocks (``_handle_request``, verify and
     decode, the replay check, encode and sign, send, receive): microseconds
@@ -59,18 +61,19 @@ def _per_round(before: dict[int, float], after: dict[int, float], main: int, n: 
     return {"main_us": round(main_us, 1), "other_threads_us": round(sum(spent.values()) / n * 1e6 - main_us, 1)}
 
 
-def _measure_cpu(round_trip, server_pid: int, n: int) -> dict:
+def _measure_cpu(round_trip, server_pid: int, n: int, others: dict[str, int] | None = None) -> dict:
+    """Wall and CPU per round trip of ``n`` calls: the server, this client, and any ``others`` (name -> pid)."""
     for _ in range(WARMUP):
         round_trip()
-    me = os.getpid()
-    s0, c0 = _thread_cpu(server_pid), _thread_cpu(me)
+    pids = {"server": server_pid, "client": os.getpid(), **(others or {})}
+    before = {name: _thread_cpu(pid) for name, pid in pids.items()}
     t0 = time.perf_counter()
     for _ in range(n):
         round_trip()
     wall = time.perf_counter() - t0
-    s1, c1 = _thread_cpu(server_pid), _thread_cpu(me)
-    return {"round_trip_us": round(wall / n * 1e6, 1), "server": _per_round(s0, s1, server_pid, n),
-            "client": _per_round(c0, c1, me, n)}
+    after = {name: _thread_cpu(pid) for name, pid in pids.items()}
+    return {"round_trip_us": round(wall / n * 1e6, 1),
+            **{name: _per_round(before[name], after[name], pid, n) for name, pid in pids.items()}}
 
 
 def raw_echo_cpu(n: int) -> dict:
@@ -103,6 +106,16 @@ def zmqruntime_cpu(n: int, server_args: tuple[str, ...] = ()) -> dict:
     with zr_server.running_server(server_args) as (client, _port):
         pid = client.ping()["pid"]
         return _measure_cpu(lambda: client.ping(brief=True), pid, n)
+
+
+def noop_cpu(n: int) -> dict:
+    """The same for a no-op ``run()`` (execute -> result): the server, the session's worker, the client."""
+    with zr_server.running_server(()) as (client, _port):
+        zr_server.run_to_result(client, "None")
+        zr_server.wait_workers_ready(client)  # the spare that replaced the session's worker has booted
+        info = client.ping()
+        worker = next(w["pid"] for w in info["workers"] if w.get("session"))
+        return _measure_cpu(lambda: zr_server.run_to_result(client, "None"), info["pid"], n, {"worker": worker})
 
 
 # ------------------------------------------------------------------ the server in place
@@ -204,6 +217,7 @@ def measure() -> dict:
     out["raw_echo"] = common.guarded(raw_echo_cpu, n)
     out["zmqruntime"] = common.guarded(zmqruntime_cpu, n)
     out["zmqruntime_not_spinning"] = common.guarded(zmqruntime_cpu, n, ("--ExecutionServer.busy_poll=0",))
+    out["noop"] = common.guarded(noop_cpu, max(1, n // 10))
     out["in_place_us"] = common.guarded(in_place, n)
     out["tight_loop_us"] = common.guarded(tight_loop)
     return out

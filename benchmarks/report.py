@@ -329,6 +329,20 @@ def ping_profile_row(r: dict) -> Row:
                 "in_place_factor": factor})
 
 
+def noop_profile_row(r: dict) -> Row:
+    """CPU per no-op ``run()`` of each process on its path (``profile_ping``): where its time goes."""
+    k = "profile_ping"
+    wall = get(r, k, "noop", "round_trip_us")
+    cpu = {who: (get(r, k, "noop", who, "main_us"), get(r, k, "noop", who, "other_threads_us"))
+           for who in ("client", "server", "worker")}
+    return Row("no-op: CPU per execution by process (profile)",
+               f"{fmt(wall, '.0f', ' us')} a no-op; CPU per no-op (main thread + others): "
+               + ", ".join(f"{who} {fmt(main, '.0f')} + {fmt(other, '.0f')}" for who, (main, other) in cpu.items())
+               + " us (the server busy-polls)", "-", "-", "(for reference)", "n/a", error_of(r, k, "noop"),
+               {"wall_us": wall, **{f"{who}_main_us": main for who, (main, _) in cpu.items()},
+                **{f"{who}_other_us": other for who, (_, other) in cpu.items()}})
+
+
 PING_STEPS = ("handle_request (all of a request)", "verify and decode", "replay check", "encode and sign the reply",
               "send the reply", "receive the request")
 
@@ -337,7 +351,7 @@ def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
     from benchmarks.rows_kernel_flood import flood_rows
 
-    return [ping_row(results), ping_full_row(results), ping_profile_row(results), noop_latency_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
+    return [ping_row(results), ping_full_row(results), ping_profile_row(results), noop_latency_row(results), noop_profile_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results), server_cpu_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),
