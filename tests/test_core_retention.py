@@ -100,3 +100,61 @@ def test_record_cap_forgets_in_finishing_order_and_never_the_unfinished():
     finish(queued[0])
     store.add(ExecutionRecord("later", {"kind": "python"}, status="queued"))
     assert [r.execution_id for r in store] == ["q2", "q4", "late", "later"]  # both finished ones, and only those
+
+
+def _held(store: RecordStore, exec_id: str, clock: float, nbytes: int = 1, fetched: bool = False) -> ExecutionRecord:
+    """A finished record holding ``nbytes`` of results, held by ``store`` as the server holds one."""
+    rec = ExecutionRecord(exec_id, {"kind": "python"}, status="complete", finished_clock=clock)
+    rec.result_frames, rec.result_nbytes = [b"x" * nbytes], nbytes
+    store.add(rec)
+    store.hold(rec)
+    if fetched:
+        store.mark_fetched(rec)
+    return rec
+
+
+def test_count_limit_evicts_fetched_oldest_first_then_unfetched_oldest_first():
+    store = RecordStore(max_records=100, max_results=3, max_result_bytes=10**9, max_result_age=60)
+    _held(store, "u0", 1.0)
+    _held(store, "f1", 2.0, fetched=True)
+    _held(store, "u2", 3.0)
+    _held(store, "f3", 4.0, fetched=True)
+    assert store.enforce(now=10.0) == ["f1"]  # fetched before an older unfetched one
+    _held(store, "u4", 5.0)
+    assert store.enforce(now=10.0) == ["f3"]
+    _held(store, "u5", 6.0)
+    assert store.enforce(now=10.0) == ["u0"]  # no fetched one left: the oldest unfetched
+    assert list(store.holding) == ["u2", "u4", "u5"]
+    assert store.get("u0").results_expired and not store.get("u0").has_results
+
+
+def test_results_dropped_elsewhere_leave_the_counts():
+    """A release (the client's, or a refused file) drops a result outside ``enforce``: the store stops
+    counting it at once, so no other result is evicted in its place."""
+    store = RecordStore(max_records=100, max_results=2, max_result_bytes=100, max_result_age=60)
+    a = _held(store, "a", 1.0, nbytes=60, fetched=True)
+    _held(store, "b", 2.0, nbytes=30)
+    a.drop_results()  # as ``results`` with ``release`` does
+    _held(store, "c", 3.0, nbytes=60)  # 2 results, 90 bytes: within both limits
+    assert store.enforce(now=10.0) == []
+    assert list(store.holding) == ["b", "c"]
+    _held(store, "d", 4.0, nbytes=20, fetched=True)  # 3 results, 110 bytes
+    assert store.enforce(now=10.0) == ["d"]  # the fetched one goes first, and that is enough
+
+
+def test_byte_limit_evicts_until_under():
+    store = RecordStore(max_records=100, max_results=100, max_result_bytes=100, max_result_age=60)
+    for i in range(4):
+        _held(store, f"r{i}", float(i + 1), nbytes=40)
+    assert store.enforce(now=10.0) == ["r0", "r1"]  # 160 bytes -> 80
+    assert list(store.holding) == ["r2", "r3"]
+
+
+def test_age_limit_follows_finishing_order_even_when_held_out_of_order():
+    store = RecordStore(max_records=100, max_results=100, max_result_bytes=10**9, max_result_age=60)
+    _held(store, "new", 50.0)
+    _held(store, "old", 5.0)  # finished earlier, held later
+    assert list(store.holding) == ["old", "new"]
+    assert store.enforce(now=100.0) == ["old"]
+    assert store.enforce(now=111.0) == ["new"]
+    assert not store.holding

@@ -905,7 +905,7 @@ class ExecutionServer(ZMQServer):
                 raise RequestError("bad_request", str(exc)) from None
             if reply is None:  # digests under the request's scheme: its reply is signed with it
                 reply = content, parts.populated_frames(rec), parts.ensure_digests(rec, msg.scheme)
-        rec.results_fetched = True
+        self.records.mark_fetched(rec)
         if release:
             rec.drop_results()  # the reply keeps its own references to the frames
             rec.results_expired = True
