@@ -341,6 +341,7 @@ class RecordStore:
 
     def _evict(self, rec: ExecutionRecord, evicted: list[str]) -> None:
         rec.drop_results()
+        self._released(rec)  # done by drop_results (on_drop); enforce's loops must never see it again
         rec.results_expired = True
         evicted.append(rec.execution_id)
 
