@@ -94,14 +94,10 @@ def measure() -> dict:
     peers: list[EchoPeer] = []
     try:
         peers = [EchoPeer(ctx, kind) for kind in KINDS]
-        samples: dict[str, list[float]] = {p.kind: [] for p in peers}
         per_block = max(1, common.scaled(5000, minimum=50) // BLOCKS)
-        for peer in peers:  # warm both up before any timing
-            common.time_each(peer.round_trip, n=0, warmup=200)
-        for block in range(BLOCKS):
-            order = peers if block % 2 == 0 else peers[::-1]
-            for peer in order:
-                samples[peer.kind] += common.time_each(peer.round_trip, n=per_block, warmup=10)
+        timed = common.time_alternating([p.round_trip for p in peers], [per_block] * BLOCKS,
+                                        warmup=200, block_warmup=10)  # every peer warm before any timing
+        samples = {peer.kind: times for peer, times in zip(peers, timed)}
         result = common.summarize(samples["reqrep"], "us", 1e6)  # the judged baseline
         result["payload_bytes"] = len(PAYLOAD)
         result["router_dealer"] = common.summarize(samples["routerdealer"], "us", 1e6)

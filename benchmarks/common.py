@@ -96,6 +96,21 @@ def time_each(fn: Callable[[], object], n: int, warmup: int) -> list[float]:
     return out
 
 
+def time_alternating(calls: list[Callable[[], object]], sizes: Iterable[int], warmup: int = 0,
+                     block_warmup: int = 0) -> list[list[float]]:
+    """Time ``calls`` side by side: each warmed up ``warmup`` times, then one block of each per entry of
+    ``sizes`` (that many samples, after ``block_warmup`` untimed), in alternating order (A B, B A, ...)
+    so a slow stretch of the machine falls on every side alike. One list of seconds per call."""
+    samples: list[list[float]] = [[] for _ in calls]
+    for fn in calls:
+        time_each(fn, n=0, warmup=warmup)
+    indexed = list(enumerate(calls))
+    for block, size in enumerate(sizes):
+        for i, fn in indexed if block % 2 == 0 else indexed[::-1]:
+            samples[i] += time_each(fn, n=size, warmup=block_warmup)
+    return samples
+
+
 def throughput(batch: Callable[[int], object], n_tasks: int, reps: int) -> dict:
     """Median tasks/s of ``batch(n_tasks)`` (submit all, then wait all), after one untimed
     batch of the same size, on every side alike: zmqruntime's first full batch ran 30-40 %

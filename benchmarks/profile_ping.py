@@ -31,15 +31,12 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import timeit
 
 from benchmarks import common, zr_server
 
-PAYLOAD = b'{"type": "ping", "id": "0123456789abcdef"}'
 STATS_MARKER = "@@PING-STAGES@@"
 WARMUP = 2000
 
@@ -77,29 +74,20 @@ def _measure_cpu(round_trip, server_pid: int, n: int, others: dict[str, int] | N
 
 
 def raw_echo_cpu(n: int) -> dict:
+    """The raw baseline's own DEALER/ROUTER echo over IPC (``baseline_reqrep``), measured the same way."""
     import zmq
 
-    directory = tempfile.mkdtemp(prefix="bench-echo-")
-    url = f"ipc://{directory}/echo"
-    echo = common.spawn_python(["-c", "import zmq, sys\ns = zmq.Context().socket(zmq.ROUTER); s.bind(sys.argv[1])\n"
-                                      "print('ready', flush=True)\n"
-                                      "while True: s.send_multipart(s.recv_multipart())", url])
+    from benchmarks.baseline_reqrep import EchoPeer
+
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
+    peer = None
     try:
-        common.read_line(echo, 20, "ready")
-        sock.connect(url)
-
-        def round_trip() -> None:
-            sock.send(PAYLOAD)
-            sock.recv()
-
-        return _measure_cpu(round_trip, echo.pid, n)
+        peer = EchoPeer(ctx, "routerdealer_ipc")
+        return _measure_cpu(peer.round_trip, peer.proc.pid, n)
     finally:
-        sock.close(0)
+        if peer is not None:
+            peer.close()
         ctx.term()
-        common.reap(echo)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def zmqruntime_cpu(n: int, server_args: tuple[str, ...] = ()) -> dict:

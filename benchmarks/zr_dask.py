@@ -88,20 +88,12 @@ def measure() -> dict:
     return out
 
 
-def _alternating(raw_call, zr_call, n: int) -> tuple[list[float], list[float]]:
-    """``n`` samples of each, in alternating blocks (raw first, then zmqruntime first, ...) on the same
-    cluster: a slow stretch of the machine, or of dask's own timing, falls on both sides of the ratio."""
-    raw_lat: list[float] = []
-    zr_lat: list[float] = []
-    common.time_each(raw_call, n=0, warmup=20)
-    common.time_each(zr_call, n=0, warmup=20)
+def _alternating(raw_call, zr_call, n: int) -> list[list[float]]:
+    """``n`` samples of each in alternating blocks on the same cluster: a slow stretch of the
+    machine, or of dask's own timing, falls on both sides of the ratio."""
     blocks = min(NOOP_BLOCKS, n)
-    for block in range(blocks):
-        size = n // blocks + (1 if block < n % blocks else 0)
-        sides = [(raw_call, raw_lat), (zr_call, zr_lat)]
-        for call, samples in sides if block % 2 == 0 else sides[::-1]:
-            samples += common.time_each(call, n=size, warmup=2)
-    return raw_lat, zr_lat
+    sizes = [n // blocks + (1 if block < n % blocks else 0) for block in range(blocks)]
+    return common.time_alternating([raw_call, zr_call], sizes, warmup=20, block_warmup=2)
 
 
 def _timed(client, expr: str) -> float:

@@ -202,11 +202,10 @@ class RecordStore:
                  max_spill_bytes: int = 1 << 62):
         self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
         self.by_request: dict[str, str] = {}  # request_id -> execution_id, for remembered records only
-        # Records that hold results, in the order they finished (each is held as it finishes), with
-        # their memory and disk bytes as held and the totals: retention looks at these, never at
-        # every record, and a record leaves them when its results are dropped (``on_drop``).
-        self.holding: dict[str, ExecutionRecord] = {}
-        self._held_bytes: dict[str, tuple[int, int]] = {}
+        # Records that hold results, with their memory and disk bytes as held, in the order they
+        # finished (each is held as it finishes), and the totals: retention looks at these, never
+        # at every record, and a record leaves them when its results are dropped (``on_drop``).
+        self.holding: dict[str, tuple[ExecutionRecord, int, int]] = {}
         self._held_memory = 0
         self._held_disk = 0
         self._held_fetched = 0
@@ -270,34 +269,33 @@ class RecordStore:
     def hold(self, record: ExecutionRecord) -> None:
         """``record`` now holds results: retention counts them until they are dropped."""
         exec_id = record.execution_id
-        if not record.has_results or exec_id in self._held_bytes:
+        if not record.has_results or exec_id in self.holding:
             return
         disk = record.result_disk_bytes
-        self._held_bytes[exec_id] = (record.result_nbytes - disk, disk)
-        self._held_memory += record.result_nbytes - disk
+        memory = record.result_nbytes - disk
+        self._held_memory += memory
         self._held_disk += disk
         self._held_fetched += record.results_fetched
         newest = next(reversed(self.holding.values()), None)
-        self.holding[exec_id] = record
-        if newest is not None and _clock(newest) > _clock(record):  # held out of finishing order: rare
-            self.holding = dict(sorted(self.holding.items(), key=lambda item: _clock(item[1])))
+        self.holding[exec_id] = (record, memory, disk)
+        if newest is not None and _clock(newest[0]) > _clock(record):  # held out of finishing order: rare
+            self.holding = dict(sorted(self.holding.items(), key=lambda item: _clock(item[1][0])))
         record.on_drop = self._released
 
     def _released(self, record: ExecutionRecord) -> None:
-        sizes = self._held_bytes.pop(record.execution_id, None)
+        held = self.holding.pop(record.execution_id, None)
         record.on_drop = None
-        if sizes is None:
+        if held is None:
             return
-        del self.holding[record.execution_id]
-        self._held_memory -= sizes[0]
-        self._held_disk -= sizes[1]
+        self._held_memory -= held[1]
+        self._held_disk -= held[2]
         self._held_fetched -= record.results_fetched
 
     def mark_fetched(self, record: ExecutionRecord) -> None:
         """``record``'s results were sent to a client: they are the first to go past a limit."""
         if not record.results_fetched:
             record.results_fetched = True
-            self._held_fetched += record.execution_id in self._held_bytes
+            self._held_fetched += record.execution_id in self.holding
 
     def enforce(self, now: Optional[float] = None) -> list[str]:
         """Evict results past the limits; return the ids evicted.
@@ -312,7 +310,7 @@ class RecordStore:
         now = time.monotonic() if now is None else now
         evicted: list[str] = []
         while self.holding:
-            oldest = next(iter(self.holding.values()))
+            oldest = next(iter(self.holding.values()))[0]
             if now - _clock(oldest) <= self.max_result_age:
                 break
             self._evict(oldest, evicted)
@@ -330,8 +328,7 @@ class RecordStore:
         if not (count_over or memory_over or disk_over):
             return None
         first_unfetched = None
-        for exec_id, rec in self.holding.items():
-            memory, disk = self._held_bytes[exec_id]
+        for rec, memory, disk in self.holding.values():
             if not (count_over or (memory_over and memory) or (disk_over and disk)):
                 continue
             if rec.results_fetched or not self._held_fetched:
