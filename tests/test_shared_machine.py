@@ -504,7 +504,8 @@ import gc, zmq
 link = next(o for o in gc.get_objects() if isinstance(o, zmq.Socket) and o.socket_type == zmq.DEALER
             and not o.closed)
 for frames in ([b"Q", b"?"], [b"E"], [b"E", b"a", b"b"], [b"M"], [b"M", b"not json"], [b"M", b'{"type": 7}'],
-               [b"E", b"\\xff\\xff\\xff\\xff"]):
+               [b"E", b"\\xff\\xff\\xff\\xff"], [b"M", b"\\xff{}"], [b"M", b"[" * 100000], [b"M", b'{"type": NaN}'],
+               [b"M", b'{"type": "finished"}']):
     link.send_multipart(frames)
 'x'
 """

@@ -21,6 +21,7 @@ from zmqruntime.protocol import utcnow_iso
 pytestmark = pytest.mark.timeout(120)
 
 REFERENCE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+LENIENT = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -38,8 +39,8 @@ def outcome(fn, value):
 
 
 def test_the_fast_paths_are_in_use():
-    """On CPython the C encoder and scanner are there: otherwise the tests below compare the stdlib with itself."""
-    assert wire_json._c_encode is not None and wire_json._scan is not None
+    """On CPython the C encoders and scanner are there: otherwise the tests below compare the stdlib with itself."""
+    assert wire_json._c_encode is not None and wire_json._c_encode_lenient is not None and wire_json._scan is not None
 
 
 @settings(max_examples=300, deadline=None)
@@ -61,6 +62,23 @@ def test_encode_refuses_what_the_stdlib_refuses_with_the_same_error(value):
     assert outcome(wire_json.encode, value) == outcome(REFERENCE.encode, value)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20))
+def test_encode_lenient_is_the_stdlib_encoders_with_nan_and_reads_back(value):
+    """The worker link's encoder: NaN and infinities written as json.dumps writes them, and decoded back."""
+    text = wire_json.encode_lenient(value)
+    assert text == LENIENT.encode(value)
+    assert repr(wire_json.decode(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("value", [{"a": object()}, {"a": b"x"}, {(1,): 2}, "plain string", {1: True, None: 2.5}])
+def test_encode_lenient_refuses_what_the_stdlib_refuses_with_the_same_error(value):
+    assert outcome(wire_json.encode_lenient, value) == outcome(LENIENT.encode, value)
+
+
 def test_cycles_and_too_deep_nesting_are_value_errors():
     cyclic: dict = {}
     cyclic["self"] = cyclic
@@ -70,9 +88,11 @@ def test_cycles_and_too_deep_nesting_are_value_errors():
         inner.append([])
         inner = inner[0]
     for value in (cyclic, deep):
-        with pytest.raises(ValueError):
-            wire_json.encode(value)
+        for encode in (wire_json.encode, wire_json.encode_lenient):
+            with pytest.raises(ValueError):
+                encode(value)
     assert wire_json.encode({"after": [1]}) == '{"after":[1]}'  # nothing left over from the failures
+    assert wire_json.encode_lenient({"after": [1]}) == '{"after":[1]}'
 
 
 @pytest.mark.parametrize("text", ["", " ", "{", "{}x", '{"a":1} {}', "[1,]", "nul", '{"a":"\\x"}', "\x00", "{} \x00",

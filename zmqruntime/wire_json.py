@@ -17,6 +17,10 @@ the same, byte for byte, and so are the errors):
   nesting too deep to encode is a ``ValueError`` too.
 * :func:`decode`: one JSON document from a ``str`` (leading or trailing
   whitespace and every error are left to ``json.JSONDecoder.decode``).
+* :func:`encode_lenient`: the same as :func:`encode` but NaN and infinity
+  are written as ``json.dumps`` writes them (``NaN``, ``Infinity``), which
+  :func:`decode` reads back: for the server's internal link to its workers,
+  where every message carries JSON too and a stray float must not end a task.
 """
 
 from __future__ import annotations
@@ -30,20 +34,22 @@ from typing import Any, Callable, Optional
 quote = encode_basestring_ascii
 
 _reference = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_lenient_reference = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 _decoder = json.JSONDecoder()
 _full_decode = _decoder.decode
 
 
-def _make_c_encoder() -> Optional[Callable[[Any, int], Any]]:
-    """The C encoder ``_reference.encode`` would build, made once; None where the json module has none
+def _make_c_encoder(reference: json.JSONEncoder) -> Optional[Callable[[Any, int], Any]]:
+    """The C encoder ``reference.encode`` would build, made once; None where the json module has none
     (or a signature this code does not know: it is checked against the reference on a sample)."""
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:
         return None
     try:
-        c_encode = make(None, _reference.default, encode_basestring_ascii, None, ":", ",", False, False, False)
+        c_encode = make(None, reference.default, encode_basestring_ascii, None, ":", ",", False, False,
+                        reference.allow_nan)
         sample = {"a": [1, 2.5, None, True, "\u00e9\n"], "b": {"c": -0.0}}
-        if "".join(c_encode(sample, 0)) != _reference.encode(sample):
+        if "".join(c_encode(sample, 0)) != reference.encode(sample):
             return None
     except Exception:  # noqa: BLE001 -- any other json version: the reference path serves
         return None
@@ -55,18 +61,28 @@ def _make_scanner() -> Optional[Callable[[str, int], tuple[Any, int]]]:
     return make(_decoder) if make is not None else None
 
 
-_c_encode = _make_c_encoder()
+_c_encode = _make_c_encoder(_reference)
+_c_encode_lenient = _make_c_encoder(_lenient_reference)
 _scan = _make_scanner()
+
+
+def _encode_with(c_encode: Optional[Callable[[Any, int], Any]], reference: json.JSONEncoder, obj: Any) -> str:
+    if c_encode is None or isinstance(obj, str):  # a bare str is not a chunk list: the reference handles it
+        return reference.encode(obj)
+    try:
+        return "".join(c_encode(obj, 0))
+    except RecursionError:
+        raise ValueError("JSON content nested too deep (or circular)") from None
 
 
 def encode(obj: Any) -> str:
     """``obj`` as compact, strict JSON (``ValueError`` for NaN, infinity, cycles; ``TypeError`` for other types)."""
-    if _c_encode is None or isinstance(obj, str):  # a bare str is not a chunk list: the reference handles it
-        return _reference.encode(obj)
-    try:
-        return "".join(_c_encode(obj, 0))
-    except RecursionError:
-        raise ValueError("JSON content nested too deep (or circular)") from None
+    return _encode_with(_c_encode, _reference, obj)
+
+
+def encode_lenient(obj: Any) -> str:
+    """``obj`` as compact JSON, NaN and infinity allowed (``ValueError`` for cycles; ``TypeError`` for other types)."""
+    return _encode_with(_c_encode_lenient, _lenient_reference, obj)
 
 
 def decode(text: str) -> Any:

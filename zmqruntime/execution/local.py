@@ -39,7 +39,6 @@ SIGTERM after ``cancel_grace_period``, then SIGKILL after
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -55,7 +54,15 @@ from ..protocol import EVENT_FRAMES, unpack_frames
 from ..transport import runtime_dir
 from .backend import BackendHost, ExecutionBackend, Job, Loss
 from .cancel_pipe import CANCEL, DROP
-from .link import KIND_CONTROL, KIND_EVENT, forget_endpoint, read_worker_message, secure_worker_router
+from .link import (
+    KIND_CONTROL,
+    KIND_EVENT,
+    decode_message,
+    encode_message,
+    forget_endpoint,
+    read_worker_message,
+    secure_worker_router,
+)
 from .worker_process import DEFAULT_SERVER_CLASS, WorkerHandle, WorkerSpec, discard_worker, start_worker
 
 CHECK_INTERVAL = 0.05
@@ -318,7 +325,7 @@ class LocalBackend(ExecutionBackend):
         if self.sock is None:
             return
         try:
-            send_frames(self.sock, [handle.worker_id.encode(), KIND_CONTROL, json.dumps(msg).encode(), *buffers])
+            send_frames(self.sock, [handle.worker_id.encode(), KIND_CONTROL, encode_message(msg), *buffers])
         except zmq.ZMQError as exc:
             self.log.warning("could not reach worker %s: %s", handle.worker_id, exc)
 
@@ -412,7 +419,7 @@ class LocalBackend(ExecutionBackend):
                     host.backend_signed_event(event)
                 continue
             try:
-                msg = json.loads(rest[0].bytes)
+                msg = decode_message(rest[0].bytes)
                 msg_type = msg["type"]
             except (ValueError, KeyError, TypeError):
                 self.log.error("worker %s sent an unreadable message; ignored", handle.worker_id)

@@ -52,7 +52,7 @@ from ..limits import raise_fd_limit
 from ..options import load_class
 from ..protocol import PROGRESS_BATCH_TOPIC, PROGRESS_FIELDS, SNDMORE, Session, event_topic, pack_frames
 from .cancel_pipe import CancelReader
-from .link import KIND_CONTROL, KIND_EVENT
+from .link import KIND_CONTROL, KIND_EVENT, decode_message, encode_message
 from .runner import StreamCapture, finite, run_task
 
 STREAM_FLUSH_INTERVAL = 0.05
@@ -172,7 +172,7 @@ class Worker:
             self._send_control_locked(content, buffers)
 
     def _send_control_locked(self, content: dict[str, Any], buffers: list[Any] = ()) -> None:  # type: ignore[assignment]
-        send_frames(self.sock, [KIND_CONTROL, json.dumps(content).encode(), *buffers])
+        send_frames(self.sock, [KIND_CONTROL, encode_message(content), *buffers])
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Sign and send one data-channel event of the running execution."""
@@ -306,7 +306,7 @@ class Worker:
     def _take_message(self, ended: Optional[tuple[dict[str, Any], list[Any]]]) -> str:
         """Read one message from the server (the lock held): its type."""
         frames = recv_frames(self.sock)
-        msg = json.loads(frames[1].bytes)
+        msg = decode_message(frames[1].bytes)
         if msg["type"] == "run":  # the server counts it as started: only its start may cancel it
             self.pending.append((msg, frames[2:]))
             self.submitted = msg["execution_id"]
