@@ -411,9 +411,26 @@ def test_async_execute_retries_a_lost_reply(server, relay, runtime_dir, tmp_path
     assert ran_lines(marks) == ["ran"]
 
 
+def test_request_ids_and_execution_ids_allow_exactly_their_characters():
+    """The checks behind ``request_id`` and ``execution_id``, character by character (Latin-1 and beyond)."""
+    from zmqruntime.execution.server import RequestError, check_request_id
+    from zmqruntime.protocol import is_execution_id
+
+    def accepted(ch: str) -> bool:
+        try:
+            return check_request_id(f"a{ch}b") == f"a{ch}b"
+        except RequestError:
+            return False
+
+    chars = [chr(i) for i in range(0x300)] + ["\u2028", "\uff01", "\U0001f600"]
+    assert [ch for ch in chars if accepted(ch)] == [chr(i) for i in range(0x21, 0x7F)]
+    assert [ch for ch in chars if is_execution_id("0" * 11 + ch)] == list("0123456789abcdef")
+    assert not is_execution_id("0" * 11) and not is_execution_id("0" * 13) and not is_execution_id(0)
+
+
 def test_request_id_validation(server):
     client = server.client
-    for bad in ("", "with space", "x" * 129, "caf\u00e9"):
+    for bad in ("", "with space", "x" * 129, "caf\u00e9", "tab\there", "del\x7f", "nl\n"):
         with pytest.raises(RemoteError) as info:
             client._client.call("execute", {"task": {"kind": "python", "code": "1"}, "request_id": bad})
         assert info.value.code == "bad_request" and "request_id" in info.value.message

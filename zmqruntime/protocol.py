@@ -229,9 +229,11 @@ def peek_event_seq(frames: Sequence[bytes], execution_id: bytes) -> Optional[int
     return int(digits) if digits.isdigit() else None  # bytes.isdigit(): ASCII digits only
 
 
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
 def is_execution_id(value: Any) -> bool:
-    return (isinstance(value, str) and len(value) == EXECUTION_ID_LENGTH
-            and all(c in "0123456789abcdef" for c in value))
+    return isinstance(value, str) and len(value) == EXECUTION_ID_LENGTH and _LOWER_HEX.issuperset(value)
 
 
 _encode_json = wire_json.encode  # strict, compact JSON (no NaN/Infinity): every header and content
