@@ -122,18 +122,26 @@ class StreamCapture(io.TextIOBase):
         return False
 
 
-@contextlib.contextmanager
-def redirected(stdout: Optional[io.TextIOBase], stderr: Optional[io.TextIOBase]) -> Any:
-    """``sys.stdout``/``sys.stderr`` replaced for the block (None: left alone)."""
-    old = sys.stdout, sys.stderr
-    if stdout is not None:
-        sys.stdout = stdout
-    if stderr is not None:
-        sys.stderr = stderr
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = old
+class redirected:
+    """``sys.stdout``/``sys.stderr`` replaced for the block (None: left alone).
+
+    A class, not ``contextlib.contextmanager``: every task enters it, and a
+    generator-based one costs about a microsecond more to enter and leave.
+    """
+
+    def __init__(self, stdout: Optional[io.TextIOBase], stderr: Optional[io.TextIOBase]):
+        self.stdout, self.stderr = stdout, stderr
+        self.old: tuple[Any, Any] = (None, None)
+
+    def __enter__(self) -> None:
+        self.old = sys.stdout, sys.stderr
+        if self.stdout is not None:
+            sys.stdout = self.stdout
+        if self.stderr is not None:
+            sys.stderr = self.stderr
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout, sys.stderr = self.old
 
 
 def run_task(app: Any, execution_id: str, task: dict[str, Any], buffers: list[Any], namespace: dict[str, Any],

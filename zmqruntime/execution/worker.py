@@ -32,7 +32,6 @@ process as soon as the server (its parent) is gone, taking no lock.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import select
@@ -42,7 +41,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import zmq
 
@@ -109,9 +108,12 @@ class InterruptGuard:
             self.armed = False
             raise KeyboardInterrupt("cancelled")
 
-    @contextlib.contextmanager
-    def armed_section(self) -> Iterator[None]:
+    def armed_section(self) -> _ArmedSection:
         """The block where SIGINT may raise: the user code of a task."""
+        return _ArmedSection(self)
+
+    def arm(self) -> None:
+        """Enter the armed section (``KeyboardInterrupt`` at once if a cancel came first)."""
         self.pending = False
         self.critical += 1  # asking meant() reads the pipe: a signal meanwhile only marks pending
         self.armed = True  # from here a signal marks pending; one before it marked signalled
@@ -121,10 +123,6 @@ class InterruptGuard:
         if cancelled or (self.pending and self.meant()):
             self.armed = False
             raise KeyboardInterrupt("cancelled before it started")
-        try:
-            yield
-        finally:
-            self.armed = False
 
     def leave_critical(self) -> None:
         self.critical -= 1
@@ -133,6 +131,19 @@ class InterruptGuard:
             if self.meant():
                 self.armed = False
                 raise KeyboardInterrupt("cancelled")
+
+
+class _ArmedSection:
+    """``with guard.armed_section():`` (a class rather than a generator context manager: one per task)."""
+
+    def __init__(self, guard: InterruptGuard):
+        self.guard = guard
+
+    def __enter__(self) -> None:
+        self.guard.arm()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.guard.armed = False
 
 
 class Worker:
