@@ -20,6 +20,14 @@ in three parts, each on a server of its own:
   * ``tight_loop``: the same decode and encode steps timed here, over and
     over, on one message: what they cost with every cache warm.
 
+  * ``noop_timeline``: no-op ``run()`` calls against that same instrumented
+    server, each cut into the segments of its path by clocks on both sides
+    (``perf_counter`` is the system's monotonic clock, so the client's and
+    the server's stamps compare): the client before its send, the hop to
+    the server, the server until its message to the worker is sent, the
+    worker with both link hops, the server from the worker's message until
+    its reply is sent, the hop back, and the client after the reply.
+
 ``in_place / tight_loop`` is the factor by which Python runs slower between
 sleeps and wake-ups than in a loop; with the server's step times it says how
 much of the gap is Python (and what a compiled codec could take away).
@@ -31,6 +39,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import statistics
 import sys
 import time
 import timeit
@@ -38,7 +47,17 @@ import timeit
 from benchmarks import common, zr_server
 
 STATS_MARKER = "@@PING-STAGES@@"
+TIMELINE_MARKER = "@@NOOP-TIMELINE@@"
 WARMUP = 2000
+#: The server's stamps of each no-op, in its order: execute received, its ``run`` sent to the
+#: worker, the worker's ``finished`` received, the reply sent.
+SERVER_STAMPS = ("received", "to_worker", "from_worker", "replied")
+#: A no-op's segments: (name, from stamp, to stamp); ``start``, ``sent``, ``got`` and ``end`` are the client's.
+TIMELINE = (("client before its send", "start", "sent"), ("hop to the server", "sent", "received"),
+            ("server: execute until sent to the worker", "received", "to_worker"),
+            ("worker and both link hops", "to_worker", "from_worker"),
+            ("server: worker's end until the reply is sent", "from_worker", "replied"),
+            ("hop back to the client", "replied", "got"), ("client after the reply", "got", "end"))
 
 
 def _rounds() -> int:
@@ -135,6 +154,7 @@ def serve_instrumented(port: int, skip: int) -> None:
 
     server = ExecutionServer(port=port)
     server.bind()
+    stamps = _stamp_noops(server)
     handle = server._handle_request
     seen = [0]
 
@@ -158,9 +178,50 @@ def serve_instrumented(port: int, skip: int) -> None:
     finally:
         n = max(1, calls["handle_request (all of a request)"] - 1)  # the last is the shutdown
         print(STATS_MARKER, json.dumps({label: round(ns / n / 1e3, 2) for label, ns in spent.items()}), flush=True)
+        print(TIMELINE_MARKER, json.dumps(stamps), flush=True)
+
+
+def _stamp_noops(server) -> dict[str, list[int]]:
+    """Clocks (``perf_counter_ns``) at the server's four moments of every execute (SERVER_STAMPS)."""
+    import zmqruntime.execution.local as local_module
+    import zmqruntime.server as server_module
+
+    clock = time.perf_counter_ns
+    stamps: dict[str, list[int]] = {name: [] for name in SERVER_STAMPS}
+    last_read = {"control": 0, "link": 0}
+
+    def after(owner, name: str, then) -> None:
+        inner = getattr(owner, name)
+
+        def stamped(*args, **kwargs):
+            result = inner(*args, **kwargs)
+            then(args, result)
+            return result
+        setattr(owner, name, stamped)
+
+    after(server_module, "recv_bounded", lambda args, result: last_read.__setitem__("control", clock()))
+    after(local_module, "read_worker_message", lambda args, result: last_read.__setitem__("link", clock()))
+
+    def on_execute(msg):
+        stamps["received"].append(last_read["control"])
+        return handle_execute(msg)
+    handle_execute = server.handle_execute
+    server.handle_execute = on_execute
+    after(local_module.LocalBackend, "_send",
+          lambda args, result: args[2].get("type") == "run" and stamps["to_worker"].append(clock()))
+    finished = local_module.LocalBackend._finished
+
+    def on_finished(backend, handle, msg, buffers):
+        stamps["from_worker"].append(last_read["link"])
+        return finished(backend, handle, msg, buffers)
+    local_module.LocalBackend._finished = on_finished  # type: ignore[method-assign]
+    after(server, "answer", lambda args, result: stamps["replied"].append(clock()))
+    return stamps
 
 
 def in_place(n: int) -> dict:
+    """The ping steps (``in_place_us``) and the no-op timeline (``noop_timeline_us``) of one instrumented server."""
+    noops = max(20, n // 10)
     with zr_server.private_runtime_dir() as rdir:
         port = common.free_port_pair(zr_server.CONTROL_OFFSET)
         child = common.spawn_python(["-m", "benchmarks.profile_ping", "--serve", str(port), str(WARMUP)],
@@ -172,13 +233,57 @@ def in_place(n: int) -> dict:
             client = ExecutionClient(port=port, auto_spawn=False)
             for _ in range(WARMUP + n):
                 client.ping(brief=True)
+            zr_server.run_to_result(client, "None")
+            zr_server.wait_workers_ready(client)
+            ours = _client_noops(client, WARMUP // 10 + noops)
             client.shutdown()
-            line = common.read_line(child, 30, STATS_MARKER)
-            return json.loads(line)
+            steps = json.loads(common.read_line(child, 30, STATS_MARKER))
+            theirs = json.loads(common.read_line(child, 30, TIMELINE_MARKER))
+            return {"in_place_us": steps, "noop_timeline_us": common.guarded(_timeline, ours, theirs, noops)}
         finally:
             if client is not None:
                 client.close()
             common.reap(child)
+
+
+def _client_noops(client, count: int) -> dict[str, list[int]]:
+    """``count`` no-op ``run()`` calls, each stamped at its start, its send, its reply's arrival and its end."""
+    import zmqruntime.client as client_module
+
+    clock = time.perf_counter_ns
+    stamps: dict[str, list[int]] = {"start": [], "sent": [], "got": [], "end": []}
+    send, recv = client_module.send_frames, client_module.recv_frames
+
+    def stamped_send(*args, **kwargs):
+        send(*args, **kwargs)
+        stamps["sent"].append(clock())
+
+    def stamped_recv(*args, **kwargs):
+        frames = recv(*args, **kwargs)
+        stamps["got"].append(clock())
+        return frames
+    client_module.send_frames, client_module.recv_frames = stamped_send, stamped_recv
+    try:
+        for _ in range(count):
+            stamps["start"].append(clock())
+            zr_server.run_to_result(client, "None")
+            stamps["end"].append(clock())
+    finally:
+        client_module.send_frames, client_module.recv_frames = send, recv
+    return stamps
+
+
+def _timeline(client: dict[str, list[int]], server: dict[str, list[int]], last: int) -> dict:
+    """Median microseconds of each TIMELINE segment over the ``last`` no-ops (the server saw the
+    warm-up run first: its lists are aligned on their ends)."""
+    stamps = {**{k: v[-last:] for k, v in client.items()}, **{k: v[-last:] for k, v in server.items()}}
+    counts = {k: len(v) for k, v in stamps.items()}
+    if set(counts.values()) != {last}:
+        raise RuntimeError(f"unmatched no-op stamps (one message each way per no-op expected): {counts}")
+    out = {name: round(statistics.median((b - a) / 1e3 for a, b in zip(stamps[start], stamps[end])), 1)
+           for name, start, end in TIMELINE}
+    out["whole no-op"] = round(statistics.median((b - a) / 1e3 for a, b in zip(stamps["start"], stamps["end"])), 1)
+    return out
 
 
 def tight_loop() -> dict:
@@ -206,7 +311,8 @@ def measure() -> dict:
     out["zmqruntime"] = common.guarded(zmqruntime_cpu, n)
     out["zmqruntime_not_spinning"] = common.guarded(zmqruntime_cpu, n, ("--ExecutionServer.busy_poll=0",))
     out["noop"] = common.guarded(noop_cpu, max(1, n // 10))
-    out["in_place_us"] = common.guarded(in_place, n)
+    place = common.guarded(in_place, n)
+    out.update(place if "error" not in place else {"in_place_us": place, "noop_timeline_us": place})
     out["tight_loop_us"] = common.guarded(tight_loop)
     return out
 

@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.profile_ping import TIMELINE
+
 
 @dataclass
 class Row:
@@ -335,14 +337,19 @@ def noop_profile_row(r: dict) -> Row:
     wall = get(r, k, "noop", "round_trip_us")
     cpu = {who: (get(r, k, "noop", who, "main_us"), get(r, k, "noop", who, "other_threads_us"))
            for who in ("client", "server", "worker")}
-    return Row("no-op: CPU per execution by process (profile)",
+    timeline = {name: get(r, k, "noop_timeline_us", name) for name in NOOP_SEGMENTS}
+    return Row("no-op: CPU per execution by process, and its path (profile)",
                f"{fmt(wall, '.0f', ' us')} a no-op; CPU per no-op (main thread + others): "
                + ", ".join(f"{who} {fmt(main, '.0f')} + {fmt(other, '.0f')}" for who, (main, other) in cpu.items())
-               + " us (the server busy-polls)", "-", "-", "(for reference)", "n/a", error_of(r, k, "noop"),
+               + " us (the server busy-polls)",
+               "path, median us: " + ", ".join(f"{name} {fmt(v, '.0f')}" for name, v in timeline.items()),
+               "-", "(for reference)", "n/a", error_of(r, k, "noop") or error_of(r, k, "noop_timeline_us"),
                {"wall_us": wall, **{f"{who}_main_us": main for who, (main, _) in cpu.items()},
-                **{f"{who}_other_us": other for who, (_, other) in cpu.items()}})
+                **{f"{who}_other_us": other for who, (_, other) in cpu.items()}, "timeline_us": timeline})
 
 
+#: The segments of a no-op's path, then the whole, as the row names them.
+NOOP_SEGMENTS = (*(name for name, _, _ in TIMELINE), "whole no-op")
 PING_STEPS = ("handle_request (all of a request)", "verify and decode", "replay check", "encode and sign the reply",
               "send the reply", "receive the request")
 
