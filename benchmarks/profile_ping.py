@@ -280,6 +280,13 @@ def _timeline(client: dict[str, list[int]], server: dict[str, list[int]], last: 
     counts = {k: len(v) for k, v in stamps.items()}
     if set(counts.values()) != {last}:
         raise RuntimeError(f"unmatched no-op stamps (one message each way per no-op expected): {counts}")
+    # A stamp is taken after a send returns, so the peer's next one may now and then come first
+    # (the sender descheduled); lists that do not line up invert nearly every no-op.
+    order = ("start", "sent", "received", "to_worker", "from_worker", "replied", "got", "end")
+    inverted = sum(any(a > b for a, b in zip(moments, moments[1:])) for moments in zip(*(stamps[k] for k in order)))
+    if inverted > last // 10:
+        raise RuntimeError(f"no-op stamps out of order in {inverted} of {last} no-ops: the client's and the "
+                           "server's lists do not line up")
     out = {name: round(statistics.median((b - a) / 1e3 for a, b in zip(stamps[start], stamps[end])), 1)
            for name, start, end in TIMELINE}
     out["whole no-op"] = round(statistics.median((b - a) / 1e3 for a, b in zip(stamps["start"], stamps["end"])), 1)
