@@ -189,34 +189,38 @@ def _stamp_noops(server) -> dict[str, list[int]]:
     clock = time.perf_counter_ns
     stamps: dict[str, list[int]] = {name: [] for name in SERVER_STAMPS}
     last_read = {"control": 0, "link": 0}
-
-    def after(owner, name: str, then) -> None:
-        inner = getattr(owner, name)
-
-        def stamped(*args, **kwargs):
-            result = inner(*args, **kwargs)
-            then(args, result)
-            return result
-        setattr(owner, name, stamped)
-
-    after(server_module, "recv_bounded", lambda args, result: last_read.__setitem__("control", clock()))
-    after(local_module, "read_worker_message", lambda args, result: last_read.__setitem__("link", clock()))
-
-    def on_execute(msg):
-        stamps["received"].append(last_read["control"])
-        return handle_execute(msg)
-    handle_execute = server.handle_execute
-    server.handle_execute = on_execute
-    after(local_module.LocalBackend, "_send",
-          lambda args, result: args[2].get("type") == "run" and stamps["to_worker"].append(clock()))
-    finished = local_module.LocalBackend._finished
-
-    def on_finished(backend, handle, msg, buffers):
-        stamps["from_worker"].append(last_read["link"])
-        return finished(backend, handle, msg, buffers)
-    local_module.LocalBackend._finished = on_finished  # type: ignore[method-assign]
-    after(server, "answer", lambda args, result: stamps["replied"].append(clock()))
+    _call_after(server_module, "recv_bounded", lambda args: last_read.__setitem__("control", clock()))
+    _call_after(local_module, "read_worker_message", lambda args: last_read.__setitem__("link", clock()))
+    # (before the call: an execute whose reply is held raises ReplyLater)
+    _call_before(server, "handle_execute", lambda args: stamps["received"].append(last_read["control"]))
+    _call_after(local_module.LocalBackend, "_send",
+                lambda args: args[2].get("type") == "run" and stamps["to_worker"].append(clock()))
+    _call_before(local_module.LocalBackend, "_finished", lambda args: stamps["from_worker"].append(last_read["link"]))
+    _call_after(server, "answer", lambda args: stamps["replied"].append(clock()))
     return stamps
+
+
+def _call_before(owner, name: str, then) -> object:
+    """Replace ``owner.name`` by a function that calls ``then(args)`` and then it; return the original."""
+    inner = getattr(owner, name)
+
+    def hooked(*args, **kwargs):
+        then(args)
+        return inner(*args, **kwargs)
+    setattr(owner, name, hooked)
+    return inner
+
+
+def _call_after(owner, name: str, then) -> object:
+    """Replace ``owner.name`` by a function that calls it and then ``then(args)``; return the original."""
+    inner = getattr(owner, name)
+
+    def hooked(*args, **kwargs):
+        result = inner(*args, **kwargs)
+        then(args)
+        return result
+    setattr(owner, name, hooked)
+    return inner
 
 
 def in_place(n: int) -> dict:
@@ -252,24 +256,15 @@ def _client_noops(client, count: int) -> dict[str, list[int]]:
 
     clock = time.perf_counter_ns
     stamps: dict[str, list[int]] = {"start": [], "sent": [], "got": [], "end": []}
-    send, recv = client_module.send_frames, client_module.recv_frames
-
-    def stamped_send(*args, **kwargs):
-        send(*args, **kwargs)
-        stamps["sent"].append(clock())
-
-    def stamped_recv(*args, **kwargs):
-        frames = recv(*args, **kwargs)
-        stamps["got"].append(clock())
-        return frames
-    client_module.send_frames, client_module.recv_frames = stamped_send, stamped_recv
+    send = _call_after(client_module, "send_frames", lambda args: stamps["sent"].append(clock()))
+    recv = _call_after(client_module, "recv_frames", lambda args: stamps["got"].append(clock()))
     try:
         for _ in range(count):
             stamps["start"].append(clock())
             zr_server.run_to_result(client, "None")
             stamps["end"].append(clock())
     finally:
-        client_module.send_frames, client_module.recv_frames = send, recv
+        client_module.send_frames, client_module.recv_frames = send, recv  # type: ignore[assignment]
     return stamps
 
 

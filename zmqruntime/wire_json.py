@@ -66,23 +66,22 @@ _c_encode_lenient = _make_c_encoder(_lenient_reference)
 _scan = _make_scanner()
 
 
-def _encode_with(c_encode: Optional[Callable[[Any, int], Any]], reference: json.JSONEncoder, obj: Any) -> str:
-    if c_encode is None or isinstance(obj, str):  # a bare str is not a chunk list: the reference handles it
-        return reference.encode(obj)
-    try:
-        return "".join(c_encode(obj, 0))
-    except RecursionError:
-        raise ValueError("JSON content nested too deep (or circular)") from None
+def _encoder(c_encode: Optional[Callable[[Any, int], Any]], reference: json.JSONEncoder) -> Callable[[Any], str]:
+    """An encode function over ``c_encode``, falling back to ``reference`` (one call deep: every message pays it)."""
+    def encode(obj: Any) -> str:
+        if c_encode is None or isinstance(obj, str):  # a bare str is not a chunk list: the reference handles it
+            return reference.encode(obj)
+        try:
+            return "".join(c_encode(obj, 0))
+        except RecursionError:
+            raise ValueError("JSON content nested too deep (or circular)") from None
+    return encode
 
 
-def encode(obj: Any) -> str:
-    """``obj`` as compact, strict JSON (``ValueError`` for NaN, infinity, cycles; ``TypeError`` for other types)."""
-    return _encode_with(_c_encode, _reference, obj)
-
-
-def encode_lenient(obj: Any) -> str:
-    """``obj`` as compact JSON, NaN and infinity allowed (``ValueError`` for cycles; ``TypeError`` for other types)."""
-    return _encode_with(_c_encode_lenient, _lenient_reference, obj)
+#: ``obj`` as compact, strict JSON (``ValueError`` for NaN, infinity, cycles; ``TypeError`` for other types).
+encode = _encoder(_c_encode, _reference)
+#: ``obj`` as compact JSON, NaN and infinity allowed (``ValueError`` for cycles; ``TypeError`` for other types).
+encode_lenient = _encoder(_c_encode_lenient, _lenient_reference)
 
 
 def decode(text: str) -> Any:
