@@ -275,11 +275,13 @@ def _timeline(client: dict[str, list[int]], server: dict[str, list[int]], last: 
     counts = {k: len(v) for k, v in stamps.items()}
     if set(counts.values()) != {last}:
         raise RuntimeError(f"unmatched no-op stamps (one message each way per no-op expected): {counts}")
-    # A stamp is taken after a send returns, so the peer's next one may now and then come first
-    # (the sender descheduled); lists that do not line up invert nearly every no-op.
-    order = ("start", "sent", "received", "to_worker", "from_worker", "replied", "got", "end")
-    inverted = sum(any(a > b for a, b in zip(moments, moments[1:])) for moments in zip(*(stamps[k] for k in order)))
-    if inverted > last // 10:
+    # A stamp is taken after a send returns, so the peer's next stamp may come first (the sender
+    # descheduled): ``sent`` after ``received``, ``replied`` after ``got``. Lines up only where no such
+    # race is possible: the client starts a no-op before the server receives it, and the server
+    # receives it before its reply reaches the client. Lists off by one break one or the other nearly always.
+    inverted = sum(not start < received < got
+                   for start, received, got in zip(stamps["start"], stamps["received"], stamps["got"]))
+    if inverted > last // 100:
         raise RuntimeError(f"no-op stamps out of order in {inverted} of {last} no-ops: the client's and the "
                            "server's lists do not line up")
     out = {name: round(statistics.median((b - a) / 1e3 for a, b in zip(stamps[start], stamps[end])), 1)
