@@ -154,6 +154,21 @@ def noop_latency_row(r: dict) -> Row:
                 "speedup_vs_ipyparallel": s_ipp, "speedup_vs_dask": s_dsk})
 
 
+def noop_floor_row(r: dict) -> Row:
+    """The no-op against its transport floor: the same four hops (client, server, worker and back) in raw
+    pyzmq, the relay busy-polling as ours does. What is above the floor is our handling; the floor with
+    the worker linked by a socketpair shows what the link's ZeroMQ hops cost."""
+    zr = get(r, "zr_roundtrip", "noop_latency", "median_ms")
+    floor, pair = get(r, "raw_relay", "zmq", "median_us"), get(r, "raw_relay", "socketpair", "median_us")
+    ratio = zr * 1000 / floor if zr and floor else None
+    return Row("no-op vs its transport floor (relay)", fmt(zr, ".3f", " ms"),
+               f"raw relay, zmq link {fmt(floor, '.0f', ' us')}{span(r, '.0f', 'raw_relay', 'zmq', 'median_us')}; "
+               f"socketpair link {fmt(pair, '.0f', ' us')}{span(r, '.0f', 'raw_relay', 'socketpair', 'median_us')}",
+               fmt(ratio, ".1f", "x the floor"), "(for reference)", "n/a",
+               error_of(r, "zr_roundtrip", "noop_latency") or error_of(r, "raw_relay"),
+               {"zr_ms": zr, "floor_zmq_us": floor, "floor_socketpair_us": pair, "ratio": ratio})
+
+
 def peer_note(r: dict) -> str:
     """Say plainly which optional peers are missing (their rows then judge zmqruntime alone)."""
     missing = [k for k in ("ipyparallel", "dask", "ray") if any(
@@ -358,7 +373,7 @@ def comparisons(results: dict) -> list[Row]:
     from benchmarks import report_curves, report_ray
     from benchmarks.rows_kernel_flood import flood_rows
 
-    return [ping_row(results), ping_full_row(results), ping_profile_row(results), noop_latency_row(results), noop_profile_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
+    return [ping_row(results), ping_full_row(results), ping_profile_row(results), noop_latency_row(results), noop_floor_row(results), noop_profile_row(results), pipelined_row(results), map_row(results), engine_row(results), sync_batch_row(results),
             progress_rate_row(results), progress_overhead_row(results), server_cpu_row(results),
             *big_result_rows(results), *cancel_rows(results), cold_start_row(results),
             kernel_row(results), kernel_widget_row(results), *flood_rows(results),
@@ -387,6 +402,8 @@ def baseline_lines(r: dict) -> list[str]:
              "raw_reqrep", "router_dealer"),
         line("raw DEALER/ROUTER over ipc", f"{fmt(get(r, 'raw_reqrep', 'router_dealer_ipc', 'median_us'), '.0f', ' us')} median",
              "raw_reqrep", "router_dealer_ipc"),
+        line("raw relay, 4 hops (ipc)", f"zmq link {fmt(get(r, 'raw_relay', 'zmq', 'median_us'), '.0f', ' us')}, "
+             f"socketpair link {fmt(get(r, 'raw_relay', 'socketpair', 'median_us'), '.0f', ' us')} median", "raw_relay"),
         line("ipyparallel (2 engines)", f"apply_sync {fmt(get(r, 'ipyparallel', 'latency', 'median_ms'), '.2f', ' ms')}, "
              f"apply_async {fmt(get(r, 'ipyparallel', 'pipelined', 'tasks_per_s'), '.0f', ' tasks/s')}, "
              f"map_async {fmt(get(r, 'ipyparallel', 'map', 'tasks_per_s'), '.0f', ' tasks/s')}",

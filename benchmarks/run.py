@@ -41,6 +41,7 @@ from benchmarks import common, compare, report
 # (result key, module in benchmarks/, hard timeout in seconds per run).
 MODULES = {
     "raw_reqrep": ("baseline_reqrep", 60),
+    "raw_relay": ("baseline_relay", 60),
     "raw_zerocopy": ("baseline_zerocopy", 90),
     "ipyparallel": ("baseline_ipyparallel", 150),
     "dask": ("baseline_dask", 150),
@@ -65,7 +66,7 @@ MODULES = {
 }
 # Groups run in this order; the bool says whether the group is interleaved over rounds.
 GROUPS = [
-    (("raw_reqrep", "zr_roundtrip", "ipyparallel", "dask", "ray"), True),
+    (("raw_reqrep", "raw_relay", "zr_roundtrip", "ipyparallel", "dask", "ray"), True),
     (("raw_zerocopy", "zr_bigresult", "ray_bigresult"), True),
     (("profile_ping",), False),
     (("zr_progress",), False),

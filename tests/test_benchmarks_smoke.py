@@ -23,7 +23,7 @@ from benchmarks.rows_kernel_flood import flood_rows
 ROOT = Path(__file__).resolve().parent.parent
 ZR_KEYS = ["zr_roundtrip", "profile_ping", "zr_progress", "zr_bigresult", "zr_cancel", "zr_coldstart", "zr_kernel", "zr_kernel_flood",
            "curve_clients", "curve_records", "curve_sizes", "curve_panels", "curve_watchers"]
-BASELINE_KEYS = ["raw_reqrep", "raw_zerocopy"]
+BASELINE_KEYS = ["raw_reqrep", "raw_relay", "raw_zerocopy"]
 PEER_KEYS = ["ipyparallel", "dask", "ray", "ray_bigresult"]  # optional extras: figures, or said to be not installed
 CURVE_POINTS = {"curve_clients": ("threads", "processes"), "curve_sizes": ("points",),
                 "curve_panels": ("points",), "curve_watchers": ("points",)}
