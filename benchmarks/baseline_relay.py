@@ -33,6 +33,7 @@ import time
 import zmq
 
 from benchmarks import common
+from benchmarks.baseline_reqrep import EchoPeer, time_peers
 
 KINDS = ("zmq", "socketpair")
 SPIN_S = 0.002  # zmqruntime's ZMQServer.busy_poll default
@@ -146,24 +147,11 @@ def serve(kind: str) -> None:
         shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
-class RelayPeer:
+class RelayPeer(EchoPeer):
     """Client side of one relay: one relayed round trip per call."""
 
-    def __init__(self, ctx: zmq.Context, kind: str) -> None:
-        self.kind = kind
-        self.proc = common.spawn_python(["-m", "benchmarks.baseline_relay", "--serve", kind])
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        self.sock.rcvtimeo = self.sock.sndtimeo = 5000  # bounded: a dead relay raises zmq.Again
-        try:
-            self.sock.connect(common.read_line(self.proc, 15, "READY ").strip())
-        except BaseException:
-            self.close()
-            raise
-
-    def round_trip(self) -> None:
-        self.sock.send(b'{"type": "run", "id": "0123456789abcdef"}')
-        self.sock.recv()
+    module = "benchmarks.baseline_relay"
+    payload = b'{"type": "run", "id": "0123456789abcdef"}'
 
     def close(self) -> None:
         try:
@@ -177,19 +165,8 @@ class RelayPeer:
 
 
 def measure() -> dict:
-    ctx = zmq.Context()
-    peers: list[RelayPeer] = []
-    try:
-        peers = [RelayPeer(ctx, kind) for kind in KINDS]
-        blocks = 6
-        per_block = max(1, common.scaled(3000, minimum=50) // blocks)
-        timed = common.time_alternating([p.round_trip for p in peers], [per_block] * blocks,
-                                        warmup=200, block_warmup=10)
-        return {peer.kind: common.summarize(times, "us", 1e6) for peer, times in zip(peers, timed)}
-    finally:
-        for peer in peers:
-            peer.close()
-        ctx.term()
+    samples = time_peers(lambda ctx: [RelayPeer(ctx, kind) for kind in KINDS], common.scaled(3000, minimum=50), 6)
+    return {kind: common.summarize(times, "us", 1e6) for kind, times in samples.items()}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Callable
 
 import zmq
 
@@ -59,11 +60,14 @@ def serve(kind: str) -> None:
 
 
 class EchoPeer:
-    """Client side of one echo server: one round trip per call."""
+    """Client side of one echo server: one round trip per call (``module --serve kind`` runs the server)."""
+
+    module = "benchmarks.baseline_reqrep"
+    payload = PAYLOAD
 
     def __init__(self, ctx: zmq.Context, kind: str) -> None:
         self.kind = kind
-        self.proc = common.spawn_python(["-m", "benchmarks.baseline_reqrep", "--serve", kind])
+        self.proc = common.spawn_python(["-m", self.module, "--serve", kind])
         self.sock = ctx.socket(zmq.REQ if kind == "reqrep" else zmq.DEALER)
         self.sock.linger = 0
         self.sock.rcvtimeo = self.sock.sndtimeo = 5000  # bounded: a dead server raises zmq.Again
@@ -76,7 +80,7 @@ class EchoPeer:
         self.sock.connect(url)
 
     def round_trip(self) -> None:
-        self.sock.send(PAYLOAD)
+        self.sock.send(self.payload)
         self.sock.recv()
 
     def close(self) -> None:
@@ -89,24 +93,29 @@ class EchoPeer:
         common.reap(self.proc)
 
 
-def measure() -> dict:
+def time_peers(peers_of: Callable[[zmq.Context], list[EchoPeer]], total: int, blocks: int) -> dict[str, list[float]]:
+    """Round-trip samples (seconds) of each peer, by kind, timed in alternating blocks; every peer closed after."""
     ctx = zmq.Context()
     peers: list[EchoPeer] = []
     try:
-        peers = [EchoPeer(ctx, kind) for kind in KINDS]
-        per_block = max(1, common.scaled(5000, minimum=50) // BLOCKS)
-        timed = common.time_alternating([p.round_trip for p in peers], [per_block] * BLOCKS,
+        peers = peers_of(ctx)
+        per_block = max(1, total // blocks)
+        timed = common.time_alternating([p.round_trip for p in peers], [per_block] * blocks,
                                         warmup=200, block_warmup=10)  # every peer warm before any timing
-        samples = {peer.kind: times for peer, times in zip(peers, timed)}
-        result = common.summarize(samples["reqrep"], "us", 1e6)  # the judged baseline
-        result["payload_bytes"] = len(PAYLOAD)
-        result["router_dealer"] = common.summarize(samples["routerdealer"], "us", 1e6)
-        result["router_dealer_ipc"] = common.summarize(samples["routerdealer_ipc"], "us", 1e6)
-        return result
+        return {peer.kind: times for peer, times in zip(peers, timed)}
     finally:
         for peer in peers:
             peer.close()
         ctx.term()
+
+
+def measure() -> dict:
+    samples = time_peers(lambda ctx: [EchoPeer(ctx, kind) for kind in KINDS], common.scaled(5000, minimum=50), BLOCKS)
+    result = common.summarize(samples["reqrep"], "us", 1e6)  # the judged baseline
+    result["payload_bytes"] = len(PAYLOAD)
+    result["router_dealer"] = common.summarize(samples["routerdealer"], "us", 1e6)
+    result["router_dealer_ipc"] = common.summarize(samples["routerdealer_ipc"], "us", 1e6)
+    return result
 
 
 if __name__ == "__main__":
